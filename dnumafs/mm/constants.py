@@ -1,0 +1,55 @@
+"""Fixed facts of the modelled x86-64 machine."""
+from __future__ import annotations
+
+import enum
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+MAX_ORDER = 11                  # free_area[0..10], as Linux before 6.4
+HPAGE_ORDER = 9                 # 2 MiB hugepages
+HPAGE_SIZE_KB = (PAGE_SIZE << HPAGE_ORDER) // 1024
+LOCAL_DISTANCE = 10
+REMOTE_DISTANCE = 20
+
+
+class ZoneType(enum.IntEnum):
+    """Zone types in Linux's order (lowest first); a pfn's type never changes."""
+
+    DMA = 0
+    DMA32 = 1
+    NORMAL = 2
+
+    @property
+    def label(self) -> str:
+        return ("DMA", "DMA32", "Normal")[self]
+
+
+# First pfn past each zone type: DMA below 16 MiB, DMA32 below 4 GiB.
+ZONE_END_PFN = {
+    ZoneType.DMA: (16 << 20) >> PAGE_SHIFT,
+    ZoneType.DMA32: (4 << 30) >> PAGE_SHIFT,
+    ZoneType.NORMAL: 1 << 52,
+}
+
+
+def zone_type_of(pfn: int) -> ZoneType:
+    if pfn < ZONE_END_PFN[ZoneType.DMA]:
+        return ZoneType.DMA
+    if pfn < ZONE_END_PFN[ZoneType.DMA32]:
+        return ZoneType.DMA32
+    return ZoneType.NORMAL
+
+
+def zone_type_bounds(ztype: ZoneType, max_pfn: int) -> tuple[int, int]:
+    """[first, last+1) pfns of a zone type on a machine of max_pfn pages."""
+    lo = 0 if ztype == ZoneType.DMA else ZONE_END_PFN[ZoneType(ztype - 1)]
+    return min(lo, max_pfn), min(ZONE_END_PFN[ztype], max_pfn)
+
+
+# Page flags, one byte per pfn.
+PG_BUDDY = 0x01        # head of a free block on a free_area list (order in page_order)
+PG_RESERVED = 0x02     # reserved at boot, never freed
+PG_LOOKUP_NODE = 0x04  # allocated page whose node differs from the layout: look up on free
+PG_PCP = 0x08          # free order-0 page on a per-CPU list
+PG_HEAD = 0x10         # head of an allocated block (order in page_order)
+PG_HUGETLB = 0x20      # head of a block owned by a node's hugepage pool

@@ -1,0 +1,85 @@
+"""memlayout: the pfn -> node map of one layout, as inclusive ranges."""
+from __future__ import annotations
+
+import bisect
+import errno
+
+import attrs
+import numpy as np
+
+from .stats import DnumaStats
+
+
+class MemlayoutError(OSError):
+    """A rejected memlayout operation; errno is what the debugfs write returns."""
+
+    def __init__(self, err: int, msg: str) -> None:
+        super().__init__(err, msg)
+
+
+@attrs.define(eq=False)
+class Memlayout:
+    """Non-overlapping [start_pfn, end_pfn] -> nid ranges, sorted by start.
+
+    Lookups bisect the sorted starts (O(log n)) behind a last-hit cache, and count
+    hits and misses in this layout's statistics.
+    """
+
+    id: int
+    starts: list[int] = attrs.field(factory=list)
+    ends: list[int] = attrs.field(factory=list)
+    nids: list[int] = attrs.field(factory=list)
+    stats: DnumaStats = attrs.field(factory=DnumaStats)
+    node_stats: dict[int, DnumaStats] = attrs.field(factory=dict)
+    _last: int = -1
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def ranges(self) -> list[tuple[int, int, int]]:
+        return list(zip(self.starts, self.ends, self.nids))
+
+    def node_ids(self) -> set[int]:
+        return set(self.nids)
+
+    def add_range(self, start: int, end: int, nid: int) -> None:
+        """Insert [start, end] -> nid; EINVAL if start > end, EEXIST on overlap."""
+        if start > end:
+            raise MemlayoutError(errno.EINVAL, f"start {start:#x} > end {end:#x}")
+        i = bisect.bisect_left(self.starts, start)
+        if i > 0 and self.ends[i - 1] >= start:
+            raise MemlayoutError(errno.EEXIST, "range overlaps a pending range")
+        if i < len(self.starts) and self.starts[i] <= end:
+            raise MemlayoutError(errno.EEXIST, "range overlaps a pending range")
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
+        self.nids.insert(i, nid)
+        self._last = -1
+
+    def lookup(self, pfn: int) -> int | None:
+        """The node of pfn in this layout, or None if no range holds it."""
+        i = self._last
+        if i >= 0 and self.starts[i] <= pfn <= self.ends[i]:
+            self.count("cache-hit", 1)
+            return self.nids[i]
+        self.count("cache-miss", 1)
+        i = bisect.bisect_right(self.starts, pfn) - 1
+        if i >= 0 and pfn <= self.ends[i]:
+            self._last = i
+            return self.nids[i]
+        return None
+
+    def count(self, name: str, n: int, nid: int | None = None) -> None:
+        self.stats.add(name, n)
+        if nid is not None:
+            self.node_stats.setdefault(nid, DnumaStats()).add(name, n)
+
+    def node_map(self, node: np.ndarray) -> np.ndarray:
+        """Each pfn's node under this layout; pfns outside every range keep node[pfn]."""
+        out = node.copy()
+        for s, e, nid in zip(self.starts, self.ends, self.nids):
+            out[s:e + 1] = nid
+        return out
+
+    def covered_pages(self, max_pfn: int) -> int:
+        return sum(max(0, min(e, max_pfn - 1) - s + 1) for s, e in zip(self.starts, self.ends))
