@@ -57,29 +57,48 @@ class Memlayout:
         self._last = -1
 
     def lookup(self, pfn: int) -> int | None:
-        """The node of pfn in this layout, or None if no range holds it."""
+        """The node of pfn in this layout, or None; counted in this layout's statistics."""
+        nid, hit = self.find(pfn)
+        self.count("cache-hit" if hit else "cache-miss", 1)
+        return nid
+
+    def find(self, pfn: int) -> tuple[int | None, bool]:
+        """(node of pfn or None, whether the last-hit cache answered); counts nothing."""
         i = self._last
         if i >= 0 and self.starts[i] <= pfn <= self.ends[i]:
-            self.count("cache-hit", 1)
-            return self.nids[i]
-        self.count("cache-miss", 1)
+            return self.nids[i], True
         i = bisect.bisect_right(self.starts, pfn) - 1
         if i >= 0 and pfn <= self.ends[i]:
             self._last = i
-            return self.nids[i]
-        return None
+            return self.nids[i], False
+        return None, False
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
         self.stats.add(name, n)
         if nid is not None:
             self.node_stats.setdefault(nid, DnumaStats()).add(name, n)
 
-    def node_map(self, node: np.ndarray) -> np.ndarray:
-        """Each pfn's node under this layout; pfns outside every range keep node[pfn]."""
+    def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:
+        """The node of each pfn first..first+len(node)-1 under this layout.
+
+        node holds those pfns' present nodes; pfns outside every range keep them.
+        """
         out = node.copy()
-        for s, e, nid in zip(self.starts, self.ends, self.nids):
-            out[s:e + 1] = nid
+        end = first + len(node)
+        i = max(0, bisect.bisect_right(self.starts, first) - 1)
+        for s, e, nid in zip(self.starts[i:], self.ends[i:], self.nids[i:]):
+            if s >= end:
+                break
+            if e >= first:
+                out[max(s, first) - first:min(e + 1, end) - first] = nid
         return out
+
+    def covers(self, first: int, last: int) -> int | None:
+        """The node of the one range holding all of [first, last], if there is one."""
+        i = bisect.bisect_right(self.starts, first) - 1
+        if i >= 0 and last <= self.ends[i]:
+            return self.nids[i]
+        return None
 
     def covered_pages(self, max_pfn: int) -> int:
         return sum(max(0, min(e, max_pfn - 1) - s + 1) for s, e in zip(self.starts, self.ends))
