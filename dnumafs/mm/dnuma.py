@@ -43,14 +43,16 @@ def commit(m: "Machine") -> Memlayout | None:
 
 def _count_examined(m: "Machine", layout: Memlayout, target: np.ndarray) -> None:
     """Every pfn a range covers is examined; those already on its node bail at once."""
-    examined = np.zeros(m.possible_nodes, dtype=np.int64)
-    for s, e, nid in layout.ranges():
-        if s < m.max_pfn:
-            examined[nid] += min(e, m.max_pfn - 1) - s + 1
-    differ = np.bincount(target[target != m.page_node], minlength=m.possible_nodes)
+    starts = np.asarray(layout.starts, dtype=np.int64)
+    ends = np.minimum(np.asarray(layout.ends, dtype=np.int64), m.max_pfn - 1)
+    lengths = np.maximum(ends - starts + 1, 0)
+    examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
+                           minlength=m.possible_nodes)
+    bound = target[target != m.page_node]
     for nid in np.flatnonzero(examined):
+        differ = int(np.count_nonzero(bound == nid))
         m.count("transplant-examined-pfn", int(examined[nid]), int(nid))
-        m.count("transplant-bail-nid-eq", int(examined[nid] - differ[nid]), int(nid))
+        m.count("transplant-bail-nid-eq", int(examined[nid]) - differ, int(nid))
 
 
 def _move_free_blocks(m: "Machine", target: np.ndarray) -> None:

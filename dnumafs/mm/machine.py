@@ -464,10 +464,13 @@ class Machine:
         """Count a dnuma event globally, for the current layout, and for nid if given."""
         if not n:
             return
-        self.stats.add(name, n)
+        self.stats.counts[name] += n
         self.current.count(name, n, nid)
         if nid is not None:
-            self.node_stats.setdefault(nid, DnumaStats()).add(name, n)
+            stats = self.node_stats.get(nid)
+            if stats is None:
+                stats = self.node_stats[nid] = DnumaStats()
+            stats.counts[name] += n
 
     # -------------------------------------------------------------- transplant
 

@@ -74,9 +74,12 @@ class Memlayout:
         return None, False
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
-        self.stats.add(name, n)
+        self.stats.counts[name] += n
         if nid is not None:
-            self.node_stats.setdefault(nid, DnumaStats()).add(name, n)
+            stats = self.node_stats.get(nid)
+            if stats is None:
+                stats = self.node_stats[nid] = DnumaStats()
+            stats.counts[name] += n
 
     def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:
         """The node of each pfn first..first+len(node)-1 under this layout.
