@@ -46,9 +46,11 @@ class Machine:
     themselves around their reads (it is re-entrant).
 
     Page metadata, one entry per pfn (numpy arrays):
-      page_node[pfn]  int8   the node the page belongs to now
+      page_node[pfn]  uint8  the node the page belongs to now
       page_flags[pfn] uint8  PG_* bits from constants
-      page_order[pfn] int8   order of the free or allocated block whose head is pfn
+      page_order[pfn] uint8  order of the free or allocated block whose head is pfn
+    Each array is a view of a bytearray (_node, _flags, _order) that the per-page paths
+    index directly: a bytearray item costs a fraction of a numpy scalar access.
     """
 
     lock: threading.RLock
@@ -85,9 +87,11 @@ class Machine:
         m.possible_nodes = config.possible_nodes
         m.nr_cpus = config.cpus
         m.cpu_node = [c * config.nodes // config.cpus for c in range(config.cpus)]
-        m.page_node = np.repeat(np.arange(config.nodes, dtype=np.int8), sizes)
-        m.page_flags = np.zeros(m.max_pfn, dtype=np.uint8)
-        m.page_order = np.zeros(m.max_pfn, dtype=np.int8)
+        m._node, m._flags, m._order = (bytearray(m.max_pfn) for _ in range(3))
+        m.page_node = np.frombuffer(m._node, dtype=np.uint8)
+        m.page_flags = np.frombuffer(m._flags, dtype=np.uint8)
+        m.page_order = np.frombuffer(m._order, dtype=np.uint8)
+        m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
         m.pgdat = {}
         m.stats = DnumaStats()
         m.node_stats = {}
@@ -100,6 +104,7 @@ class Machine:
         m._next_layout_id = 0
         m._zonelists = {}
         m._populated = frozenset()
+        m._stat_sinks = {}
         boot_layout = m._new_layout()
         start = 0
         for nid, size in enumerate(sizes):
@@ -209,7 +214,7 @@ class Machine:
 
     def _zone_of(self, pfn: int) -> Zone:
         zt = ZoneType.DMA if pfn < _DMA_END else ZoneType.DMA32 if pfn < _DMA32_END else ZoneType.NORMAL
-        return self.pgdat[int(self.page_node[pfn])].zones[zt]
+        return self.pgdat[self._node[pfn]].zones[zt]
 
     # ------------------------------------------------------------- zonelists
 
@@ -233,17 +238,17 @@ class Machine:
 
     def _add_free_block(self, zone: Zone, pfn: int, order: int) -> None:
         zone.free_area[order][pfn] = None
-        self.page_flags[pfn] |= PG_BUDDY
-        self.page_order[pfn] = order
+        self._flags[pfn] |= PG_BUDDY
+        self._order[pfn] = order
 
     def _del_free_block(self, zone: Zone, pfn: int, order: int) -> None:
         del zone.free_area[order][pfn]
-        self.page_flags[pfn] &= ~PG_BUDDY & 0xFF
+        self._flags[pfn] &= ~PG_BUDDY & 0xFF
 
     def _free_one(self, zone: Zone, pfn: int, order: int) -> None:
         """__free_one_page: merge with the buddy while it is free, same order, same zone."""
         free_area = zone.free_area
-        flags = self.page_flags
+        flags = self._flags
         while order < MAX_ORDER - 1:
             buddy = pfn ^ (1 << order)
             fa = free_area[order]
@@ -255,7 +260,7 @@ class Machine:
             order += 1
         free_area[order][pfn] = None
         flags[pfn] |= PG_BUDDY
-        self.page_order[pfn] = order
+        self._order[pfn] = order
 
     def _rmqueue(self, zone: Zone, order: int) -> int | None:
         """Take the smallest free block of at least order, splitting off the upper halves."""
@@ -263,7 +268,7 @@ class Machine:
             fa = zone.free_area[high]
             if fa:
                 pfn, _ = fa.popitem()
-                self.page_flags[pfn] &= ~PG_BUDDY & 0xFF
+                self._flags[pfn] &= ~PG_BUDDY & 0xFF
                 while high > order:
                     high -= 1
                     self._add_free_block(zone, pfn + (1 << high), high)
@@ -277,12 +282,12 @@ class Machine:
                 pfn = self._rmqueue(zone, 0)
                 if pfn is None:
                     break
-                self.page_flags[pfn] |= PG_PCP
+                self._flags[pfn] |= PG_PCP
                 lst.append(pfn)
             if not lst:
                 return None
         pfn = lst.pop()
-        self.page_flags[pfn] &= ~PG_PCP & 0xFF
+        self._flags[pfn] &= ~PG_PCP & 0xFF
         return pfn
 
     def alloc_pages(self, order: int = 0, nid: int | None = None, cpu: int = 0,
@@ -313,8 +318,8 @@ class Machine:
     def _account_alloc(self, zone: Zone, pfn: int, order: int, pref: int, cpu: int,
                        interleave: bool) -> None:
         """Mark the block allocated and count it as Linux's zone_statistics() does."""
-        self.page_flags[pfn] |= PG_HEAD
-        self.page_order[pfn] = order
+        self._flags[pfn] |= PG_HEAD
+        self._order[pfn] = order
         zone.pgalloc += 1 << order
         self.vm_events["pgalloc_" + zone.type.label.lower()] += 1 << order
         stat = self.pgdat[zone.nid].numastat
@@ -332,7 +337,7 @@ class Machine:
         with self.lock:
             if not 0 <= pfn < self.max_pfn:
                 raise ValueError(f"pfn {pfn:#x} beyond max_pfn {self.max_pfn:#x}")
-            flags = int(self.page_flags[pfn])
+            flags = self._flags[pfn]
             if not flags & PG_HEAD:
                 raise ValueError(f"pfn {pfn:#x} is not the head of an allocated block")
             if flags & PG_HUGETLB:
@@ -342,16 +347,16 @@ class Machine:
             self._free_allocated(pfn, cpu)
 
     def _free_allocated(self, pfn: int, cpu: int) -> None:
-        order = int(self.page_order[pfn])
-        self.page_flags[pfn] &= ~PG_HEAD & 0xFF
+        order = self._order[pfn]
+        self._flags[pfn] &= ~PG_HEAD & 0xFF
         self.vm_events["pgfree"] += 1 << order
         self._free_block(pfn, order, cpu)
 
     def _free_block(self, pfn: int, order: int, cpu: int | None) -> None:
         """Free to the buddy lists, or to cpu's per-CPU list for order 0 (cpu None: buddy)."""
         if order == 0:
-            if self.page_flags[pfn] & PG_LOOKUP_NODE:
-                self._transplant_on_free(pfn, 0)
+            if self._flags[pfn] & PG_LOOKUP_NODE:
+                self._transplant_page(pfn)
                 return
         elif (self.page_flags[pfn:pfn + (1 << order)] & PG_LOOKUP_NODE).any():
             self._transplant_on_free(pfn, order)
@@ -361,7 +366,7 @@ class Machine:
             self._free_one(zone, pfn, order)
             return
         lst = zone.pcp.setdefault(cpu, [])
-        self.page_flags[pfn] |= PG_PCP
+        self._flags[pfn] |= PG_PCP
         lst.append(pfn)
         if len(lst) > PCP_HIGH:
             self._drain_pcp_list(zone, lst, PCP_BATCH)
@@ -370,7 +375,7 @@ class Machine:
         """Give the oldest count pages of a per-CPU list back to the buddy lists."""
         batch, lst[:count] = lst[:count], []
         for pfn in batch:
-            self.page_flags[pfn] &= ~PG_PCP & 0xFF
+            self._flags[pfn] &= ~PG_PCP & 0xFF
             self._free_block(pfn, 0, None)
 
     def drain_pcp(self) -> int:
@@ -411,11 +416,11 @@ class Machine:
                 pfn = self.alloc_pages(HPAGE_ORDER, nid=nid, cpu=cpu, thisnode=True)
                 if pfn is None:
                     break
-                self.page_flags[pfn] |= PG_HUGETLB
+                self._flags[pfn] |= PG_HUGETLB
                 pool.append(pfn)
             while len(pool) > count:
                 pfn = pool.pop()
-                self.page_flags[pfn] &= ~PG_HUGETLB & 0xFF
+                self._flags[pfn] &= ~PG_HUGETLB & 0xFF
                 self._free_allocated(pfn, cpu)
             return len(pool)
 
@@ -462,15 +467,20 @@ class Machine:
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
         """Count a dnuma event globally, for the current layout, and for nid if given."""
-        if not n:
-            return
-        self.stats.counts[name] += n
-        self.current.count(name, n, nid)
+        sinks = self._stat_sinks.get(nid) or self._make_sinks(nid)
+        for counts in sinks:
+            counts[name] += n
+
+    def _make_sinks(self, nid: int | None) -> tuple[dict[str, int], ...]:
+        """The counter dicts an event at nid goes to; found once per layout (see commit)."""
+        sinks = [self.stats.counts, self.current.stats.counts]
         if nid is not None:
-            stats = self.node_stats.get(nid)
-            if stats is None:
-                stats = self.node_stats[nid] = DnumaStats()
-            stats.counts[name] += n
+            for table in (self.node_stats, self.current.node_stats):
+                if nid not in table:
+                    table[nid] = DnumaStats()
+                sinks.append(table[nid].counts)
+        self._stat_sinks[nid] = tuple(sinks)
+        return self._stat_sinks[nid]
 
     # -------------------------------------------------------------- transplant
 
@@ -480,25 +490,42 @@ class Machine:
         A commit rebuilds the zonelists once at its end (rebuild=False); a transplant on
         free rebuilds at once if it populated or emptied a zone.
         """
-        zt = self._zone_of(pfn).type
+        zt = ZoneType.DMA if pfn < _DMA_END else ZoneType.DMA32 if pfn < _DMA32_END else ZoneType.NORMAL
         zold, znew = self.pgdat[old].zones[zt], self.pgdat[new].zones[zt]
         zold.present_pages -= n
         zold.managed_pages -= n
         znew.present_pages += n
         znew.managed_pages += n
         znew.span_include(pfn, pfn + n)
-        self.page_node[pfn:pfn + n] = new
+        if n == 1:
+            self._node[pfn] = new
+        else:
+            self.page_node[pfn:pfn + n] = new
         self.count("moved-pages", n, new)
         if rebuild and (zold.present_pages == 0 or znew.present_pages == n):
             if self._rebuild_zonelists():
                 self.count("zonelist-rebuild", 1)
         return znew
 
+    def _transplant_page(self, pfn: int) -> None:
+        """_transplant_on_free for one page, the common case, without the block logic."""
+        self._flags[pfn] &= ~PG_LOOKUP_NODE & 0xFF
+        old = self._node[pfn]
+        nid, hit = self.current.find(pfn)
+        self.count("cache-hit" if hit else "cache-miss", 1, old)
+        if nid is None or nid == old:
+            self.count("transplant-bail-already-done", 1, old)
+            self._free_one(self._zone_of(pfn), pfn, 0)
+            return
+        zone = self._move_pages(pfn, 1, old, nid)
+        self.count("transplant-on-free", 1, nid)
+        self._free_one(zone, pfn, 0)
+
     def _transplant_on_free(self, pfn: int, order: int) -> None:
         """A marked block is freed: look it up and free each part into its node's zone."""
         size = 1 << order
         self.page_flags[pfn:pfn + size] &= ~PG_LOOKUP_NODE & 0xFF
-        old = int(self.page_node[pfn])
+        old = self._node[pfn]
         layout = self.current
         nid, hit = layout.find(pfn)
         self.count("cache-hit" if hit else "cache-miss", 1, old)

@@ -59,6 +59,8 @@ class Zone:
 
     def span_include(self, start: int, end: int) -> None:
         """Grow the span to cover [start, end): zones only grow, as on memory online."""
+        if self.zone_start_pfn <= start and end <= self.zone_start_pfn + self.spanned_pages:
+            return
         if self.spanned_pages == 0:
             self.zone_start_pfn, self.spanned_pages = start, end - start
             return

@@ -1,0 +1,115 @@
+"""`make bench`: the model's speed and memory, measured, with the aims beside them."""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+
+import attrs
+
+from .mm import Machine, MachineConfig
+
+SEED_MINUTES = 9    # the original patch set's report for the seed scenario
+
+
+@attrs.define
+class Row:
+    what: str
+    value: str
+    aim: str
+    met: bool | None = None
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def stage_stripes(m: Machine, first: int, last: int, pfns: int) -> int:
+    """Stripe all memory over nodes first..last, pfns per stripe; returns ranges staged."""
+    nid, n = first, 0
+    for start in range(0, m.max_pfn, pfns):
+        m.memlayout_add_range(start, min(start + pfns, m.max_pfn) - 1, nid)
+        nid = first if nid == last else nid + 1
+        n += 1
+    return n
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def bench_seed() -> list[Row]:
+    """The seed's scenario: 128 MiB, 8 CPUs, 2 nodes, 256-pfn stripes over nodes 0..2."""
+    m = Machine.boot(MachineConfig(nodes=2, mem=128 << 20, cpus=8))
+    t_stage, n = timed(stage_stripes, m, 0, 2, 256)
+    t_commit, _ = timed(m.memlayout_commit)
+    assert m.check() == []
+    return [
+        Row(f"seed: stage {n} ranges (model)", f"{t_stage * 1e3:.1f} ms", "-"),
+        Row("seed: commit (model)", f"{t_commit * 1e3:.1f} ms", "< 50 ms (seed: ~9 min)",
+            t_commit < 0.050),
+    ]
+
+
+def bench_big(gib: int = 64) -> list[Row]:
+    """64 GiB, 4 nodes: boot, then restripe over 8 nodes in 512-pfn stripes."""
+    gc.collect()
+    rss0 = rss_bytes()
+    t_boot, m = timed(Machine.boot, MachineConfig(nodes=4, mem=gib << 30, cpus=16))
+    per_page = (rss_bytes() - rss0) / m.max_pfn
+    t_stage, n = timed(stage_stripes, m, 0, 7, 512)
+    t_commit, _ = timed(m.memlayout_commit)
+    moved = m.stats["moved-pages"]
+    rows = [
+        Row(f"{gib} GiB/4 nodes: boot", f"{t_boot:.2f} s", "< 3 s", t_boot < 3),
+        Row(f"{gib} GiB/4 nodes: memory per page after boot", f"{per_page:.1f} B", "< 16 B",
+            per_page < 16),
+        Row(f"{gib} GiB: stage {n} ranges over 8 nodes", f"{t_stage:.2f} s", "-"),
+        Row(f"{gib} GiB: commit restripe ({moved} pages moved)", f"{t_commit:.2f} s", "< 2 s",
+            t_commit < 2),
+    ]
+    return rows
+
+
+def bench_transplant(pages: int = 200_000) -> list[Row]:
+    """Free marked order-0 pages one by one: each is looked up and transplanted."""
+    m = Machine.boot(MachineConfig(nodes=2, mem=4 << 30, cpus=4, boot_alloc_percent=0))
+    held = [m.alloc_pages(0, nid=0) for _ in range(pages)]
+    m.memlayout_add_range(0, m.max_pfn - 1, 2)
+    m.memlayout_commit()
+    t0 = time.perf_counter()
+    for pfn in held:
+        m.free_pages(pfn)
+    dt = time.perf_counter() - t0
+    done = m.stats["transplant-on-free"]
+    assert m.check() == []
+    rate = done / dt
+    return [Row(f"free marked order-0 pages ({done} transplanted)", f"{rate:,.0f} pages/s",
+                "> 200,000 pages/s", rate > 200_000)]
+
+
+def table(rows: list[Row]) -> str:
+    head = ("measure", "result", "aim", "met")
+    cells = [head] + [(r.what, r.value, r.aim, "" if r.met is None else "yes" if r.met else "NO")
+                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(4)) + " |" for c in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dnumafs.bench", description=__doc__)
+    parser.add_argument("--gib", type=int, default=64, help="size of the big machine")
+    args = parser.parse_args(argv)
+    rows = bench_seed() + bench_big(args.gib) + bench_transplant()
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
