@@ -75,8 +75,7 @@ def bench_big(gib: int = 64) -> list[Row]:
     return rows
 
 
-def bench_transplant(pages: int = 200_000) -> list[Row]:
-    """Free marked order-0 pages one by one: each is looked up and transplanted."""
+def transplant_rate(pages: int) -> float:
     m = Machine.boot(MachineConfig(nodes=2, mem=4 << 30, cpus=4, boot_alloc_percent=0))
     held = [m.alloc_pages(0, nid=0) for _ in range(pages)]
     m.memlayout_add_range(0, m.max_pfn - 1, 2)
@@ -85,10 +84,16 @@ def bench_transplant(pages: int = 200_000) -> list[Row]:
     for pfn in held:
         m.free_pages(pfn)
     dt = time.perf_counter() - t0
-    done = m.stats["transplant-on-free"]
-    assert m.check() == []
-    rate = done / dt
-    return [Row(f"free marked order-0 pages ({done} transplanted)", f"{rate:,.0f} pages/s",
+    assert m.stats["transplant-on-free"] == pages and m.check() == []
+    return pages / dt
+
+
+def bench_transplant(pages: int = 200_000, runs: int = 3) -> list[Row]:
+    """Free marked order-0 pages one by one: each is looked up and transplanted."""
+    rates = sorted(transplant_rate(pages) for _ in range(runs))
+    rate = rates[len(rates) // 2]
+    return [Row(f"free {pages} marked order-0 pages, median of {runs} "
+                f"({rates[0]:,.0f}..{rates[-1]:,.0f})", f"{rate:,.0f} pages/s",
                 "> 200,000 pages/s", rate > 200_000)]
 
 

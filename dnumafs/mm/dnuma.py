@@ -28,7 +28,6 @@ def commit(m: "Machine") -> Memlayout | None:
         m._online_node(nid)
     m.backlog.append(m.current)
     m.current = layout
-    m._stat_sinks.clear()
     m._trim_backlog()
 
     target = layout.node_map(m.page_node)

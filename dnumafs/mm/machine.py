@@ -14,7 +14,7 @@ from .constants import (
     zone_type_bounds,
 )
 from .memlayout import Memlayout, MemlayoutError
-from .stats import DnumaStats
+from .stats import DnumaStats, sum_stats
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT
@@ -68,8 +68,7 @@ class Machine:
     pending: Memlayout | None
     backlog: list[Memlayout]           # oldest first
     backlog_max: int
-    stats: DnumaStats                  # global
-    node_stats: dict[int, DnumaStats]  # global, per node
+    retired_stats: dict[int | None, DnumaStats]  # counters of destroyed layouts, by node
     vm_events: dict[str, int]          # pgfree, pgalloc_dma, ...: counted events
     boot_allocations: list[tuple[int, int]]  # (pfn, order) allocated at boot, still held
 
@@ -93,8 +92,7 @@ class Machine:
         m.page_order = np.frombuffer(m._order, dtype=np.uint8)
         m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
         m.pgdat = {}
-        m.stats = DnumaStats()
-        m.node_stats = {}
+        m.retired_stats = {}
         m.vm_events = {"pgalloc_dma": 0, "pgalloc_dma32": 0, "pgalloc_normal": 0, "pgfree": 0}
         m.boot_allocations = []
         m.layouts = {}
@@ -104,7 +102,6 @@ class Machine:
         m._next_layout_id = 0
         m._zonelists = {}
         m._populated = frozenset()
-        m._stat_sinks = {}
         boot_layout = m._new_layout()
         start = 0
         for nid, size in enumerate(sizes):
@@ -176,7 +173,6 @@ class Machine:
     def _online_node(self, nid: int) -> None:
         if nid not in self.pgdat:
             self.pgdat[nid] = Pgdat.empty(nid)
-            self.node_stats.setdefault(nid, DnumaStats())
 
     def online_nodes(self) -> list[int]:
         with self.lock:
@@ -213,7 +209,7 @@ class Machine:
             return n, n, 0
 
     def _zone_of(self, pfn: int) -> Zone:
-        zt = ZoneType.DMA if pfn < _DMA_END else ZoneType.DMA32 if pfn < _DMA32_END else ZoneType.NORMAL
+        zt = 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2      # ZoneType, as int: faster
         return self.pgdat[self._node[pfn]].zones[zt]
 
     # ------------------------------------------------------------- zonelists
@@ -446,7 +442,7 @@ class Machine:
     def memlayout_clear(self) -> None:
         with self.lock:
             if self.pending is not None:
-                del self.layouts[self.pending.id]
+                self._retire(self.pending)
                 self.pending = None
 
     def memlayout_commit(self) -> Memlayout | None:
@@ -463,24 +459,36 @@ class Machine:
 
     def _trim_backlog(self) -> None:
         while len(self.backlog) > self.backlog_max:
-            del self.layouts[self.backlog.pop(0).id]
+            self._retire(self.backlog.pop(0))
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
-        """Count a dnuma event globally, for the current layout, and for nid if given."""
-        sinks = self._stat_sinks.get(nid) or self._make_sinks(nid)
-        for counts in sinks:
-            counts[name] += n
+        """Count a dnuma event of the current layout, at node nid (None: no node).
 
-    def _make_sinks(self, nid: int | None) -> tuple[dict[str, int], ...]:
-        """The counter dicts an event at nid goes to; found once per layout (see commit)."""
-        sinks = [self.stats.counts, self.current.stats.counts]
-        if nid is not None:
-            for table in (self.node_stats, self.current.node_stats):
-                if nid not in table:
-                    table[nid] = DnumaStats()
-                sinks.append(table[nid].counts)
-        self._stat_sinks[nid] = tuple(sinks)
-        return self._stat_sinks[nid]
+        Each event is counted once, by layout and node; global and per-layout totals
+        are sums (see stats, node_stats), so nothing is counted twice.
+        """
+        self.current.counter(nid).counts[name] += n
+
+    def _layout_counters(self) -> list[dict[int | None, DnumaStats]]:
+        return [self.retired_stats] + [l.counters for l in self.layouts.values()]
+
+    @property
+    def stats(self) -> DnumaStats:
+        """Global counters: every layout's, destroyed ones included."""
+        return sum_stats(s for c in self._layout_counters() for s in c.values())
+
+    @property
+    def node_stats(self) -> dict[int, DnumaStats]:
+        nids = sorted({n for c in self._layout_counters() for n in c if n is not None}
+                      | set(self.pgdat))
+        return {nid: sum_stats(c[nid] for c in self._layout_counters() if nid in c)
+                for nid in nids}
+
+    def _retire(self, layout: Memlayout) -> None:
+        """Destroy a layout, keeping its counts in the global totals."""
+        del self.layouts[layout.id]
+        for nid, stats in layout.counters.items():
+            self.retired_stats[nid] = sum_stats([self.retired_stats.get(nid, DnumaStats()), stats])
 
     # -------------------------------------------------------------- transplant
 
@@ -490,7 +498,7 @@ class Machine:
         A commit rebuilds the zonelists once at its end (rebuild=False); a transplant on
         free rebuilds at once if it populated or emptied a zone.
         """
-        zt = ZoneType.DMA if pfn < _DMA_END else ZoneType.DMA32 if pfn < _DMA32_END else ZoneType.NORMAL
+        zt = 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2      # ZoneType, as int: faster
         zold, znew = self.pgdat[old].zones[zt], self.pgdat[new].zones[zt]
         zold.present_pages -= n
         zold.managed_pages -= n

@@ -7,7 +7,7 @@ import errno
 import attrs
 import numpy as np
 
-from .stats import DnumaStats
+from .stats import DnumaStats, sum_stats
 
 
 class MemlayoutError(OSError):
@@ -29,8 +29,8 @@ class Memlayout:
     starts: list[int] = attrs.field(factory=list)
     ends: list[int] = attrs.field(factory=list)
     nids: list[int] = attrs.field(factory=list)
-    stats: DnumaStats = attrs.field(factory=DnumaStats)
-    node_stats: dict[int, DnumaStats] = attrs.field(factory=dict)
+    # Counters by node; events that belong to no node are kept under None.
+    counters: dict[int | None, DnumaStats] = attrs.field(factory=dict)
     _last: int = -1
 
     def __len__(self) -> int:
@@ -74,12 +74,21 @@ class Memlayout:
         return None, False
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
-        self.stats.counts[name] += n
-        if nid is not None:
-            stats = self.node_stats.get(nid)
-            if stats is None:
-                stats = self.node_stats[nid] = DnumaStats()
-            stats.counts[name] += n
+        self.counter(nid).counts[name] += n
+
+    def counter(self, nid: int | None) -> DnumaStats:
+        stats = self.counters.get(nid)
+        if stats is None:
+            stats = self.counters[nid] = DnumaStats()
+        return stats
+
+    @property
+    def stats(self) -> DnumaStats:
+        return sum_stats(self.counters.values())
+
+    @property
+    def node_stats(self) -> dict[int, DnumaStats]:
+        return {nid: s for nid, s in sorted(self.counters.items()) if nid is not None}
 
     def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:
         """The node of each pfn first..first+len(node)-1 under this layout.

@@ -34,3 +34,12 @@ class DnumaStats:
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
+
+
+def sum_stats(parts) -> DnumaStats:
+    """Totals are sums of the per-node counters, never counted twice."""
+    out = DnumaStats()
+    for part in parts:
+        for name, n in part.counts.items():
+            out.counts[name] += n
+    return out
