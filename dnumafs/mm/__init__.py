@@ -2,7 +2,7 @@
 from .constants import HPAGE_ORDER, MAX_ORDER, PAGE_SIZE, ZoneType
 from .machine import Machine, MachineConfig
 from .memlayout import Memlayout, MemlayoutError
-from .stats import STAT_NAMES, DnumaStats
+from .stats import STAT_NAMES, DnumaStats, SummedStats
 from .zone import NUMASTAT_NAMES, Pgdat, Watermarks, Zone
 
 __all__ = [

@@ -14,7 +14,7 @@ from .constants import (
     zone_type_bounds,
 )
 from .memlayout import Memlayout, MemlayoutError
-from .stats import DnumaStats, sum_stats
+from .stats import DnumaStats, SummedStats, sum_stats
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT
@@ -473,15 +473,16 @@ class Machine:
         return [self.retired_stats] + [l.counters for l in self.layouts.values()]
 
     @property
-    def stats(self) -> DnumaStats:
+    def stats(self) -> SummedStats:
         """Global counters: every layout's, destroyed ones included."""
-        return sum_stats(s for c in self._layout_counters() for s in c.values())
+        return SummedStats(lambda: [s for c in self._layout_counters() for s in c.values()])
 
     @property
-    def node_stats(self) -> dict[int, DnumaStats]:
+    def node_stats(self) -> dict[int, SummedStats]:
         nids = sorted({n for c in self._layout_counters() for n in c if n is not None}
                       | set(self.pgdat))
-        return {nid: sum_stats(c[nid] for c in self._layout_counters() if nid in c)
+        return {nid: SummedStats(lambda nid=nid: [c[nid] for c in self._layout_counters()
+                                                  if nid in c])
                 for nid in nids}
 
     def _retire(self, layout: Memlayout) -> None:

@@ -7,7 +7,7 @@ import errno
 import attrs
 import numpy as np
 
-from .stats import DnumaStats, sum_stats
+from .stats import DnumaStats, SummedStats
 
 
 class MemlayoutError(OSError):
@@ -83,12 +83,12 @@ class Memlayout:
         return stats
 
     @property
-    def stats(self) -> DnumaStats:
-        return sum_stats(self.counters.values())
+    def stats(self) -> SummedStats:
+        return SummedStats(self.counters.values)
 
     @property
     def node_stats(self) -> dict[int, DnumaStats]:
-        return {nid: s for nid, s in sorted(self.counters.items()) if nid is not None}
+        return {nid: self.counters[nid] for nid in sorted(n for n in self.counters if n is not None)}
 
     def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:
         """The node of each pfn first..first+len(node)-1 under this layout.

@@ -1,6 +1,8 @@
 """dnuma statistics: counters incremented where the event happens."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import attrs
 
 # Names as the files show them, in the order the files list them.
@@ -36,8 +38,21 @@ class DnumaStats:
         return self.counts[name]
 
 
-def sum_stats(parts) -> DnumaStats:
-    """Totals are sums of the per-node counters, never counted twice."""
+class SummedStats:
+    """A live total of other counters: totals are sums, never counted twice."""
+
+    def __init__(self, parts: Callable[[], Iterable[DnumaStats]]) -> None:
+        self._parts = parts
+
+    def __getitem__(self, name: str) -> int:
+        return sum(p.counts[name] for p in self._parts())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return sum_stats(self._parts()).counts
+
+
+def sum_stats(parts: Iterable[DnumaStats]) -> DnumaStats:
     out = DnumaStats()
     for part in parts:
         for name, n in part.counts.items():
