@@ -1,0 +1,33 @@
+"""The file tree over the model, laid out as the real /sys and /proc paths, so that a directory
+of the mount can be bound over the real one and HWLOC_FSROOT=MNT works.
+
+One module per area, each a set of small show/store functions over the model:
+  memlayout  sys/kernel/debug/memlayout/, sys/module/memlayout/parameters/
+  node       sys/devices/system/node/
+  cpu        sys/devices/system/cpu/
+  proc       proc/
+"""
+from __future__ import annotations
+
+from dnumafs.mm import Machine
+from dnumafs.vfs.tree import Dir, StaticDir
+
+from .cpu import cpu_root
+from .memlayout import memlayout_dir, module_dir
+from .node import node_root
+from .proc import proc_dir
+
+
+def build_root(machine: Machine) -> Dir:
+    """The mount's root directory."""
+    return StaticDir({
+        "sys": StaticDir({
+            "kernel": StaticDir({"debug": StaticDir({"memlayout": memlayout_dir(machine)})}),
+            "module": StaticDir({"memlayout": module_dir(machine)}),
+            "devices": StaticDir({"system": StaticDir({
+                "node": node_root(machine),
+                "cpu": cpu_root(machine),
+            })}),
+        }),
+        "proc": proc_dir(machine),
+    })

@@ -1,0 +1,129 @@
+"""Helpers for the file-tree tests: a small booted machine, and read/write through the tree as
+the FUSE adapter does (show at open, each write whole to store), without a mount."""
+from __future__ import annotations
+
+import re
+
+from dnumafs.files import build_root
+from dnumafs.mm import Machine, MachineConfig
+from dnumafs.vfs.tree import Attr, Dir, Symlink, resolve
+
+MiB = 1 << 20
+
+ML = "/sys/kernel/debug/memlayout"
+NODE = "/sys/devices/system/node"
+CPU = "/sys/devices/system/cpu"
+BACKLOG_MAX = "/sys/module/memlayout/parameters/backlog_max"
+
+
+def boot(nodes: int = 2, mem: int = 64 * MiB, cpus: int = 4, possible_nodes: int = 4,
+         **kw) -> Machine:
+    return Machine.boot(MachineConfig(nodes=nodes, mem=mem, cpus=cpus,
+                                      possible_nodes=possible_nodes, **kw))
+
+
+class Tree:
+    """A machine and its file tree, read and written by path."""
+
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+        self.root = build_root(m)
+
+    def node(self, path: str):
+        return resolve(self.root, path)
+
+    def read(self, path: str) -> str:
+        node = self.node(path)
+        assert isinstance(node, Attr), f"{path} is not a file"
+        assert node.show is not None, f"{path} has no show"
+        return node.show()
+
+    def write(self, path: str, data: str | bytes) -> int | None:
+        """None on success, else the errno the write would fail with."""
+        node = self.node(path)
+        assert isinstance(node, Attr), f"{path} is not a file"
+        assert node.store is not None, f"{path} has no store"
+        try:
+            node.store(data.encode() if isinstance(data, str) else data)
+        except OSError as e:
+            return e.errno
+        return None
+
+    def ls(self, path: str) -> list[str]:
+        node = self.node(path)
+        assert isinstance(node, Dir), f"{path} is not a directory"
+        return list(node.names())
+
+    def readlink(self, path: str) -> str:
+        node = self.node(path)
+        assert isinstance(node, Symlink), f"{path} is not a symlink"
+        return node.target()
+
+    def add_range(self, start: int, end: int, nid: int) -> None:
+        assert self.write(f"{ML}/start", f"{start:#x}\n") is None
+        assert self.write(f"{ML}/end", f"{end:#x}\n") is None
+        assert self.write(f"{ML}/node", f"{nid}\n") is None
+
+
+def node_meminfo(text: str) -> dict[str, int]:
+    """{key: value} of a nodeN/meminfo, checking every line's Linux format on the way."""
+    out = {}
+    for line in text.splitlines():
+        m = (re.fullmatch(r"Node \d+ (\S+):( +)(\d+) kB", line)
+             or re.fullmatch(r"Node \d+ (HugePages_\w+):( +)(\d+)", line))
+        assert m, f"bad meminfo line {line!r}"
+        out[m[1]] = int(m[3])
+    return out
+
+
+def proc_meminfo(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\S+):( +)(\d+)( kB)?", line)
+        assert m, f"bad meminfo line {line!r}"
+        out[m[1]] = int(m[3])
+    return out
+
+
+def key_values(text: str) -> dict[str, int]:
+    """{name: value} of `name value` lines (numastat, vmstat)."""
+    out = {}
+    for line in text.splitlines():
+        name, value = line.split(" ")
+        out[name] = int(value)
+    return out
+
+
+def buddyinfo(text: str) -> dict[tuple[int, str], list[int]]:
+    out = {}
+    for line in text.splitlines(keepends=True):
+        m = re.fullmatch(r"Node (\d+), zone +(\S+) ((?: +\d+ ){11})\n", line)
+        assert m, f"bad buddyinfo line {line!r}"
+        out[(int(m[1]), m[2])] = [int(x) for x in m[3].split()]
+    return out
+
+
+def zoneinfo(text: str) -> dict[tuple[int, str], dict[str, int]]:
+    """{(nid, zone): {"free", "min", ..., "managed", "start_pfn"}} of /proc/zoneinfo."""
+    out: dict[tuple[int, str], dict[str, int]] = {}
+    cur: dict[str, int] = {}
+    for line in text.splitlines():
+        if m := re.fullmatch(r"Node (\d+), zone +(\S+)", line):
+            cur = out[(int(m[1]), m[2])] = {}
+        elif m := re.fullmatch(r"  pages free +(\d+)", line):
+            cur["free"] = int(m[1])
+        elif m := re.fullmatch(r" {8}(min|low|high|spanned|present|managed) +(\d+)", line):
+            cur[m[1]] = int(m[2])
+        elif m := re.fullmatch(r"  start_pfn: +(\d+)", line):
+            cur["start_pfn"] = int(m[1])
+    return out
+
+
+def node_list(text: str) -> list[int]:
+    """Parse a `0-2,4\\n` node or cpu list."""
+    assert text.endswith("\n")
+    out = []
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
