@@ -458,3 +458,86 @@ def stat_delta(before, m, name):
 def zone_of(m, pfn):
     """(nid, ztype) the page belongs to now."""
     return int(m.page_node[pfn]), zone_type_of(pfn)
+
+
+def commit_checked(m, tracked=None, managed_total=None, reserved_baseline=None) -> dict:
+    """Commit the pending layout and verify what the commit did, page by page.
+
+    Returns the snapshot taken before the commit (with "want", the layout's node map, and
+    "state", the page states before).
+    """
+    n = m.max_pfn
+    pending = m.pending
+    before = snapshot(m)
+    state, _, _ = classify(m)
+    online_before = set(m.pgdat)
+    if pending is None:
+        assert m.memlayout_commit() is None
+        assert (np.asarray(m.page_node) == before["node"]).all()
+        return before
+    old_current = m.current
+    want = expected_nodes(pending, before["node"], n)
+    lay = m.memlayout_commit()
+    assert lay is pending and m.current is lay and m.pending is None
+    assert not m.backlog or m.backlog[-1] is old_current or m.backlog_max == 0
+    node = np.asarray(m.page_node).astype(np.int64)
+    flags = np.asarray(m.page_flags)
+    # every node the layout names is online now, and nodes never go offline
+    assert {nid for _, _, nid in pending.ranges()} | online_before <= set(m.pgdat)
+    free_before = (state == FREE_BUDDY) | (state == FREE_PCP)
+    # free pages: on the layout's node now (pfns outside keep theirs)
+    bad = free_before & (node != want)
+    assert not bad.any(), f"{int(bad.sum())} free pages not moved, e.g. {_first(np.nonzero(bad)[0])}"
+    # allocated and reserved pages: never moved by a commit
+    stay = ~free_before
+    moved_stay = stay & (node != before["node"])
+    assert not moved_stay.any(), (f"{int(moved_stay.sum())} allocated/reserved pages moved by "
+                                  f"the commit, e.g. {_first(np.nonzero(moved_stay)[0])}")
+    # allocated pages whose node differs are marked
+    alloc_wrong = (state == ALLOCATED) & (node != want)
+    unmarked = alloc_wrong & ((flags & PG_LOOKUP_NODE) == 0)
+    assert not unmarked.any(), (f"{int(unmarked.sum())} allocated pages on the wrong node not "
+                                f"marked, e.g. {_first(np.nonzero(unmarked)[0])}")
+    # the per-CPU lists are drained
+    assert pcp_pages(m) == []
+    changed = int((node != before["node"]).sum())
+    assert m.stats["moved-pages"] - before["stats"]["moved-pages"] == changed
+    add = m.stats["transplant-from-freelist-add"] - before["stats"]["transplant-from-freelist-add"]
+    rem = (m.stats["transplant-from-freelist-remove"]
+           - before["stats"]["transplant-from-freelist-remove"])
+    assert add == rem, f"pages added to new free lists {add} != removed from old {rem}"
+    # free pages move off the free lists; pages waiting on per-CPU lists are marked like any
+    # non-buddy page and move when the drain frees them (transplant on free), as in the kernel
+    on_free = m.stats["transplant-on-free"] - before["stats"]["transplant-on-free"]
+    assert add + on_free >= changed
+    rebuilds = sum(m.stats[k] - before["stats"][k]
+                   for k in ("zonelist-rebuild", "no-zonelist-rebuild"))
+    assert rebuilds == 1, "one zonelist decision per commit"
+    if set(m.pgdat) != online_before:
+        assert m.stats["zonelist-rebuild"] > before["stats"]["zonelist-rebuild"]
+    assert_model_ok(m, tracked=tracked, managed_total=managed_total,
+                    reserved_baseline=reserved_baseline)
+    before["want"] = want
+    before["state"] = state
+    return before
+
+
+def free_checked(m, pfn, order, managed_total=None):
+    """free_pages(pfn) and verify the transplant on free: returns pages that changed node."""
+    before_node = np.asarray(m.page_node).astype(np.int64).copy()
+    marked = bool((np.asarray(m.page_flags)[pfn:pfn + (1 << order)] & PG_LOOKUP_NODE).any())
+    s = dict(m.stats.counts)
+    want = expected_nodes(m.current, before_node, m.max_pfn)[pfn:pfn + (1 << order)]
+    m.free_pages(pfn)
+    node = np.asarray(m.page_node).astype(np.int64)
+    changed = int((node != before_node).sum())
+    assert changed == int((node[pfn:pfn + (1 << order)] != before_node[pfn:pfn + (1 << order)]).sum()), \
+        "a free moved pages outside the freed block"
+    if marked:
+        assert (node[pfn:pfn + (1 << order)] == want).all(), "marked block not transplanted"
+    else:
+        assert changed == 0, "an unmarked block moved on free"
+    assert not (np.asarray(m.page_flags)[pfn:pfn + (1 << order)] & PG_LOOKUP_NODE).any()
+    assert m.stats["moved-pages"] - s["moved-pages"] == changed
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == changed
+    return changed

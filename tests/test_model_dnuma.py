@@ -1,0 +1,478 @@
+"""dnuma on the machine: pending layouts, commit, transplant on free, backlog, statistics,
+and the scenarios of the seed (striping, all memory to a new node)."""
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from dnumafs.mm import MemlayoutError, ZoneType
+from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
+from model_helpers import (
+    ALLOCATED,
+    FREE_BUDDY,
+    FREE_PCP,
+    MiB,
+    RESERVED,
+    assert_model_ok,
+    boot,
+    classify,
+    commit_checked,
+    expected_nodes,
+    free_blocks,
+    free_checked,
+    pcp_pages,
+    range_mask,
+    reserved_baseline,
+)
+
+DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
+
+
+def ctx(m):
+    return dict(managed_total=m.total_managed_pages(), reserved_baseline=reserved_baseline(m))
+
+
+def stripe(m, first, last, pfns):
+    for i, start in enumerate(range(0, m.max_pfn, pfns)):
+        m.memlayout_add_range(start, min(start + pfns, m.max_pfn) - 1, first + i % (last - first + 1))
+
+
+def assert_all_unreserved_on_layout(m):
+    node = np.asarray(m.page_node).astype(np.int64)
+    want = expected_nodes(m.current, node, m.max_pfn)
+    unreserved = (np.asarray(m.page_flags) & PG_RESERVED) == 0
+    bad = unreserved & (node != want)
+    assert not bad.any(), f"{int(bad.sum())} unreserved pages not on their layout node"
+
+
+# ---------------------------------------------------------------- pending layouts
+
+def test_add_range_creates_pending_with_next_id():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    m.memlayout_add_range(0, 99, 1)
+    assert m.pending is not None and m.pending.id == 1
+    assert m.layouts[1] is m.pending and m.current.id == 0
+    m.memlayout_add_range(200, 299, 3)
+    m.memlayout_add_range(100, 199, 0)
+    assert m.pending.ranges() == [(0, 99, 1), (100, 199, 0), (200, 299, 3)]
+    assert sorted(m.layouts) == [0, 1]
+    assert 3 not in m.pgdat, "adding a range onlines nothing; only a commit does"
+
+
+@pytest.mark.parametrize("args,err", [
+    ((10, 5, 0), errno.EINVAL),
+    ((0, 5, 4), errno.EINVAL),        # nid == possible_nodes
+    ((0, 5, 99), errno.EINVAL),
+    ((0, 5, -1), errno.EINVAL),
+])
+def test_add_range_invalid_creates_nothing(args, err):
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    with pytest.raises(MemlayoutError) as ei:
+        m.memlayout_add_range(*args)
+    assert ei.value.errno == err
+    assert m.pending is None and sorted(m.layouts) == [0]
+    m.memlayout_add_range(0, 5, 3)
+    assert m.pending.id == 1
+
+
+def test_add_range_overlap_is_eexist_and_changes_nothing():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    m.memlayout_add_range(100, 199, 1)
+    for s, e in [(100, 199), (199, 300), (0, 100), (150, 160), (0, 1000)]:
+        with pytest.raises(MemlayoutError) as ei:
+            m.memlayout_add_range(s, e, 2)
+        assert ei.value.errno == errno.EEXIST
+    m.memlayout_add_range(200, 200, 2)    # touching is fine
+    m.memlayout_add_range(99, 99, 2)
+    assert m.pending.ranges() == [(99, 99, 2), (100, 199, 1), (200, 200, 2)]
+
+
+def test_overlap_with_current_layout_is_not_an_error():
+    m = boot(nodes=2, mem=64 * MiB)
+    m.memlayout_add_range(0, m.max_pfn - 1, 1)   # overlaps layout 0's ranges: fine
+    assert m.pending.ranges() == [(0, m.max_pfn - 1, 1)]
+
+
+def test_clear_discards_pending_and_ids_are_not_reused():
+    m = boot(nodes=2, mem=64 * MiB)
+    m.memlayout_add_range(0, 9, 1)
+    assert m.pending.id == 1
+    m.memlayout_clear()
+    assert m.pending is None and sorted(m.layouts) == [0]
+    m.memlayout_clear()                          # nothing pending: no-op
+    m.memlayout_add_range(0, 9, 1)
+    assert m.pending.id == 2
+    lay = m.memlayout_commit()
+    assert lay.id == 2 and m.current.id == 2
+
+
+def test_commit_with_nothing_pending_is_a_noop():
+    m = boot(nodes=2, mem=64 * MiB)
+    s = dict(m.stats.counts)
+    assert m.memlayout_commit() is None
+    assert m.current.id == 0 and m.backlog == []
+    assert dict(m.stats.counts) == s
+
+
+# ---------------------------------------------------------------- backlog
+
+def test_backlog_keeps_at_most_backlog_max():
+    m = boot(nodes=2, mem=64 * MiB)
+    assert m.backlog_max == 8
+    for i in range(12):
+        m.memlayout_add_range(i, i, i % 2)
+        m.memlayout_commit()
+    assert m.current.id == 12
+    assert [b.id for b in m.backlog] == list(range(4, 12))
+    assert sorted(m.layouts) == list(range(4, 13))
+    assert_model_ok(m)
+
+
+def test_set_backlog_max_trims_at_once_oldest_first():
+    m = boot(nodes=2, mem=64 * MiB)
+    for i in range(5):
+        m.memlayout_add_range(i, i, 1)
+        m.memlayout_commit()
+    m.memlayout_add_range(100, 100, 1)           # a pending layout is not in the backlog
+    assert [b.id for b in m.backlog] == [0, 1, 2, 3, 4]
+    m.set_backlog_max(2)
+    assert m.backlog_max == 2
+    assert [b.id for b in m.backlog] == [3, 4]
+    assert sorted(m.layouts) == [3, 4, 5, 6]
+    m.set_backlog_max(0)
+    assert m.backlog == [] and sorted(m.layouts) == [5, 6]
+    m.memlayout_commit()
+    assert m.backlog == [] and sorted(m.layouts) == [6]
+    m.set_backlog_max(3)
+    for i in range(2):
+        m.memlayout_add_range(i, i, 0)
+        m.memlayout_commit()
+    assert [b.id for b in m.backlog] == [6, 7]
+    for bad in (-1, -100):
+        with pytest.raises(ValueError):
+            m.set_backlog_max(bad)
+    assert m.backlog_max == 3
+    assert_model_ok(m)
+
+
+# ---------------------------------------------------------------- commit
+
+def test_all_memory_to_the_other_node():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    free0 = m.total_free_pages()
+    m.memlayout_add_range(0, m.max_pfn - 1, 1)
+    commit_checked(m, tracked={}, **c)
+    assert m.pgdat[0].free_pages == 0
+    assert m.pgdat[1].free_pages == m.total_free_pages() >= free0
+    z = m.pgdat[1].zones[DMA]
+    first_free = min(h for h, _, n, t in free_blocks(m) if t == DMA)
+    assert z.populated and z.zone_start_pfn <= first_free and z.zone_end_pfn == 4096
+    # node 0 keeps only its reserved and still-allocated pages
+    state, _, _ = classify(m)
+    on0 = np.asarray(m.page_node) == 0
+    assert set(np.unique(state[on0]).tolist()) <= {ALLOCATED, RESERVED}
+    assert m.pgdat[0].present_pages == int(on0.sum())
+    # allocation honours the new layout
+    assert m.alloc_pages(0, nid=0, thisnode=True) is None
+    p = m.alloc_pages(3, nid=0)
+    assert int(m.page_node[p]) == 1
+
+
+def test_pages_outside_the_layout_keep_their_node():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    node0 = np.asarray(m.page_node).copy()
+    m.memlayout_add_range(2048, 4095, 1)         # part of node 0's DMA zone
+    commit_checked(m, tracked={}, **c)
+    node = np.asarray(m.page_node)
+    assert (node[:2048] == node0[:2048]).all()
+    assert (node[4096:] == node0[4096:]).all()
+    state, _, _ = classify(m)
+    free = (state == FREE_BUDDY) | (state == FREE_PCP)
+    assert (node[2048:4096][free[2048:4096]] == 1).all()
+    assert m.pgdat[1].zones[DMA].populated
+    assert m.pgdat[0].zones[DMA].present_pages < 4096
+    # a later layout that covers nothing of those pfns leaves them on node 1
+    m.memlayout_add_range(8192, 9000, 1)
+    commit_checked(m, tracked={}, **c)
+    assert (np.asarray(m.page_node)[2048:4096][free[2048:4096]] == 1).all()
+
+
+def test_range_past_max_pfn_is_ignored_beyond():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    m.memlayout_add_range(8192, 1 << 40, 0)
+    m.memlayout_add_range(1 << 41, 1 << 42, 1)
+    commit_checked(m, tracked={}, **c)
+    assert m.pgdat[1].free_pages == 0
+
+
+def test_new_node_comes_online_and_stays():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    c = ctx(m)
+    m.memlayout_add_range(0, 4095, 2)
+    commit_checked(m, tracked={}, **c)
+    assert m.online_nodes() == [0, 1, 2]
+    assert 2 in m.nodes_with_memory()
+    assert m.pgdat[2].free_pages > 0 and m.pgdat[2].zones[DMA].populated
+    assert m.nodes_with_cpus() == [0, 1]
+    assert m.node_distance(2, 0) == 20 and m.node_distance(2, 2) == 10
+    p = m.alloc_pages(2, nid=2, thisnode=True)
+    assert p is not None and int(m.page_node[p]) == 2 and p < 4096
+    m.free_pages(p)
+    # move everything off node 2 again: it stays online, without memory
+    m.memlayout_add_range(0, 4095, 0)
+    commit_checked(m, tracked={}, **c)
+    assert m.online_nodes() == [0, 1, 2]
+    assert m.pgdat[2].present_pages == 0
+    assert 2 not in m.nodes_with_memory()
+
+
+def test_straddling_order10_block_is_split_to_each_ranges_node():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    blocks = [(h, nid) for h, o, nid, _ in free_blocks(m) if o == 10]
+    assert blocks, "a fresh machine has free order-10 blocks"
+    h, nid = blocks[0]
+    other = 1 - nid
+    cut = h + 100
+    m.memlayout_add_range(0, cut - 1, other)     # [h, cut) goes to the other node
+    m.memlayout_add_range(cut, m.max_pfn - 1, nid)
+    before = commit_checked(m, tracked={}, **c)
+    node = np.asarray(m.page_node)
+    assert (node[h:cut] == other).all() and (node[cut:h + 1024] == nid).all()
+    split = m.stats["split-pages"] - before["stats"]["split-pages"]
+    assert 0 < split
+    # parts land in aligned, fully merged blocks: [h, h+100) = 64 + 32 + 4
+    fb = {(hh, o): n for hh, o, n, _ in free_blocks(m)}
+    assert fb.get((h, 6)) == other and fb.get((h + 64, 5)) == other
+    assert fb.get((h + 96, 2)) == other
+    assert fb.get((h + 100, 2)) == nid and fb.get((h + 104, 3)) == nid
+    assert fb.get((h + 512, 9)) == nid
+
+
+def test_straddling_stats_per_layout_and_node():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    m.memlayout_add_range(0, m.max_pfn - 1, 3)
+    before = commit_checked(m, tracked={}, **ctx(m))
+    lay = m.current
+    for name in ("transplant-from-freelist-add", "transplant-from-freelist-remove",
+                 "moved-pages", "transplant-bail-reserved"):
+        delta = m.stats[name] - before["stats"][name]
+        assert lay.stats[name] == delta, name
+    add = lay.stats["transplant-from-freelist-add"]
+    assert add > 0
+    assert lay.node_stats[3]["transplant-from-freelist-add"] == add
+    assert m.node_stats[3]["transplant-from-freelist-add"] == add
+    assert lay.stats["transplant-examined-pfn"] > 0
+
+
+def test_commit_drains_per_cpu_lists_to_the_new_node():
+    m = boot(nodes=2, mem=64 * MiB, cpus=4)
+    c = ctx(m)
+    held = {}
+    for cpu in range(4):
+        p = m.alloc_pages(0, cpu=cpu)
+        held[p] = 0
+    assert len(pcp_pages(m)) > 0
+    pcp_pfns = [p for p, *_ in pcp_pages(m)]
+    s = m.stats["pcp-drain"]
+    m.memlayout_add_range(0, m.max_pfn - 1, 1)
+    commit_checked(m, tracked=held, **c)
+    assert m.stats["pcp-drain"] > s
+    assert all(int(m.page_node[p]) == 1 for p in pcp_pfns)
+
+
+def test_marked_pages_move_when_freed():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    held = {}
+    for order in (0, 1, 4, 9):
+        for nid in (0, 1):
+            held[m.alloc_pages(order, nid=nid, thisnode=True)] = order
+    m.memlayout_add_range(0, 8191, 1)
+    m.memlayout_add_range(8192, m.max_pfn - 1, 0)
+    commit_checked(m, tracked=held, **c)
+    for p, o in held.items():
+        assert (m.page_flags[p:p + (1 << o)] & PG_LOOKUP_NODE).all(), "every page of it marked"
+    s = dict(m.stats.counts)
+    for p, o in list(held.items()):
+        old = int(m.page_node[p])
+        assert free_checked(m, p, o) == 1 << o
+        assert int(m.page_node[p]) == 1 - old
+        del held[p]
+        assert_model_ok(m, tracked=held, **c)
+    total = sum(1 << o for o in (0, 1, 4, 9)) * 2
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == total
+    assert m.stats["moved-pages"] - s["moved-pages"] == total
+
+
+def test_unmarked_pages_do_not_pay_a_lookup():
+    m = boot(nodes=2, mem=64 * MiB)
+    m.memlayout_add_range(0, 4095, 1)
+    commit_checked(m, tracked={}, **ctx(m))
+    p = m.alloc_pages(3, nid=1, thisnode=True)
+    lay = m.current
+    h, mi = lay.stats["cache-hit"], lay.stats["cache-miss"]
+    m.free_pages(p)
+    assert (lay.stats["cache-hit"], lay.stats["cache-miss"]) == (h, mi)
+
+
+def test_straddling_allocated_block_is_split_on_free():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    p = m.alloc_pages(4, nid=1, thisnode=True)
+    m.memlayout_add_range(p, p + 5, 0)           # first 6 pages go to node 0, the rest stay
+    commit_checked(m, tracked={p: 4}, **c)
+    assert (m.page_flags[p:p + 6] & PG_LOOKUP_NODE).all()
+    assert free_checked(m, p, 4) == 6
+    node = np.asarray(m.page_node)
+    assert (node[p:p + 6] == 0).all() and (node[p + 6:p + 16] == 1).all()
+    m.drain_pcp()
+    assert_model_ok(m, tracked={}, **c)
+
+
+def test_second_layout_remarks_and_unmarked_back():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    p = m.alloc_pages(2, nid=0, thisnode=True)
+    m.memlayout_add_range(0, 8191, 1)
+    commit_checked(m, tracked={p: 2}, **c)
+    assert m.page_flags[p] & PG_LOOKUP_NODE
+    m.memlayout_add_range(0, 8191, 0)            # back where it is
+    commit_checked(m, tracked={p: 2}, **c)
+    assert free_checked(m, p, 2) == 0
+    assert int(m.page_node[p]) == 0
+    assert_model_ok(m, tracked={}, **c)
+
+
+def test_boot_layout_again_after_moves_restores_node_sizes():
+    m = boot(nodes=2, mem=64 * MiB)
+    c = ctx(m)
+    sizes = {n: m.pgdat[n].present_pages for n in m.pgdat}
+    boot_ranges = m.current.ranges()
+    m.memlayout_add_range(0, m.max_pfn - 1, 0)
+    commit_checked(m, tracked={}, **c)
+    for s, e, nid in boot_ranges:
+        m.memlayout_add_range(s, e, nid)
+    commit_checked(m, tracked={}, **c)
+    assert {n: m.pgdat[n].present_pages for n in m.pgdat} == sizes
+
+
+# ---------------------------------------------------------------- seed scenarios
+
+def test_seed_stripe_128mib_8cpus_over_three_nodes():
+    m = boot(nodes=2, mem=128 * MiB, cpus=8, possible_nodes=4)
+    c = ctx(m)
+    assert m.max_pfn == 32768
+    stripe(m, 0, 2, 256)
+    assert len(m.pending) == 128
+    before = commit_checked(m, tracked={}, **c)
+    assert m.online_nodes() == [0, 1, 2]
+    assert m.nodes_with_memory() == [0, 1, 2]
+    # every free page sits in its stripe's node; no free block crosses a stripe
+    for h, o, nid, _ in free_blocks(m):
+        assert o <= 8, f"free block {h:#x} of order {o} spans stripes"
+        assert nid == (h // 256) % 3
+    assert m.stats["split-pages"] - before["stats"]["split-pages"] > 0
+    want_free = {n: 0 for n in range(3)}
+    state = before["state"]
+    free_before = (state == FREE_BUDDY) | (state == FREE_PCP)
+    for nid in range(3):
+        want_free[nid] = int((free_before & (before["want"] == nid)).sum())
+    assert {n: m.pgdat[n].free_pages for n in range(3)} == want_free
+    # free every boot allocation: each marked page is transplanted on free
+    s = dict(m.stats.counts)
+    node_before = np.asarray(m.page_node).copy()
+    freed = m.free_boot_allocations()
+    assert freed > 0 and m.boot_allocations == []
+    moved = int((np.asarray(m.page_node) != node_before).sum())
+    assert moved > 0
+    assert m.stats["moved-pages"] - s["moved-pages"] == moved
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == moved
+    assert_model_ok(m, tracked={}, **c)
+    assert_all_unreserved_on_layout(m)
+    # node sizes now follow the stripes, but for reserved pages
+    node = np.asarray(m.page_node)
+    res = (np.asarray(m.page_flags) & PG_RESERVED) != 0
+    for nid in range(3):
+        in_stripes = np.zeros(m.max_pfn, bool)
+        for i in range(nid, 128, 3):
+            in_stripes[i * 256:(i + 1) * 256] = True
+        assert m.pgdat[nid].managed_pages == int((in_stripes & ~res).sum())
+        assert m.pgdat[nid].present_pages == int(((node == nid)).sum())
+    assert not (np.asarray(m.page_flags)[~res] & PG_LOOKUP_NODE).any()
+
+
+def test_seed_all_memory_to_new_node_3():
+    m = boot(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=4)
+    c = ctx(m)
+    nres = int(((np.asarray(m.page_flags) & PG_RESERVED) != 0).sum())
+    res_nodes = np.asarray(m.page_node)[(np.asarray(m.page_flags) & PG_RESERVED) != 0].copy()
+    m.memlayout_add_range(0, m.max_pfn - 1, 3)
+    before = commit_checked(m, tracked={}, **c)
+    assert m.online_nodes() == [0, 1, 3]
+    assert 2 not in m.pgdat
+    assert m.pgdat[0].free_pages == m.pgdat[1].free_pages == 0
+    assert m.pgdat[3].free_pages == m.total_free_pages()
+    assert m.stats["transplant-bail-reserved"] - before["stats"]["transplant-bail-reserved"] == nres
+    assert m.stats["transplant-bail-page-not-buddy"] > 0
+    # marked pages move when freed
+    total_boot = sum(1 << o for _, o in m.boot_allocations)
+    s = dict(m.stats.counts)
+    assert m.free_boot_allocations() == total_boot
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == total_boot
+    assert m.stats["moved-pages"] - s["moved-pages"] == total_boot
+    assert_model_ok(m, tracked={}, **c)
+    assert_all_unreserved_on_layout(m)
+    # reserved pages stayed; nodes 0 and 1 hold only them
+    res = (np.asarray(m.page_flags) & PG_RESERVED) != 0
+    assert (np.asarray(m.page_node)[res] == res_nodes).all()
+    for nid in (0, 1):
+        assert m.pgdat[nid].managed_pages == 0
+        assert m.pgdat[nid].present_pages == int((res_nodes == nid).sum())
+    assert m.pgdat[3].managed_pages == c["managed_total"]
+    m.drain_pcp()
+    assert m.pgdat[3].free_pages == c["managed_total"]
+    assert m.alloc_pages(0, nid=0, thisnode=True) is None
+    assert int(m.page_node[m.alloc_pages(10, nid=0)]) == 3
+
+
+def test_seed_freeing_boot_allocations_after_commit_counts_transplants():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    c = ctx(m)
+    stripe(m, 0, 1, 512)                         # nodes 0 and 1 alternate every 512 pfns
+    commit_checked(m, tracked={}, **c)
+    s = dict(m.stats.counts)
+    changed = 0
+    for pfn, order in list(m.boot_allocations):
+        changed += free_checked(m, pfn, order)
+    assert changed > 0
+    assert m.stats["moved-pages"] - s["moved-pages"] == changed
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == changed
+    assert_all_unreserved_on_layout(m)
+
+
+def test_freeing_a_boot_allocation_removes_it_from_boot_allocations():
+    """boot_allocations lists what boot allocated and is still held: free_pages() of one must
+    take it off, or free_boot_allocations() later frees it a second time (or frees whoever
+    was given that block since)."""
+    m = boot(nodes=2, mem=64 * MiB)
+    p, o = m.boot_allocations[0]
+    rest = list(m.boot_allocations[1:])
+    m.free_pages(p)
+    assert (p, o) not in m.boot_allocations
+    nid = int(m.page_node[p])
+    q = None
+    held = []
+    while q != p:                                # someone else gets that block now
+        q = m.alloc_pages(o, nid=nid, thisnode=True)
+        assert q is not None
+        held.append(q)
+    assert m.free_boot_allocations() == sum(1 << oo for _, oo in rest)
+    for h in held:
+        m.free_pages(h)                          # the new owner can still free it
+    assert_model_ok(m, tracked={})
