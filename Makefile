@@ -1,0 +1,45 @@
+# make test   set up (system packages as root, a venv in .venv) and run the tests
+# make run    set up and mount the default machine at ./mnt in the foreground
+# make bench  set up and run the benchmarks
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MNT    ?= mnt
+# Set-up is redone only when the packaging changes or the venv is gone.
+STAMP  := $(VENV)/.setup-done
+PYTEST_ARGS ?=
+
+.PHONY: all setup test run bench clean
+
+all: test
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml scripts/install-system-deps
+	PYTHON=$(PYTHON) scripts/install-system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# The per-test timeout (pytest-timeout, 120 s) is set in setup.cfg.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+run: setup
+	@mkdir -p $(MNT) 2>/dev/null || true
+	@echo "Mounting the default machine at ./$(MNT). From another terminal, for example:"
+	@echo "  cat $(MNT)/sys/devices/system/node/node0/meminfo; $(BIN)/dnumafs hardware $(MNT)"
+	@echo "  $(BIN)/dnumafs stripe $(MNT) 0 2 256; $(BIN)/dnumafs status $(MNT)"
+	@echo "Stop with Ctrl-C here, or $(BIN)/dnumafs umount $(MNT)"
+	$(BIN)/dnumafs mount $(MNT) --foreground
+
+bench: setup
+	@if $(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("dnumafs.bench") is None)'; then \
+		$(BIN)/python -m dnumafs.bench; \
+	else \
+		echo "no benchmarks yet (dnumafs/bench.py)"; \
+	fi
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

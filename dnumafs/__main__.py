@@ -1,0 +1,6 @@
+"""`python -m dnumafs` is the `dnumafs` command."""
+import sys
+
+from dnumafs.cli import main
+
+sys.exit(main())
