@@ -127,3 +127,38 @@ def node_list(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         out += range(int(lo), int(hi or lo) + 1)
     return out
+
+
+def check_agreement(t, total_kb: int | None = None) -> dict[int, dict[str, int]]:
+    """Every file tells the same story, and the sums are conserved (MemTotal stays total_kb).
+
+    t is anything with read(path) and ls(path): a Tree, or a mounted file system. Reads only
+    files, so it works on both. Returns the nodes' meminfo."""
+    online = node_list(t.read(f"{NODE}/online"))
+    assert [n for n in t.ls(NODE) if n.startswith("node")] == [f"node{n}" for n in online]
+    meminfo = {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in online}
+    proc = proc_meminfo(t.read("/proc/meminfo"))
+    buddy = buddyinfo(t.read("/proc/buddyinfo"))
+    zones = zoneinfo(t.read("/proc/zoneinfo"))
+    vmstat = key_values(t.read("/proc/vmstat"))
+    has_memory = node_list(t.read(f"{NODE}/has_memory"))
+    assert sum(i["MemTotal"] for i in meminfo.values()) == proc["MemTotal"]
+    assert sum(i["MemFree"] for i in meminfo.values()) == proc["MemFree"]
+    assert total_kb is None or proc["MemTotal"] == total_kb
+    assert proc["MemFree"] == vmstat["nr_free_pages"] * 4
+    assert sum(i["HugePages_Total"] for i in meminfo.values()) == proc["HugePages_Total"]
+    assert {nid for nid, _ in zones} == set(online)
+    for n in online:
+        nz = {name: z for (nid, name), z in zones.items() if nid == n}
+        assert sum(z["managed"] for z in nz.values()) * 4 == meminfo[n]["MemTotal"]
+        assert sum(z["free"] for z in nz.values()) * 4 == meminfo[n]["MemFree"]
+        assert meminfo[n]["MemUsed"] == meminfo[n]["MemTotal"] - meminfo[n]["MemFree"]
+        assert (sum(z["present"] for z in nz.values()) > 0) == (n in has_memory)
+        for name, z in nz.items():
+            if z["present"]:
+                counts = buddy[(n, name)]
+                assert sum(c << o for o, c in enumerate(counts)) == z["free"]
+            else:
+                assert (n, name) not in buddy
+    assert t.read(f"{NODE}/has_normal_memory") == t.read(f"{NODE}/has_memory")
+    return meminfo

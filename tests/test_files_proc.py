@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER
 from files_helpers import (
-    CPU, ML, NODE, MiB, Tree, boot, buddyinfo, key_values, node_list, node_meminfo,
-    proc_meminfo, zoneinfo,
+    CPU, ML, NODE, MiB, Tree, boot, buddyinfo, check_agreement, key_values, node_list,
+    node_meminfo, proc_meminfo, zoneinfo,
 )
 
 
@@ -152,60 +152,32 @@ def test_cpu_topology_many_cpus():
     assert t.read(f"{NODE}/node1/cpumap") == "ffffffff,00000000\n"
 
 
-def check_agreement(t: Tree, total_kb: int | None = None) -> None:
-    """Every file tells the same story, and the sums are conserved (MemTotal stays total_kb)."""
-    m = t.m
-    online = node_list(t.read(f"{NODE}/online"))
-    assert online == m.online_nodes()
-    assert [n for n in t.ls(NODE) if n.startswith("node")] == [f"node{n}" for n in online]
-    meminfo = {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in online}
-    proc = proc_meminfo(t.read("/proc/meminfo"))
-    buddy = buddyinfo(t.read("/proc/buddyinfo"))
-    zones = zoneinfo(t.read("/proc/zoneinfo"))
-    vmstat = key_values(t.read("/proc/vmstat"))
-    has_memory = node_list(t.read(f"{NODE}/has_memory"))
-    assert sum(i["MemTotal"] for i in meminfo.values()) == proc["MemTotal"]
-    assert sum(i["MemFree"] for i in meminfo.values()) == proc["MemFree"]
-    assert total_kb is None or proc["MemTotal"] == total_kb
-    assert proc["MemFree"] == vmstat["nr_free_pages"] * 4
-    assert sum(i["HugePages_Total"] for i in meminfo.values()) == proc["HugePages_Total"]
-    for n in online:
-        nz = {name: z for (nid, name), z in zones.items() if nid == n}
-        assert sum(z["managed"] for z in nz.values()) * 4 == meminfo[n]["MemTotal"]
-        assert sum(z["free"] for z in nz.values()) * 4 == meminfo[n]["MemFree"]
-        assert (sum(z["present"] for z in nz.values()) > 0) == (n in has_memory)
-        for name, z in nz.items():
-            if z["present"]:
-                counts = buddy[(n, name)]
-                assert sum(c << o for o, c in enumerate(counts)) == z["free"]
-            else:
-                assert (n, name) not in buddy
-    assert t.read(f"{NODE}/has_normal_memory") == t.read(f"{NODE}/has_memory")
-    assert m.check() == []
-
-
 def test_all_files_agree_across_commits_and_transplants():
     t = Tree(boot(nodes=2, mem=64 * MiB, possible_nodes=4))
     total = proc_meminfo(t.read("/proc/meminfo"))["MemTotal"]
     check_agreement(t)
+    assert t.m.check() == []
     # stripe over nodes 0..2 in 0x400-page stripes (node 2 gets 0x1c00-0x1fff, where node 0
     # made its boot allocations)
     for i, pfn in enumerate(range(0, 0x4000, 0x400)):
         t.add_range(pfn, pfn + 0x3ff, (i + 1) % 3)
     assert t.write(f"{ML}/commit", "1") is None
     check_agreement(t)
+    assert t.m.check() == []
     assert node_list(t.read(f"{NODE}/online")) == [0, 1, 2]
     assert 2 in node_list(t.read(f"{NODE}/has_memory"))
     # freeing marked pages transplants them: node 2 grows, the sums stay
     before = node_meminfo(t.read(f"{NODE}/node2/meminfo"))["MemTotal"]
     t.m.free_boot_allocations()
     check_agreement(t)
+    assert t.m.check() == []
     assert node_meminfo(t.read(f"{NODE}/node2/meminfo"))["MemTotal"] > before
     assert int(t.read(f"{ML}/stats/transplant-on-free")) > 0
     # everything to node 3
     t.add_range(0, 0x3fff, 3)
     assert t.write(f"{ML}/commit", "1") is None
     check_agreement(t)
+    assert t.m.check() == []
     assert proc_meminfo(t.read("/proc/meminfo"))["MemTotal"] == total
     info3 = node_meminfo(t.read(f"{NODE}/node3/meminfo"))
     # every managed page is node 3's now (nothing is allocated any more); the reserved ones
@@ -230,6 +202,7 @@ def test_hugepages_move_with_their_layout_and_land_on_the_new_node():
     t.add_range(0, 0x1fff, 1)
     assert t.write(f"{ML}/commit", "1") is None
     check_agreement(t)
+    assert t.m.check() == []
     assert t.read(hp.format(0)) == "3\n"          # the pool is still node 0's
     info0 = node_meminfo(t.read(f"{NODE}/node0/meminfo"))
     assert info0["MemTotal"] >= 3 * 2048
@@ -237,6 +210,7 @@ def test_hugepages_move_with_their_layout_and_land_on_the_new_node():
     before1 = node_meminfo(t.read(f"{NODE}/node1/meminfo"))
     assert t.write(hp.format(0), "0") is None
     check_agreement(t)
+    assert t.m.check() == []
     after1 = node_meminfo(t.read(f"{NODE}/node1/meminfo"))
     assert after1["MemTotal"] - before1["MemTotal"] == 3 * 2048
     assert after1["MemFree"] - before1["MemFree"] >= 3 * 2048
@@ -279,3 +253,4 @@ def test_files_agree_after_any_operations(ops):
             if t.node(path) is not None:
                 assert t.write(path, str(n)) is None
         check_agreement(t, total)
+        assert t.m.check() == []

@@ -1,0 +1,369 @@
+"""The files mounted for real: echo and cat through bash, Python's open, every error of the
+debugfs interface as echo shows it, and all files agreeing through commits and transplants."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from files_helpers import (
+    BACKLOG_MAX, ML, NODE, check_agreement, key_values, node_list, node_meminfo,
+    proc_meminfo,
+)
+
+pytest.importorskip("fuse", reason="fusepy is needed to mount")
+
+HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+class Mounted:
+    """A mount point read and written by path, through the kernel like any user."""
+
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+
+    def path(self, path: str) -> Path:
+        return self.mnt / path.lstrip("/")
+
+    def read(self, path: str) -> str:
+        with open(self.path(path)) as f:
+            return f.read()
+
+    def ls(self, path: str) -> list[str]:
+        return os.listdir(self.path(path))
+
+    def write(self, path: str, data: str | bytes) -> int | None:
+        """One write(2), as echo does; None on success, else its errno."""
+        try:
+            fd = os.open(self.path(path), os.O_WRONLY)
+        except OSError as e:
+            return e.errno
+        try:
+            n = os.write(fd, data.encode() if isinstance(data, str) else data)
+            assert n == len(data), "a store must take the whole write"
+        except OSError as e:
+            return e.errno
+        finally:
+            os.close(fd)
+        return None
+
+    def sh(self, script: str) -> subprocess.CompletedProcess[str]:
+        """Run a bash script in MNT/sys/kernel/debug/memlayout."""
+        return subprocess.run(["bash", "-c", script], cwd=self.path(ML), capture_output=True,
+                              text=True, timeout=60)
+
+    def layouts(self) -> list[str]:
+        return sorted((n for n in self.ls(ML) if n.startswith("layout.")),
+                      key=lambda n: int(n.split(".")[1]))
+
+
+@pytest.fixture
+def fs(mount_dnumafs) -> Mounted:
+    # 2 nodes of 32 MiB, 4 possible nodes: small enough to boot fast
+    return Mounted(mount_dnumafs("--nodes", "2", "--mem", "64M", "--cpus", "4",
+                                 "--possible-nodes", "4"))
+
+
+def test_echo_and_cat(fs):
+    r = fs.sh("""
+        set -e
+        cat start end
+        echo 0x1000 > start
+        echo 4607 > end
+        cat start end
+        echo 1 > node
+        cat start end
+        ls layout.1
+        cat layout.1/01000-011ff
+        readlink current
+        echo 1 > commit
+        readlink current
+        cat moved-pages stats/moved-pages layout.1/stats/moved-pages
+    """)
+    assert r.returncode == 0, r.stderr
+    *lines, moved, moved_stat, moved_layout = r.stdout.splitlines()
+    zero = "0x0000000000000000"
+    assert lines == [zero, zero, "0x0000000000001000", "0x00000000000011ff", zero, zero,
+                     "01000-011ff", "node_stats", "stats", "1", "layout.0", "layout.1"]
+    assert moved == moved_stat == moved_layout and int(moved) > 0
+    assert r.stderr == ""
+
+
+def test_append_writes_the_whole_value(fs):
+    """bash's >> writes at offset st_size (4096): the value is still taken whole."""
+    r = fs.sh("echo 0x20 >> start && cat start && echo 7 >> end && cat end")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "0x0000000000000020\n0x0000000000000007\n"
+
+
+# (bounds to stage, what to echo, into which file, the errno), with [0x400, 0x4ff] -> 1
+# pending.
+ERROR_CASES = [
+    ((0x100, 0x1ff), "-1", "start", errno.EINVAL),
+    ((0x100, 0x1ff), "abc", "start", errno.EINVAL),
+    ((0x100, 0x1ff), "", "start", errno.EINVAL),
+    ((0x100, 0x1ff), "1 2", "start", errno.EINVAL),
+    ((0x100, 0x1ff), "0x", "end", errno.EINVAL),
+    ((0x100, 0x1ff), "12abc", "end", errno.EINVAL),
+    ((0x100, 0x1ff), "18446744073709551616", "start", errno.ERANGE),
+    ((0x100, 0x1ff), "0x10000000000000000", "end", errno.ERANGE),
+    ((0x100, 0x1ff), "4", "node", errno.EINVAL),          # not a possible node
+    ((0x100, 0x1ff), "-1", "node", errno.EINVAL),
+    ((0x100, 0x1ff), "18446744073709551616", "node", errno.ERANGE),
+    ((0x200, 0x1ff), "1", "node", errno.EINVAL),          # start > end
+    # overlaps with the pending range: EEXIST (the original returned 1, a partial write that
+    # made echo write the rest again and again)
+    ((0x4ff, 0x500), "2", "node", errno.EEXIST),
+    ((0x300, 0x400), "2", "node", errno.EEXIST),
+    ((0x0, 0xffff), "2", "node", errno.EEXIST),
+]
+
+
+def staged_state(fs: Mounted) -> tuple:
+    return (fs.read(f"{ML}/start"), fs.read(f"{ML}/end"), fs.layouts(),
+            sorted(fs.ls(f"{ML}/layout.1")), fs.read(f"{NODE}/online"))
+
+
+def test_errors_seen_by_echo_change_nothing(fs):
+    r = fs.sh("echo 0x400 > start; echo 0x4ff > end; echo 1 > node")
+    assert r.returncode == 0, r.stderr
+    for (start, end), value, name, err in ERROR_CASES:
+        assert fs.sh(f"echo {start:#x} > start; echo {end:#x} > end").returncode == 0
+        before = staged_state(fs)
+        r = fs.sh(f"echo {value} > {name}")
+        assert r.returncode == 1, (value, name)
+        assert f"echo: write error: {os.strerror(err)}" in r.stderr, (value, name, r.stderr)
+        assert staged_state(fs) == before, (value, name)
+    # the pending layout still holds just its one range, and commits as it is
+    assert sorted(fs.ls(f"{ML}/layout.1")) == ["00400-004ff", "node_stats", "stats"]
+    assert fs.sh("echo 1 > commit").returncode == 0
+    assert os.readlink(fs.path(f"{ML}/current")) == "layout.1"
+
+
+def test_errnos_through_python(fs):
+    assert fs.write(f"{ML}/start", b"0x10\n") is None
+    assert fs.write(f"{ML}/start", b"0x10\n\n") == errno.EINVAL
+    assert fs.write(f"{ML}/start", b"99999999999999999999") == errno.ERANGE
+    assert fs.read(f"{ML}/start") == "0x0000000000000010\n"
+    assert fs.write(BACKLOG_MAX, "-1") == errno.EINVAL
+    assert fs.write(BACKLOG_MAX, "4294967296") == errno.ERANGE
+    assert fs.read(BACKLOG_MAX) == "8\n"
+    assert fs.write(HP.format(0), "0x2") == errno.EINVAL
+    # files without a show cannot be read, files without a store cannot be written (root too)
+    for name in ("node", "commit", "clear"):
+        with pytest.raises(PermissionError):
+            fs.read(f"{ML}/{name}")
+    for path in (f"{NODE}/node0/meminfo", f"{ML}/moved-pages", "/proc/zoneinfo",
+                 f"{ML}/layout.0/00000-01fff"):
+        assert fs.write(path, "1") == errno.EACCES
+    with pytest.raises(FileNotFoundError):
+        fs.read(f"{NODE}/node2/distance")        # libnuma's probe one past the last node
+    with pytest.raises(FileNotFoundError):
+        fs.read(f"{ML}/layout.7/stats/moved-pages")
+
+
+def test_echo_errors_for_the_other_files(fs):
+    r = fs.sh(f"echo -1 > {fs.path(BACKLOG_MAX)}")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr
+    r = fs.sh(f"echo 0x2 > {fs.path(HP.format(1))}")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr
+    r = fs.sh("cat node")
+    assert r.returncode == 1 and "Permission denied" in r.stderr
+    r = fs.sh(f"echo 1 > {fs.path(NODE + '/node0/meminfo')}")
+    assert r.returncode == 1 and "Permission denied" in r.stderr
+
+
+def test_commit_seen_by_every_file(fs):
+    total = proc_meminfo(fs.read("/proc/meminfo"))["MemTotal"]
+    before = check_agreement(fs, total)
+    # stripe the whole machine over nodes 0..2 in 0x400-page stripes, by echo
+    script = "".join(
+        f"echo {pfn:#x} > start; echo {pfn + 0x3ff:#x} > end; echo {(i + 1) % 3} > node\n"
+        for i, pfn in enumerate(range(0, 0x4000, 0x400)))
+    r = fs.sh("set -e\n" + script + "echo 1 > commit")
+    assert r.returncode == 0, r.stderr
+    after = check_agreement(fs, total)
+    assert node_list(fs.read(f"{NODE}/online")) == [0, 1, 2]
+    assert "node2" in fs.ls(NODE)
+    assert 2 in node_list(fs.read(f"{NODE}/has_memory"))
+    assert after[2]["MemTotal"] > 0
+    moved = int(fs.read(f"{ML}/moved-pages"))
+    assert moved > 0
+    # what nodes 0 and 1 lost, node 2 gained: pages counted as moved to it
+    assert sum(before[n]["MemTotal"] - after[n]["MemTotal"] for n in (0, 1)) == \
+        after[2]["MemTotal"] == int(fs.read(f"{ML}/node_stats/2/moved-pages")) * 4
+    # zoneinfo and buddyinfo show node 2's zones
+    assert "Node 2, zone    DMA32" in fs.read("/proc/buddyinfo")
+    assert "Node 2, zone    DMA32" in fs.read("/proc/zoneinfo")
+    # cat twice around a commit shows the change (no stale page cache)
+    first = fs.read(f"{NODE}/node2/meminfo")
+    assert fs.sh("echo 0 > start; echo 0x3fff > end; echo 2 > node; echo 1 > commit"
+                 ).returncode == 0
+    assert fs.read(f"{NODE}/node2/meminfo") != first
+    check_agreement(fs, total)
+
+
+def test_layout_dirs_come_and_go(fs):
+    assert fs.write(BACKLOG_MAX, "2") is None
+    assert fs.read(BACKLOG_MAX) == "2\n"
+    assert fs.layouts() == ["layout.0"]
+    assert fs.sh("echo 0x10 > start; echo 0x1f > end; echo 1 > node").returncode == 0
+    assert fs.layouts() == ["layout.0", "layout.1"]           # pending
+    assert fs.read(f"{ML}/layout.1/00010-0001f") == "1\n"
+    assert fs.write(f"{ML}/clear", "1") is None
+    assert fs.layouts() == ["layout.0"]
+    with pytest.raises(FileNotFoundError):
+        fs.read(f"{ML}/layout.1/00010-0001f")
+    for i in range(2, 6):
+        r = fs.sh(f"echo {i * 0x100} > start; echo {i * 0x100 + 0xff} > end; "
+                  f"echo {i % 2} > node; echo 1 > commit")
+        assert r.returncode == 0, r.stderr
+    # current (5) and two retired layouts; 0, 2 and 3 are destroyed
+    assert fs.layouts() == ["layout.3", "layout.4", "layout.5"]
+    assert os.readlink(fs.path(f"{ML}/current")) == "layout.5"
+    assert fs.read(f"{ML}/layout.5/00500-005ff") == "1\n"
+    with pytest.raises(FileNotFoundError):
+        fs.read(f"{ML}/layout.0/00000-01fff")
+    with pytest.raises(FileNotFoundError):
+        os.listdir(fs.path(f"{ML}/layout.2"))
+    assert fs.write(BACKLOG_MAX, "0") is None
+    assert fs.layouts() == ["layout.5"]
+
+
+def test_hugepages_move_with_the_layout_and_land_on_the_new_node(fs):
+    total = proc_meminfo(fs.read("/proc/meminfo"))["MemTotal"]
+    r = fs.sh(f"echo 3 > {fs.path(HP.format(0))}; cat {fs.path(HP.format(0))}")
+    assert r.stdout == "3\n", r.stderr
+    info = check_agreement(fs, total)
+    assert info[0]["HugePages_Total"] == info[0]["HugePages_Free"] == 3
+    assert proc_meminfo(fs.read("/proc/meminfo"))["HugePages_Total"] == 3
+    # all of node 0's pages to node 1: the pool's pages are allocated, so they wait marked
+    r = fs.sh("echo 0 > start; echo 0x1fff > end; echo 1 > node; echo 1 > commit")
+    assert r.returncode == 0, r.stderr
+    moved = check_agreement(fs, total)
+    assert moved[0]["HugePages_Total"] == 3
+    assert moved[0]["MemTotal"] >= 3 * 2048
+    # freeing the pool transplants its pages: they land on node 1
+    assert fs.sh(f"echo 0 > {fs.path(HP.format(0))}").returncode == 0
+    freed = check_agreement(fs, total)
+    assert freed[0]["HugePages_Total"] == 0
+    assert freed[1]["MemTotal"] - moved[1]["MemTotal"] == 3 * 2048
+    assert freed[0]["MemTotal"] == moved[0]["MemTotal"] - 3 * 2048
+    assert freed[1]["MemFree"] - moved[1]["MemFree"] >= 3 * 2048
+    assert int(fs.read(f"{ML}/stats/transplant-on-free")) >= 3 * 512
+    assert key_values(fs.read("/proc/vmstat"))["nr_hugetlb"] == 0
+
+
+def test_readers_see_consistent_snapshots_during_commits(fs):
+    """Readers in threads never see a half-done commit: every file adds up on its own, and the
+    machine's total never changes."""
+    total = proc_meminfo(fs.read("/proc/meminfo"))["MemTotal"]
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            proc = proc_meminfo(fs.read("/proc/meminfo"))
+            if proc["MemTotal"] != total:
+                problems.append(f"MemTotal {proc['MemTotal']} != {total}")
+            zones = fs.read("/proc/zoneinfo")
+            managed = sum(int(x) for x in re.findall(r"managed +(\d+)", zones))
+            if managed * 4 != total:
+                problems.append(f"zoneinfo managed {managed * 4} kB != {total}")
+            for name in fs.ls(NODE):
+                if name.startswith("node"):
+                    info = node_meminfo(fs.read(f"{NODE}/{name}/meminfo"))
+                    if info["MemUsed"] != info["MemTotal"] - info["MemFree"]:
+                        problems.append(f"{name}: {info}")
+            reads[0] += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(6):
+            script = "".join(
+                f"echo {pfn:#x} > start; echo {pfn + 0x7ff:#x} > end; "
+                f"echo {(i + k) % 4} > node\n"
+                for i, pfn in enumerate(range(0, 0x4000, 0x800)))
+            r = fs.sh("set -e\n" + script + "echo 1 > commit")
+            assert r.returncode == 0, r.stderr
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert problems == []
+    assert reads[0] > 0
+    check_agreement(fs, total)
+
+
+@pytest.mark.skipif(shutil.which("lstopo-no-graphics") is None, reason="hwloc not installed")
+def test_lstopo_reads_the_model(fs):
+    """hwloc with the mount as its root sees the nodes, their CPUs and sizes, before and after
+    a commit that brings a new node up."""
+    env = dict(os.environ, HWLOC_FSROOT=str(fs.mnt), HWLOC_COMPONENTS="linux,stop")
+
+    def lstopo() -> str:
+        r = subprocess.run(["lstopo-no-graphics", "--of", "console"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = lstopo()
+    assert re.findall(r"NUMANode L#\d+ \(P#(\d+)", out) == ["0", "1"]
+    assert len(re.findall(r"\bPU L#\d+", out)) == 4
+    assert len(re.findall(r"Package L#\d+", out)) == 2
+    assert fs.sh("echo 0x1000 > start; echo 0x1fff > end; echo 3 > node; echo 1 > commit"
+                 ).returncode == 0
+    out = lstopo()
+    assert re.findall(r"NUMANode L#\d+ \(P#(\d+)", out) == ["0", "1", "3"]
+    size = node_meminfo(fs.read(f"{NODE}/node3/meminfo"))["MemTotal"]
+    m = re.search(r"NUMANode L#\d+ \(P#3 (\d+)(KB|MB)\)", out)
+    assert m, out
+    assert int(m[1]) * (1024 if m[2] == "MB" else 1) == pytest.approx(size, rel=0.01)
+
+
+def unshare_run(fs: Mounted, command: str) -> subprocess.CompletedProcess[str]:
+    """Run command in a private mount namespace with the mount's node and cpu trees bound
+    over the real ones, so tools that hard-code /sys/devices/system/node see the model."""
+    binds = " && ".join(
+        f"mount --bind {fs.path(d)} {d}"
+        for d in ("/sys/devices/system/node", "/sys/devices/system/cpu"))
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
+                           f"{binds} && {command}"],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("numactl") is None or shutil.which("unshare") is None
+                    or os.geteuid() != 0, reason="needs numactl, unshare and root")
+def test_numactl_hardware_shows_the_truth_after_commits(fs):
+    r = unshare_run(fs, "numactl --hardware")
+    if r.returncode != 0 and "unshare" in r.stderr:
+        pytest.skip(f"no private mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert "available: 2 nodes (0-1)" in r.stdout
+    assert "node 1 cpus: 2 3" in r.stdout
+    # everything to a new node 3: numactl shows it at once
+    assert fs.sh("echo 0 > start; echo 0x3fff > end; echo 3 > node; echo 1 > commit"
+                 ).returncode == 0
+    r = unshare_run(fs, "numactl --hardware")
+    assert r.returncode == 0, r.stderr
+    assert "available: 3 nodes (0-1,3)" in r.stdout
+    assert re.search(r"^node 3 cpus: *$", r.stdout, re.M), r.stdout
+    info = node_meminfo(fs.read(f"{NODE}/node3/meminfo"))
+    assert f"node 3 size: {info['MemTotal'] // 1024} MB" in r.stdout
+    assert f"node 3 free: {info['MemFree'] // 1024} MB" in r.stdout
+    assert re.search(r"^  3: +20 +20 +10 *$", r.stdout, re.M), r.stdout
+    # numastat -m accepts every key of nodeN/meminfo (it prints noise for unknown ones)
+    r = unshare_run(fs, "numastat -m")
+    assert r.returncode == 0, r.stderr
+    keys = [line.split()[0] for line in r.stdout.splitlines()[4:] if line.strip()]
+    assert keys == ["MemTotal", "MemFree", "MemUsed", "HugePages_Total", "HugePages_Free",
+                    "HugePages_Surp"], r.stdout
