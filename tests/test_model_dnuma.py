@@ -476,3 +476,21 @@ def test_freeing_a_boot_allocation_removes_it_from_boot_allocations():
     for h in held:
         m.free_pages(h)                          # the new owner can still free it
     assert_model_ok(m, tracked={})
+
+
+def test_one_zonelist_decision_per_commit():
+    """Each commit counts either zonelist-rebuild or no-zonelist-rebuild, once (the original
+    decides once, in update_present_page_counts()). Here the only pages that move are ones
+    waiting on a per-CPU list, so the rebuild happens while the commit drains them."""
+    m = boot(nodes=2, mem=32 * MiB, cpus=2, possible_nodes=4, seed=0)
+    p = m.alloc_pages(0, cpu=0)
+    on0 = sorted(q for q, nid, *_ in pcp_pages(m) if nid == 0)
+    assert on0
+    m.memlayout_add_range(on0[0], on0[-1], 1)
+    s = dict(m.stats.counts)
+    m.memlayout_commit()
+    d = {k: m.stats[k] - s[k] for k in ("zonelist-rebuild", "no-zonelist-rebuild")}
+    assert sorted(d.values()) == [0, 1], d
+    assert d["zonelist-rebuild"] == 1, "node 1 gained a DMA zone: its zonelists changed"
+    m.free_pages(p)
+    assert_model_ok(m, tracked={})
