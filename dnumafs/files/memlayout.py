@@ -133,14 +133,20 @@ def node_stats_dir(m: Machine, nids: Callable[[], list[int]],
     return DynamicDir(names=names, lookup=lookup)
 
 
+def counted_nids(by_node: dict[int, DnumaStats]) -> set[int]:
+    """Nodes with a count: the model keeps zeroed counters for every possible node once a
+    commit has looked at them, which would list nodes that never took part."""
+    return {nid for nid, stats in by_node.items() if any(stats.counts.values())}
+
+
 def global_stat_nids(m: Machine) -> list[int]:
-    """Every online node, and any other the model has counted for."""
-    return sorted(set(m.pgdat) | set(m.node_stats))
+    """Every online node, and any other the model has counted something for."""
+    return sorted(set(m.pgdat) | counted_nids(m.node_stats))
 
 
 def layout_stat_nids(layout: Memlayout) -> list[int]:
-    """The layout's own nodes, and any other the model has counted for in it."""
-    return sorted(layout.node_ids() | set(layout.node_stats))
+    """The layout's own nodes, and any other the model has counted something for in it."""
+    return sorted(layout.node_ids() | counted_nids(layout.node_stats))
 
 
 # --- layout.N/ -------------------------------------------------------------------------------
