@@ -235,7 +235,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    daemon.stop(daemon.mountpoint_path(args.mnt), lazy=args.lazy)
+    note = daemon.stop(daemon.mountpoint_path(args.mnt), lazy=args.lazy)
+    if note:
+        print(f"dnumafs: {note}")
     return 0
 
 
@@ -517,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "died is detached lazily.")
     u.add_argument("mnt", metavar="MNT")
     u.add_argument("--lazy", "-l", action="store_true",
-                   help="detach even if busy (processes using it keep their open files)")
+                   help="detach even if busy (processes using it keep their open files, "
+                        "and the daemon serves them until they are done)")
     u.set_defaults(func=cmd_umount)
 
     s = sub.add_parser("status", help="nodes, sizes, free memory, current layout, pages moved")

@@ -63,17 +63,27 @@ def default_log_path(mp: Path) -> Path:
     return runtime_dir() / f"{_key(mp)}.log"
 
 
+def _task_state(stat_text: str) -> str:
+    return stat_text[stat_text.rindex(")") + 2]
+
+
 def _proc_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks (guards against a recycled pid), or None if it
-    is gone or a zombie."""
+    is gone or a zombie. A killed process whose main thread is a zombie still holds its files
+    (its /dev/fuse among them) until its last thread exits, so every thread is looked at."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
+    states = [_task_state(text)]
+    for task in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(_task_state(task.read_text()))
+        except OSError:
+            pass             # a thread that just exited
+    if all(state in "ZX" for state in states):
         return None
-    return int(fields[19])
+    return int(text[text.rindex(")") + 2:].split()[19])
 
 
 def process_alive(pid: int) -> bool:
@@ -209,18 +219,27 @@ def kill(pid: int, *, grace: float = 5.0) -> None:
             return
 
 
-def stop(mp: Path, *, lazy: bool = False) -> None:
-    """Unmount mp and make sure its daemon is gone.
+def stop(mp: Path, *, lazy: bool = False) -> str | None:
+    """Unmount mp and see its daemon gone; returns a note for the user, if any.
 
-    A live daemon is unmounted normally (EBUSY is reported unless lazy) and exits by itself; a
-    dead one's mount is detached lazily, as nothing can be served from it any more.
+    A live daemon is unmounted normally (EBUSY is reported, unless lazy) and exits by itself,
+    or is killed if it does not. A dead one's mount is detached lazily, as nothing can be
+    served from it any more. After a lazy unmount of a busy mount, the daemon goes on serving
+    the processes that still use it, and exits when they are done.
     """
     pid = daemon_pid(mp)
     mounted = is_mounted(mp)
     if not mounted and pid is None:
         raise DaemonError(f"{mp}: not a mounted dnumafs file system")
+    note = None
     if mounted:
         unmount(mp, lazy=lazy or pid is None)  # on failure the daemon keeps serving
-    if pid is not None and not wait_exit(pid, 5.0 if mounted else 0.0):
-        kill(pid)
+    if pid is not None:
+        if mounted and lazy:
+            if not wait_exit(pid, 2.0):
+                note = (f"{mp} detached; its daemon (pid {pid}) serves the processes still "
+                        f"using it and exits when they are done")
+        elif not wait_exit(pid, 5.0 if mounted else 0.0):
+            kill(pid)
     pidfile_path(mp).unlink(missing_ok=True)
+    return note

@@ -74,8 +74,8 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def cli(runtime_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """run_cli with the test's runtime directory."""
+def run_dnumafs(runtime_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_cli, with pid files and logs in the test's runtime directory."""
     return run_cli
 
 
