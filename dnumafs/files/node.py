@@ -44,13 +44,8 @@ def online_show(m: Machine) -> str:
 
 
 def has_memory_show(m: Machine) -> str:
-    """N_MEMORY: nodes with present pages now; a node that gains memory by a commit appears."""
-    with m.lock:
-        return bitmap_list(m.nodes_with_memory()) + "\n"
-
-
-def has_normal_memory_show(m: Machine) -> str:
-    """N_NORMAL_MEMORY: on x86-64 (no highmem) every zone is normal memory, so N_MEMORY."""
+    """N_MEMORY: nodes with present pages now; a node that gains memory by a commit appears.
+    Also has_normal_memory: on x86-64 (no highmem) every zone is normal memory."""
     with m.lock:
         return bitmap_list(m.nodes_with_memory()) + "\n"
 
@@ -64,7 +59,7 @@ STATE_FILES = {
     "possible": possible_show,
     "online": online_show,
     "has_memory": has_memory_show,
-    "has_normal_memory": has_normal_memory_show,
+    "has_normal_memory": has_memory_show,
     "has_cpu": has_cpu_show,
 }
 
