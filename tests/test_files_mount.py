@@ -268,20 +268,27 @@ def test_readers_see_consistent_snapshots_during_commits(fs):
     problems: list[str] = []
     reads = [0]
 
+    def read_once() -> None:
+        proc = proc_meminfo(fs.read("/proc/meminfo"))
+        if proc["MemTotal"] != total:
+            problems.append(f"MemTotal {proc['MemTotal']} != {total}")
+        zones = fs.read("/proc/zoneinfo")
+        managed = sum(int(x) for x in re.findall(r"managed +(\d+)", zones))
+        if managed * 4 != total:
+            problems.append(f"zoneinfo managed {managed * 4} kB != {total}")
+        for name in fs.ls(NODE):
+            if name.startswith("node"):
+                info = node_meminfo(fs.read(f"{NODE}/{name}/meminfo"))
+                if info["MemUsed"] != info["MemTotal"] - info["MemFree"]:
+                    problems.append(f"{name}: {info}")
+
     def reader() -> None:
         while not stop.is_set():
-            proc = proc_meminfo(fs.read("/proc/meminfo"))
-            if proc["MemTotal"] != total:
-                problems.append(f"MemTotal {proc['MemTotal']} != {total}")
-            zones = fs.read("/proc/zoneinfo")
-            managed = sum(int(x) for x in re.findall(r"managed +(\d+)", zones))
-            if managed * 4 != total:
-                problems.append(f"zoneinfo managed {managed * 4} kB != {total}")
-            for name in fs.ls(NODE):
-                if name.startswith("node"):
-                    info = node_meminfo(fs.read(f"{NODE}/{name}/meminfo"))
-                    if info["MemUsed"] != info["MemTotal"] - info["MemFree"]:
-                        problems.append(f"{name}: {info}")
+            try:
+                read_once()
+            except Exception as e:      # a thread's exception would not fail the test
+                problems.append(repr(e))
+                return
             reads[0] += 1
 
     threads = [threading.Thread(target=reader) for _ in range(4)]
