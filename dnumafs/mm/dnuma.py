@@ -30,13 +30,18 @@ def commit(m: "Machine") -> Memlayout | None:
     m.current = layout
     m._trim_backlog()
 
-    target = layout.node_map(m.page_node)
-    _count_examined(m, layout, target)
-    _move_free_blocks(m, target)
-    _mark_allocated(m, target)
-    del target
-    drained = m.drain_pcp()
-    m.count("pcp-drain", drained)
+    m._in_commit = True
+    try:
+        target = layout.node_map(m.page_node)
+        _count_examined(m, layout, target)
+        _move_free_blocks(m, target)
+        _mark_allocated(m, target)
+        del target
+        drained = m.drain_pcp()
+    finally:
+        m._in_commit = False
+    if drained:
+        m.count("pcp-drain", drained)
     m.count("zonelist-rebuild" if m._rebuild_zonelists() else "no-zonelist-rebuild", 1)
     return layout
 
@@ -80,7 +85,7 @@ def _move_free_blocks(m: "Machine", target: np.ndarray) -> None:
                 m._free_one(m._zone_of(p), p, o)
                 continue
             m.count("transplant-from-freelist-remove", 1 << o, old)
-            zone = m._move_pages(p, 1 << o, old, tgt, rebuild=False)
+            zone = m._move_pages(p, 1 << o, old, tgt)
             m.count("transplant-from-freelist-add", 1 << o, tgt)
             m._free_one(zone, p, o)
 
@@ -90,8 +95,9 @@ def _mark_allocated(m: "Machine", target: np.ndarray) -> None:
     differ = target != m.page_node
     reserved = differ & ((m.page_flags & PG_RESERVED) != 0)
     differ &= ~reserved
-    for nid, n in enumerate(np.bincount(m.page_node[reserved], minlength=m.possible_nodes)):
-        m.count("transplant-bail-reserved", int(n), nid)
-    for nid, n in enumerate(np.bincount(m.page_node[differ], minlength=m.possible_nodes)):
-        m.count("transplant-bail-page-not-buddy", int(n), nid)
+    for name, mask in (("transplant-bail-reserved", reserved),
+                       ("transplant-bail-page-not-buddy", differ)):
+        counts = np.bincount(m.page_node[mask], minlength=m.possible_nodes)
+        for nid in np.flatnonzero(counts):
+            m.count(name, int(counts[nid]), int(nid))
     m.page_flags |= differ.view(np.uint8) * np.uint8(PG_LOOKUP_NODE)

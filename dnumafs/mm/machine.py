@@ -70,7 +70,7 @@ class Machine:
     backlog_max: int
     retired_stats: dict[int | None, DnumaStats]  # counters of destroyed layouts, by node
     vm_events: dict[str, int]          # pgfree, pgalloc_dma, ...: counted events
-    boot_allocations: list[tuple[int, int]]  # (pfn, order) allocated at boot, still held
+    _boot_allocs: dict[int, int]       # pfn -> order of boot allocations still held, oldest first
 
     # ------------------------------------------------------------------ boot
 
@@ -94,7 +94,7 @@ class Machine:
         m.pgdat = {}
         m.retired_stats = {}
         m.vm_events = {"pgalloc_dma": 0, "pgalloc_dma32": 0, "pgalloc_normal": 0, "pgfree": 0}
-        m.boot_allocations = []
+        m._boot_allocs = {}
         m.layouts = {}
         m.pending = None
         m.backlog = []
@@ -102,6 +102,7 @@ class Machine:
         m._next_layout_id = 0
         m._zonelists = {}
         m._populated = frozenset()
+        m._in_commit = False
         boot_layout = m._new_layout()
         start = 0
         for nid, size in enumerate(sizes):
@@ -165,7 +166,7 @@ class Machine:
             pfn = self.alloc_pages(order, nid=nid, cpu=cpu, thisnode=True)
             if pfn is None:
                 break
-            self.boot_allocations.append((pfn, order))
+            self._boot_allocs[pfn] = order
             done += 1 << order
 
     # ------------------------------------------------------------ topology
@@ -343,6 +344,7 @@ class Machine:
             self._free_allocated(pfn, cpu)
 
     def _free_allocated(self, pfn: int, cpu: int) -> None:
+        self._boot_allocs.pop(pfn, None)
         order = self._order[pfn]
         self._flags[pfn] &= ~PG_HEAD & 0xFF
         self.vm_events["pgfree"] += 1 << order
@@ -386,14 +388,20 @@ class Machine:
                             drained += 1
             return drained
 
+    @property
+    def boot_allocations(self) -> list[tuple[int, int]]:
+        """(pfn, order) of what boot allocated and is still held, oldest first."""
+        with self.lock:
+            return list(self._boot_allocs.items())
+
     def free_boot_allocations(self, limit: int | None = None) -> int:
         """Free boot allocations, oldest first, until limit pages are freed; returns pages."""
         with self.lock:
             freed = 0
-            while self.boot_allocations and (limit is None or freed < limit):
-                pfn, order = self.boot_allocations.pop(0)
+            while self._boot_allocs and (limit is None or freed < limit):
+                pfn = next(iter(self._boot_allocs))
+                freed += 1 << self._boot_allocs[pfn]
                 self._free_allocated(pfn, 0)
-                freed += 1 << order
             return freed
 
     # ------------------------------------------------------------- hugepages
@@ -493,11 +501,11 @@ class Machine:
 
     # -------------------------------------------------------------- transplant
 
-    def _move_pages(self, pfn: int, n: int, old: int, new: int, rebuild: bool = True) -> Zone:
+    def _move_pages(self, pfn: int, n: int, old: int, new: int) -> Zone:
         """Give n managed pages of one zone type from node old to node new; new's zone.
 
-        A commit rebuilds the zonelists once at its end (rebuild=False); a transplant on
-        free rebuilds at once if it populated or emptied a zone.
+        A commit rebuilds the zonelists once at its end; a transplant on free outside a
+        commit rebuilds at once if it populated or emptied a zone.
         """
         zt = 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2      # ZoneType, as int: faster
         zold, znew = self.pgdat[old].zones[zt], self.pgdat[new].zones[zt]
@@ -511,7 +519,7 @@ class Machine:
         else:
             self.page_node[pfn:pfn + n] = new
         self.count("moved-pages", n, new)
-        if rebuild and (zold.present_pages == 0 or znew.present_pages == n):
+        if not self._in_commit and (zold.present_pages == 0 or znew.present_pages == n):
             if self._rebuild_zonelists():
                 self.count("zonelist-rebuild", 1)
         return znew
@@ -581,7 +589,7 @@ def _uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
         if o == 0 or (sl == first).all():
             out.append((pfn + off, o, first))
         else:
-            machine.count("split-pages", 1)
+            machine.count("split-pages", 1, machine._node[pfn])
             half = 1 << (o - 1)
             stack.append((off + half, o - 1))
             stack.append((off, o - 1))
