@@ -192,6 +192,27 @@ def _child_argv(args: argparse.Namespace, mp: Path, log_file: Path) -> list[str]
     return argv
 
 
+def _wait_mounted(child: subprocess.Popen[bytes], mp: Path, timeout: float) -> str | None:
+    """Wait until the mount answers (None), or say why it did not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return f"the daemon exited with status {child.returncode}"
+        if daemon.answers(mp, timeout=max(0.1, deadline - time.monotonic())):
+            return None
+        time.sleep(0.05)
+    return f"it did not answer within {timeout:g} s"
+
+
+def _abandon(child: subprocess.Popen[bytes], mp: Path) -> None:
+    """Stop a daemon that did not mount in time, and detach whatever it mounted."""
+    if child.poll() is None:
+        daemon.kill(child.pid)
+    child.poll()
+    if daemon.is_mounted(mp):
+        daemon.unmount(mp, lazy=True)
+
+
 def _mount_background(args: argparse.Namespace, mp: Path) -> int:
     """Run the foreground mount in a child process and return once the mount answers."""
     _check_free(mp)
@@ -205,21 +226,15 @@ def _mount_background(args: argparse.Namespace, mp: Path) -> int:
         log_start = out.tell()
         child = subprocess.Popen(_child_argv(args, mp, log_file), stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=out, env=env, start_new_session=True)
-    deadline = time.monotonic() + args.timeout
-    reason = f"it did not answer within {args.timeout:g} s"
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            reason = f"the daemon exited with status {child.returncode}"
-            break
-        if daemon.answers(mp, timeout=max(0.1, deadline - time.monotonic())):
-            print(f"dnumafs: mounted {mp} (daemon pid {child.pid}, log {log_file})")
-            return 0
-        time.sleep(0.05)
-    else:
-        daemon.kill(child.pid)
-        if daemon.is_mounted(mp):
-            daemon.unmount(mp, lazy=True)
-    child.poll()
+    try:
+        reason = _wait_mounted(child, mp, args.timeout)
+    except BaseException:         # interrupted: leave nothing half-mounted behind
+        _abandon(child, mp)
+        raise
+    if reason is None:
+        print(f"dnumafs: mounted {mp} (daemon pid {child.pid}, log {log_file})")
+        return 0
+    _abandon(child, mp)
     with open(log_file, "rb") as f:
         f.seek(log_start)
         text = f.read().decode(errors="replace").strip()

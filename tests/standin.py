@@ -279,3 +279,10 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
 def build_root(**cfg) -> Dir:
     """The stand-in tree; takes the MachineConfig keywords the command line passes."""
     return StaticDir({"test": _test_dir(AdapterState()), **_machine_tree(ToyMachine(**cfg))})
+
+
+def slow_root(**cfg) -> Dir:
+    """A tree that takes too long to build, for mount's time limit."""
+    import time
+    time.sleep(60)
+    return build_root(**cfg)

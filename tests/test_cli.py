@@ -192,6 +192,15 @@ def test_mount_errors_are_clear(standin, run_dnumafs, tmp_path):
     assert r.returncode == 1 and "nowhere" in r.stderr
 
 
+def test_mount_that_does_not_answer_in_time_is_abandoned(run_dnumafs, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = run_dnumafs("mount", mnt, "--tree", "standin:slow_root", "--timeout", "1")
+    assert r.returncode == 1 and "did not answer within 1 s" in r.stderr, r.stderr
+    mp = daemon.mountpoint_path(mnt)
+    assert daemon.daemon_pid(mp) is None and not daemon.is_mounted(mp)
+
+
 def test_mount_on_a_non_empty_directory_reports_libfuse(run_dnumafs, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full/file").write_text("x")
