@@ -496,6 +496,15 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from dnumafs import run
+    argv = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
+    try:
+        return run.run(Path(args.mnt), argv)
+    except run.RunError as e:
+        raise CliError(str(e)) from None
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,6 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hardware", help="what `numactl --hardware` prints, read from MNT")
     h.add_argument("mnt", metavar="MNT")
     h.set_defaults(func=cmd_hardware)
+
+    r = sub.add_parser("run", help="run CMD with MNT's trees bound over /sys/... and /proc/...",
+                       description="Run CMD in a private mount namespace where MNT's node, "
+                                   "cpu and debugfs trees and proc files are bound over the "
+                                   "real ones, so unmodified tools read the model. Needs "
+                                   "root or unprivileged user namespaces.")
+    r.add_argument("mnt", metavar="MNT")
+    r.add_argument("command_argv", metavar="-- CMD [ARG...]", nargs=argparse.REMAINDER)
+    r.set_defaults(func=cmd_run)
     return p
 
 

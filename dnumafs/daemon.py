@@ -46,7 +46,7 @@ def runtime_dir() -> Path:
 def mountpoint_path(mnt: str | os.PathLike[str]) -> Path:
     """The absolute, symlink-free path of a mount point. Works on a dead mount too (realpath
     tolerates the ENOTCONN its stat gives)."""
-    return Path(os.path.realpath(os.path.abspath(mnt)))
+    return Path(os.path.realpath(mnt))
 
 
 def _key(mp: Path) -> str:

@@ -302,6 +302,18 @@ def test_hardware_prints_what_numactl_prints(standin, run_dnumafs):
     assert run_dnumafs("hardware", mnt).stdout == _numactl_hardware(mnt)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_run_shows_the_mount_at_the_real_paths(standin, run_dnumafs):
+    mnt = standin("--nodes", "3", "--cpus", "3")
+    host_online = Path("/sys/devices/system/node/online").read_text()
+    r = run_dnumafs("run", mnt, "--", "cat", "/sys/devices/system/node/online")
+    assert r.returncode == 0 and r.stdout == "0-2\n", r.stderr
+    assert run_dnumafs("run", mnt, "sh", "-c", "exit 7").returncode == 7
+    r = run_dnumafs("run", mnt, "--")
+    assert r.returncode == 1 and "no command" in r.stderr
+    assert Path("/sys/devices/system/node/online").read_text() == host_online  # no leak
+
+
 # --- on the model -----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as hs
 
+from dnumafs.vfs import fuse_ops
 from dnumafs.vfs.kstrtox import ULLONG_MAX, kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
 from standin import big_text
@@ -105,8 +106,6 @@ def test_kstrtoull_round_trip(value, fmt, plus, newline):
 
 
 # --- the adapter, in process --------------------------------------------------------------------
-
-fuse_ops = pytest.importorskip("dnumafs.vfs.fuse_ops")
 
 
 def _fi(flags: int) -> types.SimpleNamespace:
