@@ -278,13 +278,20 @@ class MountedTree:
         except OSError as e:
             raise CliError(f"{self.path(rel)}: {e.strerror}") from None
 
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return os.listdir(self.path(rel))
+        except OSError as e:
+            raise CliError(f"{self.path(rel)}: {e.strerror}") from None
+
+    def _numbered(self, rel: str, pattern: str) -> list[int]:
+        """The numbers of the entries of rel named by pattern (one group), ascending."""
+        return sorted(int(m.group(1)) for n in self.listdir(rel)
+                      if (m := re.fullmatch(pattern, n)))
+
     def node_ids(self) -> list[int]:
         """Nodes with a nodeN directory, as libnuma finds them (the online ones)."""
-        try:
-            names = os.listdir(self.path(NODE_DIR))
-        except OSError as e:
-            raise CliError(f"{self.path(NODE_DIR)}: {e.strerror}") from None
-        return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"node(\d+)", n)))
+        return self._numbered(NODE_DIR, r"node(\d+)")
 
     def node_meminfo(self, nid: int) -> dict[str, int]:
         """nodeN/meminfo as key -> value (kB, or a count for HugePages_*)."""
@@ -313,7 +320,8 @@ class MountedTree:
         memory whatever the layout, and it is what a real kernel shows too."""
         top = 0
         start = spanned = None
-        for line in self.read(ZONEINFO).splitlines() + ["Node end"]:
+        # A zone's lines run from its "Node N, zone Z" line to the next (or a last sentinel).
+        for line in self.read(ZONEINFO).splitlines() + ["Node"]:
             fields = line.split()
             if fields[:1] == ["Node"]:
                 if start is not None and spanned is not None:
@@ -335,18 +343,13 @@ class MountedTree:
             raise CliError(f"{self.path(MEMLAYOUT_DIR)}/current: {e.strerror}") from None
 
     def layout_ids(self) -> list[int]:
-        names = os.listdir(self.path(MEMLAYOUT_DIR))
-        return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"layout\.(\d+)", n)))
+        return self._numbered(MEMLAYOUT_DIR, r"layout\.(\d+)")
 
     def layout_ranges(self, name: str) -> list[tuple[int, int, int]]:
         """(start, end, nid) of each range of layout `name`, from its SSSSS-EEEEE files."""
         d = f"{MEMLAYOUT_DIR}/{name}"
-        try:
-            names = os.listdir(self.path(d))
-        except OSError as e:
-            raise CliError(f"{self.path(d)}: {e.strerror}") from None
         ranges = []
-        for n in names:
+        for n in self.listdir(d):
             if m := re.fullmatch(r"([0-9a-f]+)-([0-9a-f]+)", n):
                 nid = int(self.read(f"{d}/{n}"))
                 ranges.append((int(m.group(1), 16), int(m.group(2), 16), nid))
@@ -448,9 +451,10 @@ STATUS_MAX_RANGES = 16
 
 def cmd_status(args: argparse.Namespace) -> int:
     tree = MountedTree(args.mnt)
+    max_pfn = tree.max_pfn()
     out = [f"possible nodes: {format_node_list(tree.possible_nodes())}",
            f"online nodes:   {format_node_list(tree.node_ids())}",
-           f"pages:          {tree.max_pfn()} (pfn 0-{tree.max_pfn() - 1:#x})"]
+           f"pages:          {max_pfn} (pfn 0-{max_pfn - 1:#x})"]
     for nid in tree.node_ids():
         info = tree.node_meminfo(nid)
         cpus = format_node_list(tree.node_cpus(nid)) or "none"
@@ -479,8 +483,8 @@ def hardware_text(tree: MountedTree) -> str:
     for nid in nodes:
         out.append(f"node {nid} cpus:" + "".join(f" {c}" for c in tree.node_cpus(nid)))
         info = tree.node_meminfo(nid)
-        out.append(f"node {nid} size: {info['MemTotal'] * 1024 >> 20} MB")
-        out.append(f"node {nid} free: {info['MemFree'] * 1024 >> 20} MB")
+        out.append(f"node {nid} size: {info.get('MemTotal', 0) * 1024 >> 20} MB")
+        out.append(f"node {nid} free: {info.get('MemFree', 0) * 1024 >> 20} MB")
     # nodeN/distance lists one value per online node, ascending. libnuma indexes it by node id,
     # which is only right for nodes 0..n-1; this pairs the values with the online nodes.
     out.append("node distances:")
