@@ -387,3 +387,18 @@ def test_hugepage_errors():
     with pytest.raises(ValueError):
         m.set_nr_hugepages(0, -1)
     assert m.hugepages(0) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(order=MAX_ORDER), dict(order=-1), dict(order=0, nid=3), dict(order=0, nid=-1),
+    dict(order=2, cpu=4), dict(order=0, cpu=-1),
+])
+def test_bad_alloc_arguments_raise_and_change_nothing(kw):
+    m = boot(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=4)   # node 3 possible, offline
+    before = free_sets(m)
+    s = snapshot(m)
+    with pytest.raises(ValueError):
+        m.alloc_pages(**kw)
+    assert free_sets(m) == before
+    assert numastat_delta(s, m) == {}
+    assert_model_ok(m, tracked={})

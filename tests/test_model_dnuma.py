@@ -494,3 +494,47 @@ def test_one_zonelist_decision_per_commit():
     assert d["zonelist-rebuild"] == 1, "node 1 gained a DMA zone: its zonelists changed"
     m.free_pages(p)
     assert_model_ok(m, tracked={})
+
+
+def test_global_stats_are_the_sum_of_the_layouts_and_survive_their_destruction():
+    from dnumafs.mm.stats import STAT_NAMES
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    c = ctx(m)
+    base = dict(m.stats.counts)
+    held = {m.alloc_pages(o, nid=n): o for o in (0, 3, 5) for n in (0, 1)}
+    for nid in (1, 2, 0):
+        m.memlayout_add_range(0, m.max_pfn - 1, nid)
+        commit_checked(m, tracked=held, **c)
+        p = next(iter(held))
+        free_checked(m, p, held.pop(p))
+    lays = list(m.layouts.values())
+    assert len(lays) == 4 and m.layouts[0].id == 0      # nothing destroyed yet
+    for name in STAT_NAMES:
+        assert m.stats[name] == sum(lay.stats[name] for lay in lays), name
+    for name in ("moved-pages", "transplant-on-free", "transplant-from-freelist-add"):
+        assert m.stats[name] - base[name] > 0, name
+        assert m.current.stats[name] < m.stats[name], name
+    before = dict(m.stats.counts)
+    before_nodes = {n: dict(s.counts) for n, s in m.node_stats.items()}
+    m.set_backlog_max(0)
+    assert list(m.layouts) == [m.current.id]
+    assert dict(m.stats.counts) == before
+    assert {n: dict(s.counts) for n, s in m.node_stats.items()} == before_nodes
+    # a transplant on free after the commit counts in the current layout
+    p = next(iter(held))
+    cur = m.current.stats["transplant-on-free"]
+    moved = free_checked(m, p, held.pop(p))
+    assert m.current.stats["transplant-on-free"] == cur + moved
+
+
+def test_pcp_lists_are_bounded():
+    """Freed order-0 pages do not pile up on a per-CPU list: past pcp->high they go back."""
+    m = boot(nodes=2, mem=64 * MiB, cpus=2)
+    ps = [m.alloc_pages(0, cpu=0, nid=0) for _ in range(3000)]
+    assert all(p is not None for p in ps)
+    for p in ps:
+        m.free_pages(p)
+    longest = max(len(lst) for pg in m.pgdat.values() for z in pg.zones.values()
+                  for lst in z.pcp.values())
+    assert longest < 1000
+    assert_model_ok(m, tracked={})

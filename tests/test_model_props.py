@@ -37,6 +37,10 @@ CONFIGS = [
          node_mem=[8 * MiB, 20 * MiB + 12288, 6 * MiB]),                # zone edge inside node 1
 ]
 
+NODE_STATS = ("moved-pages", "transplant-on-free", "transplant-from-freelist-add",
+              "transplant-from-freelist-remove", "split-pages", "transplant-bail-reserved",
+              "transplant-bail-page-not-buddy")
+
 STEPS = settings(max_examples=60, stateful_step_count=40, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.filter_too_much])
@@ -56,6 +60,7 @@ class DnumaModel(RuleBasedStateMachine):
         self.prev_node = np.asarray(self.m.page_node).astype(np.int64).copy()
         self.prev_moved = self.m.stats["moved-pages"]
         self.ids = 0                      # highest layout id handed out so far
+        self.prev_stats = {}
 
     # ------------------------------------------------------------ allocator
 
@@ -241,6 +246,18 @@ class DnumaModel(RuleBasedStateMachine):
         assert m.stats["moved-pages"] - self.prev_moved == changed
         self.prev_node = node.copy()
         self.prev_moved = m.stats["moved-pages"]
+        # counters only grow, whatever layouts the backlog destroys
+        now = {(None, k): v for k, v in m.stats.counts.items()}
+        for nid, st_ in m.node_stats.items():
+            now.update({(nid, k): v for k, v in st_.counts.items()})
+        went_down = {k: (self.prev_stats[k], v) for k, v in now.items()
+                     if v < self.prev_stats.get(k, 0)}
+        assert not went_down, f"statistics decreased: {went_down}"
+        # page events happen on a node: the per-node counts add up to the global one
+        for name in NODE_STATS:
+            per_node = sum(st_[name] for st_ in m.node_stats.values())
+            assert per_node == m.stats[name], (name, per_node, m.stats[name])
+        self.prev_stats = now
 
     def teardown(self):
         m = getattr(self, "m", None)
