@@ -228,3 +228,12 @@ def test_largest_cpu_count_and_node_count_accepted():
     m = Machine.boot(MachineConfig(nodes=4, mem=64 * MiB, cpus=256, possible_nodes=64))
     assert m.nr_cpus == 256 and m.possible_nodes == 64
     assert len(m.cpu_node) == 256 and m.cpu_node[255] == 3
+
+
+def test_node_mem_decides_the_size_and_must_match_nodes():
+    m = Machine.boot(MachineConfig(nodes=2, node_mem=[16 * MiB, 32 * MiB]))   # mem left at 1 GiB
+    assert m.max_pfn == 12288
+    assert [m.pgdat[n].present_pages for n in (0, 1)] == [4096, 8192]
+    for bad in ([16 * MiB], [16 * MiB] * 3):
+        with pytest.raises(ValueError):
+            Machine.boot(MachineConfig(nodes=2, node_mem=bad))

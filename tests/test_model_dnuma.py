@@ -538,3 +538,54 @@ def test_pcp_lists_are_bounded():
                   for lst in z.pcp.values())
     assert longest < 1000
     assert_model_ok(m, tracked={})
+
+
+def test_hugepages_follow_the_layout():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    c = ctx(m)
+    assert m.set_nr_hugepages(0, 2) == 2
+    pool = list(m.pgdat[0].hugepage_pool)
+    m.memlayout_add_range(0, m.max_pfn - 1, 1)
+    commit_checked(m, tracked={}, **c)
+    # pool pages are allocated: they stay on node 0, marked, until the pool gives them back
+    assert m.hugepages(0) == (2, 2, 0)
+    for h in pool:
+        assert int(m.page_node[h]) == 0 and (m.page_flags[h:h + 512] & PG_LOOKUP_NODE).all()
+    s = dict(m.stats.counts)
+    assert m.set_nr_hugepages(0, 0) == 0
+    assert m.stats["moved-pages"] - s["moved-pages"] == 1024
+    assert m.stats["transplant-on-free"] - s["transplant-on-free"] == 1024
+    assert all((np.asarray(m.page_node)[h:h + 512] == 1).all() for h in pool)
+    assert m.set_nr_hugepages(0, 1) == 0, "node 0 has no free memory left"
+    assert m.set_nr_hugepages(1, 2) == 2
+    assert_model_ok(m, tracked={}, **c)
+
+
+def test_commit_onlines_a_named_node_even_without_pages():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    m.memlayout_add_range(m.max_pfn + 10, m.max_pfn + 20, 3)
+    commit_checked(m, tracked={}, **ctx(m))
+    assert m.online_nodes() == [0, 1, 3]
+    assert m.pgdat[3].present_pages == 0 and 3 not in m.nodes_with_memory()
+    assert m.set_nr_hugepages(3, 1) == 0
+    assert m.alloc_pages(0, nid=3, thisnode=True) is None
+    p = m.alloc_pages(0, nid=3)
+    assert p is not None and int(m.page_node[p]) in (0, 1)
+
+
+def test_numastat_after_all_memory_moved_to_a_cpuless_node():
+    from model_helpers import numastat_delta, snapshot
+    m = boot(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=4)
+    m.memlayout_add_range(0, m.max_pfn - 1, 3)
+    commit_checked(m, tracked={}, **ctx(m))
+    assert m.nodes_with_cpus() == [0, 1]
+    assert m.nodes_with_memory() == [0, 1, 3]     # 0 and 1 keep their reserved pages
+    for order in (0, 4):
+        s = snapshot(m)
+        p = m.alloc_pages(order, cpu=0)
+        assert int(m.page_node[p]) == 3
+        assert numastat_delta(s, m) == {3: {"numa_miss": 1, "other_node": 1},
+                                        0: {"numa_foreign": 1}}
+        s = snapshot(m)
+        p = m.alloc_pages(order, nid=3, cpu=3)
+        assert numastat_delta(s, m) == {3: {"numa_hit": 1, "other_node": 1}}
