@@ -23,7 +23,6 @@ from model_helpers import (
     free_blocks,
     free_checked,
     pcp_pages,
-    range_mask,
     reserved_baseline,
 )
 
@@ -254,7 +253,7 @@ def test_straddling_order10_block_is_split_to_each_ranges_node():
     assert fb.get((h + 512, 9)) == nid
 
 
-def test_straddling_stats_per_layout_and_node():
+def test_commit_stats_per_layout_and_node():
     m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
     m.memlayout_add_range(0, m.max_pfn - 1, 3)
     before = commit_checked(m, tracked={}, **ctx(m))
