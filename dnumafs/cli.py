@@ -166,7 +166,7 @@ def _serve(args: argparse.Namespace, mp: Path) -> int:
             root = factory(**cfg)
         except ValueError as e:
             raise CliError(f"cannot boot this machine: {e}") from None
-        allow_other = args.allow_other or os.geteuid() == 0
+        allow_other = args.allow_other
         log.info("serving %s (pid %d)", mp, os.getpid())
         try:
             fuse_ops.serve(root, str(mp), allow_other=allow_other)
@@ -506,7 +506,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return run.run(Path(args.mnt), argv)
     except run.RunError as e:
-        raise CliError(str(e)) from None
+        print(f"dnumafs: {e}", file=sys.stderr)
+        return e.status
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -533,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", "-f", action="store_true",
                    help="serve in this process until unmounted or interrupted")
     m.add_argument("--allow-other", action="store_true",
-                   help="let other users in (always on when run as root; mode bits are "
-                        "checked by the kernel)")
+                   help="let other users in (mode bits are then checked by the kernel, "
+                        "as on sysfs); without it only the mounting user sees the files")
     m.add_argument("--log", metavar="FILE", help="log file (default: stderr in the "
                    "foreground, a file in the runtime directory in the background)")
     m.add_argument("--timeout", type=float, default=MOUNT_TIMEOUT, metavar="SECONDS",

@@ -30,7 +30,11 @@ BINDS: tuple[str, ...] = (
 
 
 class RunError(Exception):
-    """Why the namespace could not be set up, in words a user can act on."""
+    """Why the command could not be run, in words a user can act on, and the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _libc() -> ctypes.CDLL:
@@ -87,5 +91,7 @@ def run(mnt: Path, argv: list[str]) -> int:
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
-        raise RunError(f"{argv[0]}: command not found") from None
+        raise RunError(f"{argv[0]}: command not found", 127) from None
+    except PermissionError:
+        raise RunError(f"{argv[0]}: permission denied", 126) from None
     return 127

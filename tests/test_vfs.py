@@ -293,13 +293,22 @@ def public_dir():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root and setpriv to become another user")
-def test_mode_bits_for_other_users(public_dir, standin):
+def _as_nobody(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "bash", "-c", script], capture_output=True, text=True, timeout=30)
+
+
+def test_other_users_cannot_see_a_mount_without_allow_other(public_dir, standin):
     (public_dir / "mnt").mkdir()
     t = standin(mnt=public_dir / "mnt") / "test"
+    r = _as_nobody(f"cat {t}/readonly")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, (r.stdout, r.stderr)
 
-    def as_nobody(script: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                               "bash", "-c", script], capture_output=True, text=True, timeout=30)
+
+def test_mode_bits_for_other_users(public_dir, standin):
+    (public_dir / "mnt").mkdir()
+    t = standin("--allow-other", mnt=public_dir / "mnt") / "test"
+    as_nobody = _as_nobody
 
     r = as_nobody(f"cat {t}/value {t}/readonly")
     assert r.returncode == 0 and r.stdout == "0\nro\n", r.stderr
