@@ -2,6 +2,7 @@
 commits, transplants and hugepage changes (through the tree, no mount)."""
 from __future__ import annotations
 
+import errno
 import re
 
 import pytest
@@ -107,13 +108,31 @@ def test_proc_vmstat(t):
     stat = key_values(t.read("/proc/vmstat"))
     assert list(stat) == ["nr_free_pages", "numa_hit", "numa_miss", "numa_foreign",
                           "numa_interleave", "numa_local", "numa_other", "nr_hugetlb",
-                          "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree"]
+                          "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree",
+                          "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail"]
     nodes = [key_values(t.read(f"{NODE}/node{n}/vmstat")) for n in (0, 1)]
     for name in nodes[0]:
         assert stat[name] == nodes[0][name] + nodes[1][name], name
     assert stat["pgalloc_dma32"] == t.m.vm_events["pgalloc_dma32"] > 0
     freed = t.m.free_boot_allocations(limit=100)
     assert key_values(t.read("/proc/vmstat"))["pgfree"] == stat["pgfree"] + freed
+    got = t.m.set_nr_hugepages(0, 1 << 20)      # more than fits: the last try fails
+    after = key_values(t.read("/proc/vmstat"))
+    assert after["htlb_buddy_alloc_success"] == stat["htlb_buddy_alloc_success"] + got > 0
+    assert after["htlb_buddy_alloc_fail"] == stat["htlb_buddy_alloc_fail"] + 1
+
+
+def test_drop_caches_frees_the_boot_allocations(t):
+    held = sum(1 << o for _, o in t.m.boot_allocations)
+    free = t.m.total_free_pages()
+    on_pcp = sum(z.pcp_pages for p in t.m.pgdat.values() for z in p.zones.values())
+    for bad in (b"0", b"5", b"x", b"", b"-1", b"0x1"):
+        assert t.write("/proc/sys/vm/drop_caches", bad) == errno.EINVAL, bad
+    assert t.m.boot_allocations and t.m.total_free_pages() == free
+    assert t.write("/proc/sys/vm/drop_caches", b"3\n") is None
+    assert t.m.boot_allocations == []
+    t.m.drain_pcp()
+    assert t.m.total_free_pages() == free + on_pcp + held
 
 
 def test_cpu_lists_and_links(t):

@@ -7,12 +7,11 @@ model and with the others at that moment (the seed's "sysfs not updated" bug, fi
 from __future__ import annotations
 
 import errno
-import re
 from functools import partial
 
 from dnumafs.mm import Machine, Pgdat
 from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
-from dnumafs.vfs.kstrtox import ULLONG_MAX
+from dnumafs.vfs.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 from .format import bitmap_list, bitmap_mask, meminfo_kb, parse_indexed_name
@@ -133,22 +132,10 @@ def nr_hugepages_show(m: Machine, nid: int) -> str:
         return f"{m.hugepages(nid)[0]}\n"
 
 
-def kstrtoul_base10(buf: bytes) -> int:
-    """kstrtoul(buf, 10), which hugetlb's nr_hugepages store uses: decimal only, so `010` is
-    ten and `0x10` is refused, unlike the base-0 kstrtoull of the debugfs files."""
-    match = re.fullmatch(rb"\+?([0-9]+)\n?", buf)
-    if match is None:
-        raise OSError(errno.EINVAL, "not a decimal number")
-    value = int(match[1])
-    if value > ULLONG_MAX:
-        raise OSError(errno.ERANGE, "number above 2^64-1")
-    return value
-
-
 def nr_hugepages_store(m: Machine, nid: int, buf: bytes) -> None:
     """Resize the node's pool from the buddy allocator; as Linux, a pool that cannot grow to
     the count asked for is not an error (read the file back to see what it got)."""
-    count = kstrtoul_base10(buf)
+    count = kstrtoull(buf, 10)
     try:
         m.set_nr_hugepages(nid, count)
     except ValueError as e:

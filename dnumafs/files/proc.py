@@ -5,11 +5,13 @@ Linux's formats (fs/proc/meminfo.c, mm/vmstat.c) with only the lines the model h
 """
 from __future__ import annotations
 
+import errno
 from functools import partial
 
 from dnumafs.mm import HPAGE_ORDER, Machine, ZoneType
 from dnumafs.mm.constants import HPAGE_SIZE_KB
 from dnumafs.mm.machine import PCP_BATCH, PCP_HIGH
+from dnumafs.vfs.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, StaticDir
 
 from .format import meminfo_kb
@@ -119,6 +121,16 @@ def vmstat_show(m: Machine) -> str:
     return "".join(f"{name} {value}\n" for name, value in items.items())
 
 
+def drop_caches_store(m: Machine, buf: bytes) -> None:
+    """/proc/sys/vm/drop_caches: 1..4 as Linux accepts. The pages boot allocated stand for
+    the page cache and slab a running machine holds; dropping them frees them, so pages that
+    a layout marked are transplanted as they are freed."""
+    value = kstrtoull(buf, 10)
+    if not 1 <= value <= 4:
+        raise OSError(errno.EINVAL, "drop_caches takes 1 to 4")
+    m.free_boot_allocations()
+
+
 def proc_dir(m: Machine) -> Dir:
     """proc/."""
     return StaticDir({
@@ -126,4 +138,7 @@ def proc_dir(m: Machine) -> Dir:
         "buddyinfo": Attr(show=partial(buddyinfo_show, m)),
         "zoneinfo": Attr(show=partial(zoneinfo_show, m)),
         "vmstat": Attr(show=partial(vmstat_show, m)),
+        "sys": StaticDir({"vm": StaticDir({
+            "drop_caches": Attr(store=partial(drop_caches_store, m), mode=0o200),
+        })}),
     })

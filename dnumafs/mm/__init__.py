@@ -8,5 +8,5 @@ from .zone import NUMASTAT_NAMES, Pgdat, Watermarks, Zone
 __all__ = [
     "HPAGE_ORDER", "MAX_ORDER", "PAGE_SIZE", "ZoneType", "Machine", "MachineConfig",
     "Memlayout", "MemlayoutError", "STAT_NAMES", "DnumaStats", "NUMASTAT_NAMES", "Pgdat",
-    "Watermarks", "Zone",
+    "Watermarks", "Zone", "SummedStats",
 ]

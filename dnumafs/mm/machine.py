@@ -93,7 +93,8 @@ class Machine:
         m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
         m.pgdat = {}
         m.retired_stats = {}
-        m.vm_events = {"pgalloc_dma": 0, "pgalloc_dma32": 0, "pgalloc_normal": 0, "pgfree": 0}
+        m.vm_events = {"pgalloc_dma": 0, "pgalloc_dma32": 0, "pgalloc_normal": 0, "pgfree": 0,
+                       "htlb_buddy_alloc_success": 0, "htlb_buddy_alloc_fail": 0}
         m._boot_allocs = {}
         m.layouts = {}
         m.pending = None
@@ -419,7 +420,9 @@ class Machine:
             while len(pool) < count:
                 pfn = self.alloc_pages(HPAGE_ORDER, nid=nid, cpu=cpu, thisnode=True)
                 if pfn is None:
+                    self.vm_events["htlb_buddy_alloc_fail"] += 1
                     break
+                self.vm_events["htlb_buddy_alloc_success"] += 1
                 self._flags[pfn] |= PG_HUGETLB
                 pool.append(pfn)
             while len(pool) > count:

@@ -1,4 +1,4 @@
-"""The kernel's kstrtoull(s, 0) (lib/kstrtox.c), so the files accept exactly what Linux accepts."""
+"""The kernel's kstrtoull() (lib/kstrtox.c), so the files accept exactly what Linux accepts."""
 from __future__ import annotations
 
 import errno
@@ -9,11 +9,12 @@ _DIGITS = {c: v for v, c in enumerate(b"0123456789abcdef")}
 _DIGITS.update({c: v for v, c in enumerate(b"ABCDEF", start=10)})
 
 
-def kstrtoull(data: bytes) -> int:
-    """Parse one written value as kstrtoull(s, 0) does.
+def kstrtoull(data: bytes, base: int = 0) -> int:
+    """Parse one written value as kstrtoull(s, base) does, base 0 or 10.
 
-    Base 0: `0x`/`0X` followed by a hex digit means hex, another leading `0` means octal,
-    anything else decimal. One optional leading `+`, one optional trailing newline, nothing
+    Base 0 (the debugfs files): `0x`/`0X` followed by a hex digit means hex, another leading
+    `0` means octal, anything else decimal. Base 10 (hugetlb's nr_hugepages, sysctls):
+    decimal only, so `010` is ten and `0x10` is refused. One optional leading `+`, one optional trailing newline, nothing
     else: no spaces, no sign `-`, no second newline. A NUL byte ends a C string, where the
     kernel would stop reading; a write that has one carries something else, so it is refused.
 
@@ -26,8 +27,10 @@ def kstrtoull(data: bytes) -> int:
     if s[:1] == b"+":
         i = 1
     # _parse_integer_fixup_radix()
-    base = 10
-    if s[i:i + 1] == b"0":
+    if base not in (0, 10):
+        raise ValueError(f"base {base} is not supported")
+    base = 10 if base == 0 and s[i:i + 1] != b"0" else base
+    if base == 0:
         if s[i + 1:i + 2] in (b"x", b"X") and s[i + 2:i + 3] and _DIGITS.get(s[i + 2], 16) < 16:
             base = 16
             i += 2
