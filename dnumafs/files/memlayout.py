@@ -36,26 +36,16 @@ class MemlayoutDebugfs:
 
 # --- the writable files ----------------------------------------------------------------------
 
-def start_show(d: MemlayoutDebugfs) -> str:
+def bound_show(d: MemlayoutDebugfs, which: str) -> str:
+    """`start` or `end`: the staged pfn, as debugfs_create_x64() prints it."""
     with d.m.lock:
-        return f"0x{d.start:016x}\n"
+        return f"0x{getattr(d, which):016x}\n"
 
 
-def start_store(d: MemlayoutDebugfs, buf: bytes) -> None:
+def bound_store(d: MemlayoutDebugfs, which: str, buf: bytes) -> None:
     pfn = kstrtoull(buf)
     with d.m.lock:
-        d.start = pfn
-
-
-def end_show(d: MemlayoutDebugfs) -> str:
-    with d.m.lock:
-        return f"0x{d.end:016x}\n"
-
-
-def end_store(d: MemlayoutDebugfs, buf: bytes) -> None:
-    pfn = kstrtoull(buf)
-    with d.m.lock:
-        d.end = pfn
+        setattr(d, which, pfn)
 
 
 def node_store(d: MemlayoutDebugfs, buf: bytes) -> None:
@@ -202,8 +192,10 @@ def memlayout_dir(m: Machine) -> Dir:
     appearing and disappearing with them."""
     d = MemlayoutDebugfs(m)
     fixed: dict[str, Node] = {
-        "start": Attr(show=partial(start_show, d), store=partial(start_store, d), mode=0o600),
-        "end": Attr(show=partial(end_show, d), store=partial(end_store, d), mode=0o600),
+        "start": Attr(show=partial(bound_show, d, "start"), store=partial(bound_store, d, "start"),
+                      mode=0o600),
+        "end": Attr(show=partial(bound_show, d, "end"), store=partial(bound_store, d, "end"),
+                    mode=0o600),
         "node": Attr(store=partial(node_store, d), mode=0o200),
         "commit": Attr(store=partial(commit_store, d), mode=0o200),
         "clear": Attr(store=partial(clear_store, d), mode=0o200),
