@@ -17,16 +17,28 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
-# (path inside the mount, real path): directories and single files bound over the real ones.
-BINDS: tuple[str, ...] = (
+# Directories of the mount bound whole over the real ones (the same path under MNT and /).
+BIND_DIRS: tuple[str, ...] = (
     "sys/devices/system/node",
     "sys/devices/system/cpu",
     "sys/kernel/debug",
-    "proc/meminfo",
-    "proc/buddyinfo",
-    "proc/zoneinfo",
-    "proc/vmstat",
 )
+# Under MNT/proc every file is bound over its real twin, one by one: the real /proc holds
+# the processes (libnuma reads /proc/self/status), so it cannot be covered whole.
+PROC_DIR = "proc"
+
+# hwloc learns the CPUs and nodes a process may use from the cgroup cpuset, and the caches
+# from CPUID: both the host's, which name other CPUs and nodes than the model's (the host's
+# cpuset would hide the model's extra nodes). These keep lstopo's CPUs and nodes to the
+# model's; a value already set in the environment wins.
+TOOL_ENV: dict[str, str] = {
+    "HWLOC_ALLOW": "all",
+    "HWLOC_COMPONENTS": "linux,stop",
+}
+
+USERNS_HINT = ("run as root, or allow unprivileged user namespaces "
+               "(sysctl user.max_user_namespaces > 0, and on Debian "
+               "kernel.unprivileged_userns_clone=1)")
 
 
 class RunError(Exception):
@@ -47,33 +59,54 @@ def _check(rc: int, what: str) -> None:
         raise RunError(f"{what}: {os.strerror(err)}")
 
 
+def _write_id_map(name: str, text: str) -> None:
+    try:
+        Path(f"/proc/self/{name}").write_text(text)
+    except OSError as e:
+        raise RunError(f"cannot write /proc/self/{name} in the new user namespace "
+                       f"({e.strerror}): {USERNS_HINT}") from None
+
+
 def _enter_namespace(libc: ctypes.CDLL) -> None:
-    """A new mount namespace; as a non-root user, inside a new user namespace."""
+    """A new mount namespace; as a non-root user, inside a new user namespace that maps the
+    user to itself, so the command keeps its uid and can still reach a mount it made."""
     if os.geteuid() == 0:
-        _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        if libc.unshare(CLONE_NEWNS) != 0:
+            err = ctypes.get_errno()
+            raise RunError(f"cannot create a mount namespace ({os.strerror(err)}): root "
+                           "without CAP_SYS_ADMIN (a container?) cannot bind over /sys")
         return
     uid, gid = os.geteuid(), os.getegid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
-        raise RunError(
-            f"cannot create a user namespace ({os.strerror(err)}): run as root, or allow "
-            "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
-            "user.max_user_namespaces > 0)")
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+        raise RunError(f"cannot create a user namespace ({os.strerror(err)}): {USERNS_HINT}")
+    _write_id_map("setgroups", "deny")
+    _write_id_map("uid_map", f"{uid} {uid} 1\n")
+    _write_id_map("gid_map", f"{gid} {gid} 1\n")
+
+
+def bind_targets(mnt: Path) -> list[str]:
+    """The paths, relative to MNT and to /, to bind: the trees, then each file under MNT/proc
+    (whatever the model provides there, so a new proc file needs no change here)."""
+    targets = list(BIND_DIRS)
+    for dirpath, _dirs, files in sorted(os.walk(mnt / PROC_DIR)):
+        rel = Path(dirpath).relative_to(mnt)
+        targets += [str(rel / name) for name in sorted(files)]
+    return targets
 
 
 def bind_model(mnt: Path) -> list[str]:
-    """In a fresh mount namespace, bind mnt's trees over the real paths; returns them."""
+    """In a fresh mount namespace, bind mnt's trees over the real paths; returns those bound.
+    A path the real system lacks (no /proc/sys/vm here) is left out."""
+    targets = bind_targets(mnt)    # before the binds, which might cover mnt's own parents
     libc = _libc()
     _enter_namespace(libc)
     # Keep our binds from propagating back to the parent namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
     bound = []
-    for rel in BINDS:
+    for rel in targets:
         src, dst = mnt / rel, Path("/") / rel
-        if not src.exists() or not dst.exists():
+        if not os.path.lexists(src) or not dst.exists():
             continue
         _check(libc.mount(bytes(src), bytes(dst), None, MS_BIND, None), f"binding {src} on {dst}")
         bound.append(str(dst))
@@ -83,11 +116,13 @@ def bind_model(mnt: Path) -> list[str]:
 def run(mnt: Path, argv: list[str]) -> int:
     """Bind the model, then become argv (so its exit status is ours); 127 if not found."""
     if not argv:
-        raise RunError("no command given")
+        raise RunError("no command given (dnumafs run MNT -- CMD [ARG...])")
     mnt = mnt.resolve()
     if not (mnt / "sys/devices/system/node").is_dir():
         raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
     bind_model(mnt)
+    for name, value in TOOL_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
