@@ -2,7 +2,10 @@
 the FUSE adapter does (show at open, each write whole to store), without a mount."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 
 from dnumafs.files import build_root
 from dnumafs.mm import Machine, MachineConfig
@@ -162,3 +165,44 @@ def check_agreement(t, total_kb: int | None = None) -> dict[int, dict[str, int]]
                 assert (n, name) not in buddy
     assert t.read(f"{NODE}/has_normal_memory") == t.read(f"{NODE}/has_memory")
     return meminfo
+
+
+class Mounted:
+    """A mount point read and written by path, through the kernel like any user."""
+
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+
+    def path(self, path: str) -> Path:
+        return self.mnt / path.lstrip("/")
+
+    def read(self, path: str) -> str:
+        with open(self.path(path)) as f:
+            return f.read()
+
+    def ls(self, path: str) -> list[str]:
+        return os.listdir(self.path(path))
+
+    def write(self, path: str, data: str | bytes) -> int | None:
+        """One write(2), as echo does; None on success, else its errno."""
+        try:
+            fd = os.open(self.path(path), os.O_WRONLY)
+        except OSError as e:
+            return e.errno
+        try:
+            n = os.write(fd, data.encode() if isinstance(data, str) else data)
+            assert n == len(data), "a store must take the whole write"
+        except OSError as e:
+            return e.errno
+        finally:
+            os.close(fd)
+        return None
+
+    def sh(self, script: str) -> subprocess.CompletedProcess[str]:
+        """Run a bash script in MNT/sys/kernel/debug/memlayout."""
+        return subprocess.run(["bash", "-c", script], cwd=self.path(ML), capture_output=True,
+                              text=True, timeout=60)
+
+    def layouts(self) -> list[str]:
+        return sorted((n for n in self.ls(ML) if n.startswith("layout.")),
+                      key=lambda n: int(n.split(".")[1]))

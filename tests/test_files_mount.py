@@ -1,66 +1,23 @@
 """The files mounted for real: echo and cat through bash, Python's open, every error of the
-debugfs interface as echo shows it, and all files agreeing through commits and transplants."""
+debugfs interface as echo shows it, and all files agreeing through commits and transplants.
+The real tools run against a mount are in test_tools.py."""
 from __future__ import annotations
 
 import errno
 import os
 import re
-import shutil
-import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from files_helpers import (
-    BACKLOG_MAX, ML, NODE, check_agreement, key_values, node_list, node_meminfo,
+    BACKLOG_MAX, ML, NODE, Mounted, check_agreement, key_values, node_list, node_meminfo,
     proc_meminfo,
 )
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
-
-
-class Mounted:
-    """A mount point read and written by path, through the kernel like any user."""
-
-    def __init__(self, mnt: Path) -> None:
-        self.mnt = mnt
-
-    def path(self, path: str) -> Path:
-        return self.mnt / path.lstrip("/")
-
-    def read(self, path: str) -> str:
-        with open(self.path(path)) as f:
-            return f.read()
-
-    def ls(self, path: str) -> list[str]:
-        return os.listdir(self.path(path))
-
-    def write(self, path: str, data: str | bytes) -> int | None:
-        """One write(2), as echo does; None on success, else its errno."""
-        try:
-            fd = os.open(self.path(path), os.O_WRONLY)
-        except OSError as e:
-            return e.errno
-        try:
-            n = os.write(fd, data.encode() if isinstance(data, str) else data)
-            assert n == len(data), "a store must take the whole write"
-        except OSError as e:
-            return e.errno
-        finally:
-            os.close(fd)
-        return None
-
-    def sh(self, script: str) -> subprocess.CompletedProcess[str]:
-        """Run a bash script in MNT/sys/kernel/debug/memlayout."""
-        return subprocess.run(["bash", "-c", script], cwd=self.path(ML), capture_output=True,
-                              text=True, timeout=60)
-
-    def layouts(self) -> list[str]:
-        return sorted((n for n in self.ls(ML) if n.startswith("layout.")),
-                      key=lambda n: int(n.split(".")[1]))
 
 
 @pytest.fixture
@@ -309,68 +266,3 @@ def test_readers_see_consistent_snapshots_during_commits(fs):
     assert problems == []
     assert reads[0] > 0
     check_agreement(fs, total)
-
-
-@pytest.mark.skipif(shutil.which("lstopo-no-graphics") is None, reason="hwloc not installed")
-def test_lstopo_reads_the_model(fs):
-    """hwloc with the mount as its root sees the nodes, their CPUs and sizes, before and after
-    a commit that brings a new node up."""
-    env = dict(os.environ, HWLOC_FSROOT=str(fs.mnt), HWLOC_COMPONENTS="linux,stop")
-
-    def lstopo() -> str:
-        r = subprocess.run(["lstopo-no-graphics", "--of", "console"], env=env,
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return r.stdout
-
-    out = lstopo()
-    assert re.findall(r"NUMANode L#\d+ \(P#(\d+)", out) == ["0", "1"]
-    assert len(re.findall(r"\bPU L#\d+", out)) == 4
-    assert len(re.findall(r"Package L#\d+", out)) == 2
-    assert fs.sh("echo 0x1000 > start; echo 0x1fff > end; echo 3 > node; echo 1 > commit"
-                 ).returncode == 0
-    out = lstopo()
-    assert re.findall(r"NUMANode L#\d+ \(P#(\d+)", out) == ["0", "1", "3"]
-    size = node_meminfo(fs.read(f"{NODE}/node3/meminfo"))["MemTotal"]
-    m = re.search(r"NUMANode L#\d+ \(P#3 (\d+)(KB|MB)\)", out)
-    assert m, out
-    assert int(m[1]) * (1024 if m[2] == "MB" else 1) == pytest.approx(size, rel=0.01)
-
-
-def unshare_run(fs: Mounted, command: str) -> subprocess.CompletedProcess[str]:
-    """Run command in a private mount namespace with the mount's node and cpu trees bound
-    over the real ones, so tools that hard-code /sys/devices/system/node see the model."""
-    binds = " && ".join(
-        f"mount --bind {fs.path(d)} {d}"
-        for d in ("/sys/devices/system/node", "/sys/devices/system/cpu"))
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
-                           f"{binds} && {command}"],
-                          capture_output=True, text=True, timeout=60)
-
-
-@pytest.mark.skipif(shutil.which("numactl") is None or shutil.which("unshare") is None
-                    or os.geteuid() != 0, reason="needs numactl, unshare and root")
-def test_numactl_hardware_shows_the_truth_after_commits(fs):
-    r = unshare_run(fs, "numactl --hardware")
-    if r.returncode != 0 and "unshare" in r.stderr:
-        pytest.skip(f"no private mount namespace here: {r.stderr.strip()}")
-    assert r.returncode == 0, r.stderr
-    assert "available: 2 nodes (0-1)" in r.stdout
-    assert "node 1 cpus: 2 3" in r.stdout
-    # everything to a new node 3: numactl shows it at once
-    assert fs.sh("echo 0 > start; echo 0x3fff > end; echo 3 > node; echo 1 > commit"
-                 ).returncode == 0
-    r = unshare_run(fs, "numactl --hardware")
-    assert r.returncode == 0, r.stderr
-    assert "available: 3 nodes (0-1,3)" in r.stdout
-    assert re.search(r"^node 3 cpus: *$", r.stdout, re.M), r.stdout
-    info = node_meminfo(fs.read(f"{NODE}/node3/meminfo"))
-    assert f"node 3 size: {info['MemTotal'] // 1024} MB" in r.stdout
-    assert f"node 3 free: {info['MemFree'] // 1024} MB" in r.stdout
-    assert re.search(r"^  3: +20 +20 +10 *$", r.stdout, re.M), r.stdout
-    # numastat -m accepts every key of nodeN/meminfo (it prints noise for unknown ones)
-    r = unshare_run(fs, "numastat -m")
-    assert r.returncode == 0, r.stderr
-    keys = [line.split()[0] for line in r.stdout.splitlines()[4:] if line.strip()]
-    assert keys == ["MemTotal", "MemFree", "MemUsed", "HugePages_Total", "HugePages_Free",
-                    "HugePages_Surp"], r.stdout
