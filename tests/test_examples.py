@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from files_helpers import ML, NODE, Mounted, check_agreement, node_meminfo, proc
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
-EXAMPLES = cli.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HPAGE_KB = 2048
 
 
@@ -26,8 +27,9 @@ def fs(mount_dnumafs) -> Mounted:
 
 def example(fs: Mounted, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """examples/NAME with the mount as its root."""
-    return subprocess.run([str(EXAMPLES / name), *args], env=dict(os.environ, DNUMA_ROOT=str(fs.mnt)),
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run([str(EXAMPLES / name), *args],
+                          env=dict(os.environ, DNUMA_ROOT=str(fs.mnt)), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def current_ranges(fs: Mounted) -> list[tuple[int, int, int]]:
@@ -103,7 +105,6 @@ def test_examples_under_dnumafs_run(fs):
     assert r.stdout == run("numactl", "--hardware").stdout
 
 
-SECTION = re.compile(r"^== (.*)$", re.M)
 NODE_LINE = re.compile(r"^node (\d+): (\d+) kB total, (\d+) kB free, (\d+) hugepages$")
 COUNTERS = re.compile(r"^online (\S+), has_memory (\S+), moved-pages (\d+), "
                       r"transplant-on-free (\d+)$")
