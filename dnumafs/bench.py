@@ -1,4 +1,13 @@
-"""`make bench`: the model's speed and memory, measured, with the aims beside them."""
+"""`make bench`: the model's speed and memory, and the file system's through a real mount,
+measured, with the aims beside them.
+
+The model rows time Machine calls in this process. The file-system rows mount dnumafs with
+`dnumafs mount` (a daemon in its own process, as a user runs it) and drive it only through its
+files, as the seed's dnuma-test script drove the debugfs files; reads are compared with LXCFS's
+/proc/meminfo (the established FUSE daemon for such files, mounted here in a temp dir) and the
+real sysfs file in the same run, as ratios, since absolute times depend on the machine (a FUSE
+request is a round trip between two processes). Figures are medians of several runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -110,9 +119,19 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dnumafs.bench", description=__doc__)
     parser.add_argument("--gib", type=int, default=64, help="size of the big machine")
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the model rows (no mount, no LXCFS)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the daemon's read path with py-spy (bench extra)")
     args = parser.parse_args(argv)
     rows = bench_seed() + bench_big(args.gib) + bench_transplant()
+    notes: list[str] = []
+    if not args.model_only:
+        from . import benchfs
+        rows += benchfs.run_all(args.gib, notes, profile=args.profile)
     print(table(rows))
+    for note in notes:
+        print(note)
     return 0
 
 

@@ -6,6 +6,7 @@ One module per area, each a set of small show/store functions over the model:
   node       sys/devices/system/node/
   cpu        sys/devices/system/cpu/
   proc       proc/
+  debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dnumafs.mm import Machine
 from dnumafs.vfs.tree import Dir, StaticDir
 
 from .cpu import cpu_root
+from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
 from .proc import proc_dir
@@ -22,7 +24,10 @@ def build_root(machine: Machine) -> Dir:
     """The mount's root directory."""
     return StaticDir({
         "sys": StaticDir({
-            "kernel": StaticDir({"debug": StaticDir({"memlayout": memlayout_dir(machine)})}),
+            "kernel": StaticDir({"debug": StaticDir({
+                "memlayout": memlayout_dir(machine),
+                "dnumafs": debug_dir(machine),
+            })}),
             "module": StaticDir({"memlayout": module_dir(machine)}),
             "devices": StaticDir({"system": StaticDir({
                 "node": node_root(machine),

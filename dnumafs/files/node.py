@@ -187,17 +187,26 @@ def node_names(m: Machine) -> list[str]:
     return [*STATE_FILES, *(f"node{nid}" for nid in nids)]
 
 
-def node_lookup(m: Machine, name: str) -> Node | None:
-    """A state list, or nodeN/ if node N is online (libnuma finds nodes by this lookup)."""
+def node_lookup(m: Machine, made: dict[int, Dir], name: str) -> Node | None:
+    """A state list, or nodeN/ if node N is online (libnuma finds nodes by this lookup).
+
+    Every open walks here, so a node's directory is built once and kept in made: a node, once
+    online, stays online, and its CPUs never move (the cpu->node map is fixed at boot, as the
+    patch set leaves it), so the directory never changes; its files compute at open.
+    """
     if name in STATE_FILES:
         return Attr(show=partial(STATE_FILES[name], m))
     nid = parse_indexed_name(name, "node")
     with m.lock:
         if nid is None or nid not in m.pgdat:
             return None
-        return node_dir(m, nid)
+        d = made.get(nid)
+        if d is None:
+            d = made[nid] = node_dir(m, nid)
+        return d
 
 
 def node_root(m: Machine) -> Dir:
-    """sys/devices/system/node/: nodeN/ comes and goes with online nodes, at every lookup."""
-    return DynamicDir(names=partial(node_names, m), lookup=partial(node_lookup, m))
+    """sys/devices/system/node/: nodeN/ comes with online nodes, at every lookup."""
+    made: dict[int, Dir] = {}
+    return DynamicDir(names=partial(node_names, m), lookup=partial(node_lookup, m, made))

@@ -33,13 +33,18 @@ log = logging.getLogger(__name__)
 # tools that look at st_size (or read without direct_io semantics) see a plausible size.
 ATTR_SIZE = 4096
 
-# Entry and attribute cache lifetimes handed to the kernel, in seconds. Directories come and
-# go (nodeN, layout.N) and fusepy cannot invalidate the kernel's caches, so keep them short:
-# a removed directory may pass stat() for at most ENTRY_TIMEOUT, and a name that just appeared
-# is never hidden by a cached "no such entry" (negative_timeout 0). open, readdir and readlink
-# always reach the daemon and tell the truth.
-ENTRY_TIMEOUT = 0.1
-ATTR_TIMEOUT = 0.1
+# Entry and attribute cache lifetimes handed to the kernel, in seconds. Each FUSE request is a
+# round trip to this process (two context switches), and on a cold cache opening
+# sys/devices/system/node/node0/meminfo costs a lookup per path component and a getattr
+# besides the open, read and release; caching for the kernel's usual second (libfuse's
+# default) makes a reader that opens a file every so often pay for three requests instead of
+# ten. It is safe here: a file's mode and size never change, open, readdir and readlink always
+# reach the daemon (so a layout.N that is gone fails to open at once), nodeN never goes away,
+# and a name that just appeared is never hidden by a cached "no such entry"
+# (negative_timeout 0). Only stat() of a destroyed layout.N may pass for up to ENTRY_TIMEOUT,
+# which fusepy cannot invalidate.
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
 NEGATIVE_TIMEOUT = 0
 
 

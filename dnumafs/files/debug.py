@@ -1,0 +1,25 @@
+"""MNT/sys/kernel/debug/dnumafs/: the model's own debug files (not Linux's).
+
+`check` runs the model's invariant checker (Machine.check()) when opened and prints one
+violation per line, or nothing. A running daemon's model lives in another process, so this is
+the only way a test or a user can ask the model itself whether any page was lost, duplicated
+or misfiled after a load; sums read from the node files catch less (a page on two free lists
+of one node keeps every sum right). It lives under debugfs, root-only (0400), as a kernel's
+CONFIG_DEBUG_VM checks would.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from dnumafs.mm import Machine
+from dnumafs.vfs.tree import Attr, Dir, StaticDir
+
+
+def check_show(m: Machine) -> str:
+    """Every invariant violation, one a line; empty when the model is sound."""
+    return "".join(f"{err}\n" for err in m.check())
+
+
+def debug_dir(m: Machine) -> Dir:
+    """sys/kernel/debug/dnumafs/."""
+    return StaticDir({"check": Attr(show=partial(check_show, m), mode=0o400)})
