@@ -34,12 +34,16 @@ run: setup
 	@echo "Stop with Ctrl-C here, or $(BIN)/dnumafs umount $(MNT)"
 	$(BIN)/dnumafs mount $(MNT) --foreground
 
-bench: setup
-	@if $(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("dnumafs.bench") is None)'; then \
-		$(BIN)/python -m dnumafs.bench; \
-	else \
-		echo "no benchmarks yet (dnumafs/bench.py)"; \
-	fi
+# The bench extra is py-spy, for the profile of the daemon's read path the bench prints.
+BENCH_STAMP := $(VENV)/.bench-done
+
+$(BENCH_STAMP): $(STAMP) scripts/install-bench-deps
+	scripts/install-bench-deps
+	$(BIN)/python -m pip install -e '.[test,bench]'
+	touch $@
+
+bench: setup $(BENCH_STAMP)
+	$(BIN)/python -m dnumafs.bench --profile
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
