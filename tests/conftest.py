@@ -12,6 +12,7 @@ did (killed the daemon, left a file open, timed out).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,4 +122,30 @@ def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
             if f" - {daemon.FSTYPE} " in line and line.split()[4].startswith(base)]
     for mp in left:
         force_unmount(Path(mp))
+    procs = daemons_under(base)
+    for pid in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert not left, f"mounts left behind: {left}"
+    assert not procs, f"daemons left behind: {procs}"
+
+
+def daemons_under(base: str) -> dict[int, str]:
+    """`dnumafs mount` processes this session started (pid -> argv): their mount point or
+    their runtime directory (every test's is under tmp_path) is under base. Daemons of other
+    sessions on the machine are left alone."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            env = (d / "environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "dnumafs" not in argv or "mount" not in argv:
+            continue
+        if any(a.startswith(base) for a in argv) or any(
+                e.startswith(f"DNUMAFS_RUNTIME_DIR={base}") for e in env):
+            found[int(d.name)] = " ".join(argv)
+    return found

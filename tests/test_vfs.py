@@ -291,13 +291,16 @@ def public_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to become another user")
+needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                                   reason="needs root and setpriv to become another user")
+
+
 def _as_nobody(script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            "bash", "-c", script], capture_output=True, text=True, timeout=30)
 
 
+@needs_setpriv
 def test_other_users_cannot_see_a_mount_without_allow_other(public_dir, standin):
     (public_dir / "mnt").mkdir()
     t = standin(mnt=public_dir / "mnt") / "test"
@@ -305,6 +308,7 @@ def test_other_users_cannot_see_a_mount_without_allow_other(public_dir, standin)
     assert r.returncode != 0 and "Permission denied" in r.stderr, (r.stdout, r.stderr)
 
 
+@needs_setpriv
 def test_mode_bits_for_other_users(public_dir, standin):
     (public_dir / "mnt").mkdir()
     t = standin("--allow-other", mnt=public_dir / "mnt") / "test"
