@@ -57,8 +57,11 @@ class OpenFile:
 
 
 class TreeOperations(Operations):
-    """fusepy operations over a root Dir. Multi-threaded: the model guards itself; the table of
-    open files has its own lock."""
+    """fusepy operations over a root Dir.
+
+    Safe from any number of threads (the model guards itself; the table of open files has its
+    own lock), though serve() runs libfuse's single-threaded loop (see there).
+    """
 
     use_ns = True  # times in nanoseconds (fusepy warns about the float API otherwise)
 
@@ -212,5 +215,10 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
     unmounts on SIGINT, SIGTERM and SIGHUP and then this returns. Raises RuntimeError if
     libfuse fails to mount.
     """
-    FUSE(TreeOperations(root), mountpoint, raw_fi=True, foreground=True, nothreads=False,
+    # One thread serves every request, one after another. Every show and store takes the
+    # machine lock anyway, so libfuse's worker threads would only contend for it and for the
+    # GIL: measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone and more
+    # than twice as fast with 4 readers at once. Requests from many processes still interleave
+    # safely; a commit is atomic for them all.
+    FUSE(TreeOperations(root), mountpoint, raw_fi=True, foreground=True, nothreads=True,
          debug=debug, **fuse_options(allow_other=allow_other))
