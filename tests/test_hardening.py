@@ -59,16 +59,6 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def readable_files(mnt: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(mnt):
-        for name in filenames:
-            p = Path(dirpath, name)
-            if os.lstat(p).st_mode & 0o444:
-                out.append(p)
-    return out
-
-
 # --- load ----------------------------------------------------------------------------------
 
 # A worker process: role reader|layout|hugepages, runs for SECONDS, prints a JSON summary.
