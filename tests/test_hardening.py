@@ -21,13 +21,11 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import cli_env
 from dnumafs import daemon
 from dnumafs.vfs.kstrtox import kstrtoull
 from files_helpers import ML, NODE, Mounted, check_agreement, node_list, proc_meminfo
