@@ -354,10 +354,9 @@ def model_invariants(m, *, tracked=None, managed_total=None, reserved_baseline=N
     if sum_managed != int((~res).sum()):
         p.append(f"sum of managed {sum_managed} != non-reserved pages {int((~res).sum())}")
     for t in ZoneType:
-        key = f"pgalloc_{t.label.lower()}"
         zsum = sum(pg.zones[t].pgalloc for pg in m.pgdat.values())
-        if key in m.vm_events and m.vm_events[key] != zsum:
-            p.append(f"vm_events[{key}] {m.vm_events[key]} != sum of zone pgalloc {zsum}")
+        if m.pgalloc(t) != zsum:
+            p.append(f"pgalloc({t.label}) {m.pgalloc(t)} != sum of zone pgalloc {zsum}")
 
     if reserved_baseline is not None:
         rpfns, rnodes = reserved_baseline

@@ -23,7 +23,6 @@ def test_empty_layout():
     assert len(lay) == 0
     assert lay.ranges() == []
     assert lay.lookup(0) is None
-    assert lay.covered_pages(100) == 0
 
 
 def test_add_range_keeps_ranges_sorted_by_start():
@@ -156,18 +155,16 @@ def test_add_range_invalidates_cache_and_lookup_stays_correct():
     assert lay.lookup(50) == 0
 
 
-def test_lookup_is_logarithmic_on_many_ranges():
-    """Lookups in a 100k-range layout bisect instead of scanning (a scan would time out)."""
+def test_lookup_on_many_ranges():
+    """Lookups in a 100k-range layout find the right range, in and between ranges (their
+    speed is measured by make bench, not here)."""
     n = 100_000
     lay = Memlayout(1)
     lay.starts = list(range(0, 4 * n, 4))
     lay.ends = [s + 1 for s in lay.starts]
     lay.nids = [i % 4 for i in range(n)]
-    import time
-    t = time.perf_counter()
     for k in range(0, 4 * n, 397):
         assert lay.lookup(k) == (((k // 4) % 4) if k % 4 < 2 else None)
-    assert time.perf_counter() - t < 2.0
 
 
 def test_node_map_applies_ranges_and_keeps_outside_pfns():
@@ -176,13 +173,6 @@ def test_node_map_applies_ranges_and_keeps_outside_pfns():
     out = lay.node_map(node)
     assert out.tolist() == [0, 0, 3, 3, 3, 3, 0, 0, 1, 1, 0, 0, 1, 1, 2, 2]
     assert node.tolist() == [0] * 8 + [1] * 8     # input untouched
-
-
-def test_covered_pages_clips_to_max_pfn():
-    lay = ml((0, 9, 0), (20, 29, 1), (100, 1 << 40, 2))
-    assert lay.covered_pages(25) == 10 + 5
-    assert lay.covered_pages(200) == 10 + 10 + 100
-    assert lay.covered_pages(5) == 5
 
 
 def test_count_goes_to_layout_and_node_stats():
@@ -203,8 +193,8 @@ def test_stats_names_and_order():
     assert all(v == 0 for v in s.counts.values())
     assert "moved-pages" in STAT_NAMES and "cache-hit" in STAT_NAMES
     assert len(set(STAT_NAMES)) == len(STAT_NAMES)
-    s.add("pcp-drain")
-    s.add("transplant-on-free", 8)
+    s.counts["pcp-drain"] += 1
+    s.counts["transplant-on-free"] += 8
     assert s["pcp-drain"] == 1 and s["transplant-on-free"] == 8
     with pytest.raises(KeyError):
-        s.add("no-such-stat")
+        s["no-such-stat"]

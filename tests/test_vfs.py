@@ -185,8 +185,7 @@ def test_ops_let_only_errnos_out(exc):
 
 def test_ops_unneeded_operations_are_unregistered():
     ops, _ = _ops()
-    for name in ("access", "chmod", "flush", "getxattr", "mkdir", "opendir", "statfs",
-                 "unlink", "utimens"):
+    for name in ("access", "chmod", "flush", "getxattr", "opendir", "statfs", "utimens"):
         assert getattr(ops, name) is None
     opts = fuse_ops.fuse_options()
     assert opts["default_permissions"] is True and opts["negative_timeout"] == 0
@@ -416,3 +415,17 @@ def test_many_threads_read_and_write_at_once(standin):
     assert not any(th.is_alive() for th in threads)
     assert errors == []
     assert len((t / "writes").read_text().splitlines()) == 8 * 30
+
+
+def test_the_tree_cannot_be_reshaped(standin):
+    """As on sysfs: making, removing, linking or renaming gives EPERM, creating EACCES."""
+    t = standin() / "test"
+    before = sorted(os.listdir(t))
+    r = _bash(f"cd {t} && {{ mkdir x; ln -s value l; ln value h; rm value; mv value v; "
+              f"rmdir {t}; mknod p p; touch new; }}")
+    lines = r.stderr.splitlines()
+    assert len(lines) == 8, r.stderr
+    assert all("Operation not permitted" in line for line in lines[:7]), r.stderr
+    assert "Permission denied" in lines[7], r.stderr
+    assert (t / "value").read_text() == "0\n"
+    assert sorted(os.listdir(t)) == before

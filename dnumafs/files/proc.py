@@ -18,8 +18,7 @@ from .format import meminfo_kb
 from .node import node_vmstat_items
 
 # /proc/vmstat's event counters (vm_event_item.h) in Linux's order; the model counts these.
-VM_EVENT_ORDER = ("pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgalloc_movable",
-                  "pgfree", "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail")
+VM_EVENT_ORDER = ("pgfree", "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail")
 
 
 def totalreserve_pages(m: Machine) -> int:
@@ -116,8 +115,8 @@ def vmstat_show(m: Machine) -> str:
         for pgdat in m.pgdat.values():
             for name, value in node_vmstat_items(pgdat).items():
                 items[name] = items.get(name, 0) + value
-        items.update((name, m.vm_events[name]) for name in VM_EVENT_ORDER
-                     if name in m.vm_events)
+        items.update((f"pgalloc_{ztype.label.lower()}", m.pgalloc(ztype)) for ztype in ZoneType)
+        items.update((name, m.vm_events[name]) for name in VM_EVENT_ORDER)
     return "".join(f"{name} {value}\n" for name, value in items.items())
 
 
@@ -128,7 +127,8 @@ def drop_caches_store(m: Machine, buf: bytes) -> None:
     value = kstrtoull(buf, 10)
     if not 1 <= value <= 4:
         raise OSError(errno.EINVAL, "drop_caches takes 1 to 4")
-    m.free_boot_allocations()
+    if value & 3:                   # 1 page cache, 2 slab; 4 only silences Linux's message
+        m.free_boot_allocations()
 
 
 def proc_dir(m: Machine) -> Dir:

@@ -17,8 +17,10 @@ def commit(m: "Machine") -> Memlayout | None:
 
     Free blocks move at once (split where they straddle a range boundary); allocated
     pages that must move are marked PG_LOOKUP_NODE and move when freed; reserved pages
-    stay. Zonelists are rebuilt only if the set of populated zones changed, which is what
-    made the original slow (a stop_machine() rebuild on every commit).
+    stay. The per-CPU lists are drained first, so that their pages, which are free, move
+    with the free lists rather than being taken for allocated ones. Zonelists are rebuilt
+    only if the set of populated zones changed, which is what made the original slow (a
+    stop_machine() rebuild on every commit).
     """
     layout = m.pending
     if layout is None:
@@ -32,12 +34,12 @@ def commit(m: "Machine") -> Memlayout | None:
 
     m._in_commit = True
     try:
+        drained = m.drain_pcp()
         target = layout.node_map(m.page_node)
         _count_examined(m, layout, target)
         _move_free_blocks(m, target)
         _mark_allocated(m, target)
         del target
-        drained = m.drain_pcp()
     finally:
         m._in_commit = False
     if drained:
@@ -48,11 +50,12 @@ def commit(m: "Machine") -> Memlayout | None:
 
 def _count_examined(m: "Machine", layout: Memlayout, target: np.ndarray) -> None:
     """Every pfn a range covers is examined; those already on its node bail at once."""
-    starts = np.asarray(layout.starts, dtype=np.int64)
-    ends = np.minimum(np.asarray(layout.ends, dtype=np.int64), m.max_pfn - 1)
+    # Clip in Python first: a range may name pfns up to 2^64-1, past what int64 holds.
+    starts = np.array([min(s, m.max_pfn) for s in layout.starts], dtype=np.int64)
+    ends = np.array([min(e, m.max_pfn - 1) for e in layout.ends], dtype=np.int64)
     lengths = np.maximum(ends - starts + 1, 0)
     examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
-                           minlength=m.possible_nodes)
+                           minlength=m.possible_nodes).astype(np.int64)
     bound = target[target != m.page_node]
     for nid in np.flatnonzero(examined):
         differ = int(np.count_nonzero(bound == nid))
@@ -77,10 +80,9 @@ def _move_free_blocks(m: "Machine", target: np.ndarray) -> None:
     # merges with one still waiting to be moved.
     for pfn, order in blocks:
         m._del_free_block(m._zone_of(pfn), pfn, order)
-    from .machine import _uniform_pieces
     for pfn, order in blocks:
         old = int(m.page_node[pfn])
-        for p, o, tgt in _uniform_pieces(target[pfn:pfn + (1 << order)], pfn, order, old, m):
+        for p, o, tgt in uniform_pieces(target[pfn:pfn + (1 << order)], pfn, order, old, m):
             if tgt == old:
                 m._free_one(m._zone_of(p), p, o)
                 continue
@@ -101,3 +103,28 @@ def _mark_allocated(m: "Machine", target: np.ndarray) -> None:
         for nid in np.flatnonzero(counts):
             m.count(name, int(counts[nid]), int(nid))
     m.page_flags |= differ.view(np.uint8) * np.uint8(PG_LOOKUP_NODE)
+
+
+def uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
+                    m: "Machine") -> list[tuple[int, int, int]]:
+    """Split [pfn, pfn + 2^order) into aligned blocks each bound for one node.
+
+    targets is the node of each page of the block, or None when all go to nid.
+    Each split is counted as split-pages.
+    """
+    if targets is None:
+        return [(pfn, order, nid)]
+    out: list[tuple[int, int, int]] = []
+    stack = [(0, order)]
+    while stack:
+        off, o = stack.pop()
+        sl = targets[off:off + (1 << o)]
+        first = int(sl[0])
+        if o == 0 or (sl == first).all():
+            out.append((pfn + off, o, first))
+        else:
+            m.count("split-pages", 1, m._node[pfn])
+            half = 1 << (o - 1)
+            stack.append((off + half, o - 1))
+            stack.append((off, o - 1))
+    return out

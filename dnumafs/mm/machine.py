@@ -13,6 +13,8 @@ from .constants import (
     PG_LOOKUP_NODE, PG_PCP, PG_RESERVED, REMOTE_DISTANCE, ZONE_END_PFN, ZoneType,
     zone_type_bounds,
 )
+from .check import check
+from .dnuma import commit, uniform_pieces
 from .memlayout import Memlayout, MemlayoutError
 from .stats import DnumaStats, SummedStats, sum_stats
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
@@ -69,7 +71,7 @@ class Machine:
     backlog: list[Memlayout]           # oldest first
     backlog_max: int
     retired_stats: dict[int | None, DnumaStats]  # counters of destroyed layouts, by node
-    vm_events: dict[str, int]          # pgfree, pgalloc_dma, ...: counted events
+    vm_events: dict[str, int]          # pgfree, htlb_buddy_alloc_*: counted events
     _boot_allocs: dict[int, int]       # pfn -> order of boot allocations still held, oldest first
 
     # ------------------------------------------------------------------ boot
@@ -93,8 +95,7 @@ class Machine:
         m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
         m.pgdat = {}
         m.retired_stats = {}
-        m.vm_events = {"pgalloc_dma": 0, "pgalloc_dma32": 0, "pgalloc_normal": 0, "pgfree": 0,
-                       "htlb_buddy_alloc_success": 0, "htlb_buddy_alloc_fail": 0}
+        m.vm_events = {"pgfree": 0, "htlb_buddy_alloc_success": 0, "htlb_buddy_alloc_fail": 0}
         m._boot_allocs = {}
         m.layouts = {}
         m.pending = None
@@ -204,6 +205,11 @@ class Machine:
     def watermarks(self, zone: Zone) -> Watermarks:
         return zone_watermarks(zone, self._total_managed)
 
+    def pgalloc(self, ztype: ZoneType) -> int:
+        """vmstat pgalloc_<zone>: pages allocated from zones of this type, on every node."""
+        with self.lock:
+            return sum(p.zones[ztype].pgalloc for p in self.pgdat.values())
+
     def hugepages(self, nid: int) -> tuple[int, int, int]:
         """(total, free, surplus): nothing maps the pool's pages, and there is no overcommit."""
         with self.lock:
@@ -300,16 +306,19 @@ class Machine:
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
             zonelist = self._zonelists[pref]
+            # zone_statistics() compares with the zonelist's first zone, which for a node
+            # without memory is on the nearest node that has some.
+            stat_pref = zonelist[0].nid if zonelist else pref
             if thisnode:
                 zonelist = [z for z in zonelist if z.nid == pref]
             need = 1 << order
             for mark in ("low", "min"):
                 for zone in zonelist:
-                    if zone.free_pages + zone.pcp_pages - need < getattr(self.watermarks(zone), mark):
+                    if zone.free_pages - need < getattr(self.watermarks(zone), mark):
                         continue
                     pfn = self._rmqueue_pcp(zone, cpu) if order == 0 else self._rmqueue(zone, order)
                     if pfn is not None:
-                        self._account_alloc(zone, pfn, order, pref, cpu, interleave)
+                        self._account_alloc(zone, pfn, order, stat_pref, cpu, interleave)
                         return pfn
             return None
 
@@ -319,7 +328,6 @@ class Machine:
         self._flags[pfn] |= PG_HEAD
         self._order[pfn] = order
         zone.pgalloc += 1 << order
-        self.vm_events["pgalloc_" + zone.type.label.lower()] += 1 << order
         stat = self.pgdat[zone.nid].numastat
         if zone.nid == pref:
             stat["numa_hit"] += 1
@@ -444,11 +452,12 @@ class Machine:
         with self.lock:
             if not 0 <= nid < self.possible_nodes:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
+            layout = self.pending or Memlayout(self._next_layout_id)
+            layout.add_range(start, end, nid)       # raises before it changes anything
             if self.pending is None:
-                trial = Memlayout(self._next_layout_id)
-                trial.add_range(start, end, nid)
-                self.pending = self._new_layout()
-            self.pending.add_range(start, end, nid)
+                self.pending = layout
+                self.layouts[layout.id] = layout
+                self._next_layout_id += 1
 
     def memlayout_clear(self) -> None:
         with self.lock:
@@ -457,7 +466,6 @@ class Machine:
                 self.pending = None
 
     def memlayout_commit(self) -> Memlayout | None:
-        from .dnuma import commit
         with self.lock:
             return commit(self)
 
@@ -478,7 +486,7 @@ class Machine:
         Each event is counted once, by layout and node; global and per-layout totals
         are sums (see stats, node_stats), so nothing is counted twice.
         """
-        self.current.counter(nid).counts[name] += n
+        self.current.count(name, n, nid)
 
     def _layout_counters(self) -> list[dict[int | None, DnumaStats]]:
         return [self.retired_stats] + [l.counters for l in self.layouts.values()]
@@ -531,8 +539,7 @@ class Machine:
         """_transplant_on_free for one page, the common case, without the block logic."""
         self._flags[pfn] &= ~PG_LOOKUP_NODE & 0xFF
         old = self._node[pfn]
-        nid, hit = self.current.find(pfn)
-        self.count("cache-hit" if hit else "cache-miss", 1, old)
+        nid = self.current.lookup(pfn, old)
         if nid is None or nid == old:
             self.count("transplant-bail-already-done", 1, old)
             self._free_one(self._zone_of(pfn), pfn, 0)
@@ -547,12 +554,11 @@ class Machine:
         self.page_flags[pfn:pfn + size] &= ~PG_LOOKUP_NODE & 0xFF
         old = self._node[pfn]
         layout = self.current
-        nid, hit = layout.find(pfn)
-        self.count("cache-hit" if hit else "cache-miss", 1, old)
+        nid = layout.lookup(pfn, old)
         targets = None
         if order and (nid is None or layout.covers(pfn, pfn + size - 1) is None):
             targets = layout.node_map(self.page_node[pfn:pfn + size], pfn)
-        for p, o, tgt in _uniform_pieces(targets, pfn, order, old if nid is None else nid, self):
+        for p, o, tgt in uniform_pieces(targets, pfn, order, old if nid is None else nid, self):
             n = 1 << o
             if tgt == old:
                 self.count("transplant-bail-already-done", n, old)
@@ -565,38 +571,12 @@ class Machine:
     # ---------------------------------------------------------------- check
 
     def check(self) -> list[str]:
-        from .check import check
         with self.lock:
             return check(self)
 
 
 _DMA_END = ZONE_END_PFN[ZoneType.DMA]
 _DMA32_END = ZONE_END_PFN[ZoneType.DMA32]
-
-
-def _uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
-                    machine: "Machine") -> list[tuple[int, int, int]]:
-    """Split [pfn, pfn + 2^order) into aligned blocks each bound for one node.
-
-    targets is the node of each page of the block, or None when all go to nid.
-    Each split is counted as split-pages.
-    """
-    if targets is None:
-        return [(pfn, order, nid)]
-    out: list[tuple[int, int, int]] = []
-    stack = [(0, order)]
-    while stack:
-        off, o = stack.pop()
-        sl = targets[off:off + (1 << o)]
-        first = int(sl[0])
-        if o == 0 or (sl == first).all():
-            out.append((pfn + off, o, first))
-        else:
-            machine.count("split-pages", 1, machine._node[pfn])
-            half = 1 << (o - 1)
-            stack.append((off + half, o - 1))
-            stack.append((off, o - 1))
-    return out
 
 
 def _node_sizes(config: MachineConfig) -> list[int]:

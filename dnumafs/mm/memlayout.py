@@ -13,9 +13,6 @@ from .stats import DnumaStats, SummedStats
 class MemlayoutError(OSError):
     """A rejected memlayout operation; errno is what the debugfs write returns."""
 
-    def __init__(self, err: int, msg: str) -> None:
-        super().__init__(err, msg)
-
 
 @attrs.define(eq=False)
 class Memlayout:
@@ -56,10 +53,11 @@ class Memlayout:
         self.nids.insert(i, nid)
         self._last = -1
 
-    def lookup(self, pfn: int) -> int | None:
-        """The node of pfn in this layout, or None; counted in this layout's statistics."""
+    def lookup(self, pfn: int, at: int | None = None) -> int | None:
+        """The node of pfn in this layout, or None; the cache hit or miss is counted in this
+        layout's statistics, at node `at` (the page's present node) if given."""
         nid, hit = self.find(pfn)
-        self.count("cache-hit" if hit else "cache-miss", 1)
+        self.count("cache-hit" if hit else "cache-miss", 1, at)
         return nid
 
     def find(self, pfn: int) -> tuple[int | None, bool]:
@@ -111,6 +109,3 @@ class Memlayout:
         if i >= 0 and last <= self.ends[i]:
             return self.nids[i]
         return None
-
-    def covered_pages(self, max_pfn: int) -> int:
-        return sum(max(0, min(e, max_pfn - 1) - s + 1) for s, e in zip(self.starts, self.ends))

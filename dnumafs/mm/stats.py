@@ -31,9 +31,6 @@ class DnumaStats:
 
     counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(STAT_NAMES, 0))
 
-    def add(self, name: str, n: int = 1) -> None:
-        self.counts[name] += n
-
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
 

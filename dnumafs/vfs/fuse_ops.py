@@ -186,11 +186,17 @@ class TreeOperations(Operations):
         # "Permission denied".
         raise FuseOSError(errno.EACCES)
 
+    def _eperm(self, *args: Any) -> int:
+        """sysfs refuses to make, remove, link or rename anything with EPERM."""
+        raise FuseOSError(errno.EPERM)
+
+    link = mkdir = mknod = rename = rmdir = symlink = unlink = _eperm
+
     # Left unregistered, so the kernel stops asking (or libfuse answers for us).
     access = bmap = chmod = chown = destroy = flush = fsync = fsyncdir = None
-    getxattr = init = ioctl = link = listxattr = lock = mkdir = mknod = None
-    opendir = releasedir = removexattr = rename = rmdir = setxattr = statfs = None
-    symlink = unlink = utimens = None
+    getxattr = init = ioctl = listxattr = lock = None
+    opendir = releasedir = removexattr = setxattr = statfs = None
+    utimens = None
 
 
 def fuse_options(*, allow_other: bool = False) -> dict[str, Any]:
