@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dnumafs import daemon
+from dnumafs.files.format import bitmap_list
 
 log = logging.getLogger("dnumafs")
 
@@ -60,20 +61,6 @@ def parse_node_list(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         ids.extend(range(int(lo), int(hi or lo) + 1))
     return ids
-
-
-def format_node_list(ids: list[int]) -> str:
-    """The inverse of parse_node_list: [0, 1, 2, 4] -> "0-2,4"."""
-    parts = []
-    ids = sorted(ids)
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def _nonneg_int(text: str) -> int:
@@ -426,7 +413,7 @@ def _check_node(tree: MountedTree, nid: int) -> None:
     possible = tree.possible_nodes()
     if nid not in possible:
         raise CliError(f"node {nid} is not possible (possible nodes: "
-                       f"{format_node_list(possible)})")
+                       f"{bitmap_list(possible)})")
 
 
 def cmd_stripe(args: argparse.Namespace) -> int:
@@ -452,12 +439,12 @@ STATUS_MAX_RANGES = 16
 def cmd_status(args: argparse.Namespace) -> int:
     tree = MountedTree(args.mnt)
     max_pfn = tree.max_pfn()
-    out = [f"possible nodes: {format_node_list(tree.possible_nodes())}",
-           f"online nodes:   {format_node_list(tree.node_ids())}",
+    out = [f"possible nodes: {bitmap_list(tree.possible_nodes())}",
+           f"online nodes:   {bitmap_list(tree.node_ids())}",
            f"pages:          {max_pfn} (pfn 0-{max_pfn - 1:#x})"]
     for nid in tree.node_ids():
         info = tree.node_meminfo(nid)
-        cpus = format_node_list(tree.node_cpus(nid)) or "none"
+        cpus = bitmap_list(tree.node_cpus(nid)) or "none"
         out.append(f"node {nid}: {info.get('MemTotal', 0) // 1024} MB, "
                    f"{info.get('MemFree', 0) // 1024} MB free, cpus {cpus}")
     current = tree.current_layout()
@@ -479,7 +466,7 @@ def hardware_text(tree: MountedTree) -> str:
     """What `numactl --hardware` prints, from the node files libnuma reads (node directories,
     nodeN/cpumap, nodeN/meminfo, nodeN/distance)."""
     nodes = tree.node_ids()
-    out = [f"available: {len(nodes)} nodes ({format_node_list(nodes)})"]
+    out = [f"available: {len(nodes)} nodes ({bitmap_list(nodes)})"]
     for nid in nodes:
         out.append(f"node {nid} cpus:" + "".join(f" {c}" for c in tree.node_cpus(nid)))
         info = tree.node_meminfo(nid)

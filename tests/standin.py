@@ -166,8 +166,8 @@ class ToyMachine:
 
 
 def _node_list(ids: Iterable[int]) -> str:
-    from dnumafs.cli import format_node_list
-    return format_node_list(list(ids)) + "\n"
+    from dnumafs.files.format import bitmap_list
+    return bitmap_list(list(ids)) + "\n"
 
 
 def _cpumap(cpus: list[int], nr_cpus: int) -> str:

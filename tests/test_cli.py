@@ -16,9 +16,10 @@ import pytest
 
 from conftest import cli_env
 from dnumafs import cli, daemon
+from dnumafs.files.format import bitmap_list
 
 
-# --- argument parsing and pure helpers --------------------------------------------------------
+# --- argument parsing and pure functions --------------------------------------------------------
 
 @pytest.mark.parametrize("text, size", [
     ("4096", 4096), ("64K", 64 << 10), ("512M", 512 << 20), ("1G", 1 << 30), ("1g", 1 << 30),
@@ -39,7 +40,7 @@ def test_parse_size_rejects(text):
 ])
 def test_node_lists_round_trip(text, ids):
     assert cli.parse_node_list(text) == ids
-    assert cli.format_node_list(ids) == text.strip()
+    assert bitmap_list(ids) == text.strip()
 
 
 def test_stripe_ranges_cover_every_pfn_once_in_turn():

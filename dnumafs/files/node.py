@@ -88,7 +88,8 @@ def node_read_meminfo(m: Machine, nid: int) -> str:
 
 
 def node_read_numastat(m: Machine, nid: int) -> str:
-    """nodeN/numastat: the six allocator counters, in pages, under their numastat names."""
+    """nodeN/numastat: the six allocator counters (allocations, not pages, as Linux counts
+    them), under their numastat names."""
     with m.lock:
         counts = dict(m.pgdat[nid].numastat)
     return "".join(f"{name} {value}\n" for name, value in counts.items())

@@ -71,8 +71,8 @@ def check(m: "Machine") -> list[str]:
     for pfn, n in zip(heads, sizes):
         if pfn % n or len(set(node[pfn:pfn + n].tolist())) != 1:
             errs.append(f"allocated block {pfn:#x} misaligned or split between nodes")
-    marked_free = flags & PG_LOOKUP_NODE & ((flags & PG_RESERVED) != 0) * 0xFF
-    if marked_free.any():
+    reserved_marked = flags & PG_LOOKUP_NODE & ((flags & PG_RESERVED) != 0) * 0xFF
+    if reserved_marked.any():
         errs.append("reserved pages marked PG_lookup_node")
 
     _check_zones(m, errs)
