@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dnumafs import daemon
-from dnumafs.files.format import bitmap_list
+from dnumafs.bitmap import bitmap_list, bitmap_parselist
 
 log = logging.getLogger("dnumafs")
 
@@ -50,17 +50,6 @@ def parse_size(text: str) -> int:
 
 def parse_size_list(text: str) -> list[int]:
     return [parse_size(part) for part in text.split(",")]
-
-
-def parse_node_list(text: str) -> list[int]:
-    """A kernel node or cpu list, "0-2,4", as in node/online; "" (or "\\n") is empty."""
-    ids: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        ids.extend(range(int(lo), int(hi or lo) + 1))
-    return ids
 
 
 def _nonneg_int(text: str) -> int:
@@ -299,7 +288,7 @@ class MountedTree:
         return [int(v) for v in self.read(f"{NODE_DIR}/node{nid}/distance").split()]
 
     def possible_nodes(self) -> list[int]:
-        return parse_node_list(self.read(f"{NODE_DIR}/possible"))
+        return bitmap_parselist(self.read(f"{NODE_DIR}/possible"))
 
     def max_pfn(self) -> int:
         """One past the highest pfn: the highest end (start_pfn + spanned) of a populated zone

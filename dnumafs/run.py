@@ -7,6 +7,7 @@ changes outside that namespace.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import os
 from pathlib import Path
@@ -79,6 +80,11 @@ def _enter_namespace(libc: ctypes.CDLL) -> None:
     uid, gid = os.geteuid(), os.getegid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
+        threads = len(os.listdir("/proc/self/task"))
+        if err == errno.EINVAL and threads > 1:
+            # The kernel refuses CLONE_NEWUSER to a multi-threaded process.
+            raise RunError(f"cannot create a user namespace: dnumafs run has {threads} "
+                           "threads (a module it imported started one)")
         raise RunError(f"cannot create a user namespace ({os.strerror(err)}): {USERNS_HINT}")
     _write_id_map("setgroups", "deny")
     _write_id_map("uid_map", f"{uid} {uid} 1\n")

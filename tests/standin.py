@@ -166,7 +166,7 @@ class ToyMachine:
 
 
 def _node_list(ids: Iterable[int]) -> str:
-    from dnumafs.files.format import bitmap_list
+    from dnumafs.bitmap import bitmap_list
     return bitmap_list(list(ids)) + "\n"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import cli_env
 from dnumafs import cli, daemon
-from dnumafs.files.format import bitmap_list
+from dnumafs.bitmap import bitmap_list, bitmap_parselist
 
 
 # --- argument parsing and pure functions --------------------------------------------------------
@@ -39,7 +39,7 @@ def test_parse_size_rejects(text):
     ("0\n", [0]), ("0-2,4\n", [0, 1, 2, 4]), ("\n", []), ("1,3-4,7", [1, 3, 4, 7]),
 ])
 def test_node_lists_round_trip(text, ids):
-    assert cli.parse_node_list(text) == ids
+    assert bitmap_parselist(text) == ids
     assert bitmap_list(ids) == text.strip()
 
 
@@ -349,3 +349,12 @@ def test_model_stripe_all_to_and_status(model_mount, run_dnumafs):
     assert r.returncode == 0 and "current layout: layout.2 (1 range)" in r.stdout
     moved = int(r.stdout.split("moved pages:")[1])
     assert moved > 0
+
+
+def test_the_command_line_starts_no_thread():
+    """`dnumafs run` must stay single-threaded to enter a user namespace: importing the
+    command line must not load numpy, whose thread pool starts at import."""
+    r = subprocess.run([sys.executable, "-c", "import os, sys, dnumafs.cli; "
+                        "print(len(os.listdir('/proc/self/task')), 'numpy' in sys.modules)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["1", "False"], r.stdout + r.stderr

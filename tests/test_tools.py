@@ -379,6 +379,11 @@ def test_run_as_another_user_through_a_user_namespace(public_dir, mount_dnumafs)
                        env=dict(os.environ, PYTHONPATH=pythonpath), capture_output=True,
                        text=True, timeout=TOOL_TIMEOUT, cwd="/")
     if "cannot create a user namespace" in r.stderr:
+        # Skip only if the system refuses the user too, not just dnumafs run.
+        probe = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
+                                "--clear-groups", "unshare", "--user", "--mount", "true"],
+                               capture_output=True, timeout=TOOL_TIMEOUT)
+        assert probe.returncode != 0, f"unshare works for uid {nobody}, dnumafs run not: {r.stderr}"
         assert r.returncode == 1 and "max_user_namespaces" in r.stderr
         pytest.skip("unprivileged user namespaces are not allowed here")
     assert r.returncode == 0, r.stderr

@@ -5,48 +5,10 @@ that prints them, as they do in Linux where all go through `%*pbl`, `%*pb` and s
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from dnumafs.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm.constants import PAGE_SIZE
 
-CHUNKSZ = 32    # bits per word of a `%*pb` mask
-
-
-def bitmap_list(bits: Iterable[int]) -> str:
-    """`%*pbl`: ascending bits as ranges, `0-2,4`; empty for no bits."""
-    out: list[str] = []
-    first = last = None
-    for bit in sorted(set(bits)):
-        if last is not None and bit == last + 1:
-            last = bit
-            continue
-        if first is not None:
-            out.append(f"{first}" if first == last else f"{first}-{last}")
-        first = last = bit
-    if first is not None:
-        out.append(f"{first}" if first == last else f"{first}-{last}")
-    return ",".join(out)
-
-
-def bitmap_mask(bits: Iterable[int], nr_bits: int) -> str:
-    """`%*pb`: 32-bit lowercase hex words, most significant first, comma-separated.
-
-    As lib/vsprintf.c bitmap_string(): the first word is only as wide as the bits above the
-    last whole word need (nr_bits 2 -> `3`, 8 -> `0f`), every other word is 8 digits wide.
-    """
-    value = 0
-    for bit in bits:
-        value |= 1 << bit
-    chunksz = nr_bits % CHUNKSZ or CHUNKSZ
-    words: list[str] = []
-    i = -(-nr_bits // CHUNKSZ) * CHUNKSZ - CHUNKSZ
-    while i >= 0:
-        word = (value >> i) & ((1 << chunksz) - 1)
-        words.append(f"{word:0{-(-chunksz // 4)}x}")
-        chunksz = CHUNKSZ
-        i -= CHUNKSZ
-    return ",".join(words)
-
+__all__ = ["bitmap_list", "bitmap_mask", "meminfo_kb", "parse_indexed_name"]
 
 def meminfo_kb(key: str, pages: int) -> str:
     """`%-16s%8lu kB` of a size in pages: a /proc/meminfo line, and a nodeN/meminfo line
