@@ -344,10 +344,10 @@ class Machine:
             if not 0 <= pfn < self.max_pfn:
                 raise ValueError(f"pfn {pfn:#x} beyond max_pfn {self.max_pfn:#x}")
             flags = self._flags[pfn]
-            if not flags & PG_HEAD:
-                raise ValueError(f"pfn {pfn:#x} is not the head of an allocated block")
-            if flags & PG_HUGETLB:
-                raise ValueError(f"pfn {pfn:#x} belongs to a hugepage pool")
+            if flags & (PG_HEAD | PG_HUGETLB) != PG_HEAD:
+                raise ValueError(f"pfn {pfn:#x} is not the head of an allocated block"
+                                 if not flags & PG_HEAD else f"pfn {pfn:#x} belongs to a "
+                                 "hugepage pool")
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
             self._free_allocated(pfn, cpu)
@@ -486,7 +486,7 @@ class Machine:
         Each event is counted once, by layout and node; global and per-layout totals
         are sums (see stats, node_stats), so nothing is counted twice.
         """
-        self.current.count(name, n, nid)
+        self.current.counter(nid).counts[name] += n
 
     def _layout_counters(self) -> list[dict[int | None, DnumaStats]]:
         return [self.retired_stats] + [l.counters for l in self.layouts.values()]
@@ -524,12 +524,13 @@ class Machine:
         zold.managed_pages -= n
         znew.present_pages += n
         znew.managed_pages += n
-        znew.span_include(pfn, pfn + n)
+        if not znew.zone_start_pfn <= pfn < pfn + n <= znew.zone_end_pfn:
+            znew.span_include(pfn, pfn + n)
         if n == 1:
             self._node[pfn] = new
         else:
             self.page_node[pfn:pfn + n] = new
-        self.count("moved-pages", n, new)
+        self.current.counter(new).counts["moved-pages"] += n
         if not self._in_commit and (zold.present_pages == 0 or znew.present_pages == n):
             if self._rebuild_zonelists():
                 self.count("zonelist-rebuild", 1)
@@ -545,7 +546,7 @@ class Machine:
             self._free_one(self._zone_of(pfn), pfn, 0)
             return
         zone = self._move_pages(pfn, 1, old, nid)
-        self.count("transplant-on-free", 1, nid)
+        self.current.counter(nid).counts["transplant-on-free"] += 1
         self._free_one(zone, pfn, 0)
 
     def _transplant_on_free(self, pfn: int, order: int) -> None:

@@ -57,7 +57,7 @@ class Memlayout:
         """The node of pfn in this layout, or None; the cache hit or miss is counted in this
         layout's statistics, at node `at` (the page's present node) if given."""
         nid, hit = self.find(pfn)
-        self.count("cache-hit" if hit else "cache-miss", 1, at)
+        self.counter(at).counts["cache-hit" if hit else "cache-miss"] += 1
         return nid
 
     def find(self, pfn: int) -> tuple[int | None, bool]:
