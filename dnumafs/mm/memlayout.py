@@ -56,20 +56,16 @@ class Memlayout:
     def lookup(self, pfn: int, at: int | None = None) -> int | None:
         """The node of pfn in this layout, or None; the cache hit or miss is counted in this
         layout's statistics, at node `at` (the page's present node) if given."""
-        nid, hit = self.find(pfn)
-        self.counter(at).counts["cache-hit" if hit else "cache-miss"] += 1
-        return nid
-
-    def find(self, pfn: int) -> tuple[int | None, bool]:
-        """(node of pfn or None, whether the last-hit cache answered); counts nothing."""
         i = self._last
         if i >= 0 and self.starts[i] <= pfn <= self.ends[i]:
-            return self.nids[i], True
+            self.counter(at).counts["cache-hit"] += 1
+            return self.nids[i]
+        self.counter(at).counts["cache-miss"] += 1
         i = bisect.bisect_right(self.starts, pfn) - 1
         if i >= 0 and pfn <= self.ends[i]:
             self._last = i
-            return self.nids[i], False
-        return None, False
+            return self.nids[i]
+        return None
 
     def count(self, name: str, n: int, nid: int | None = None) -> None:
         self.counter(nid).counts[name] += n
