@@ -105,7 +105,7 @@ class Machine:
         m._zonelists = {}
         m._populated = frozenset()
         m._in_commit = False
-        boot_layout = m._new_layout()
+        boot_layout = m._register_layout(Memlayout(m._next_layout_id))
         start = 0
         for nid, size in enumerate(sizes):
             m._online_node(nid)
@@ -441,8 +441,9 @@ class Machine:
 
     # ------------------------------------------------------------- memlayout
 
-    def _new_layout(self) -> Memlayout:
-        layout = Memlayout(self._next_layout_id)
+    def _register_layout(self, layout: Memlayout) -> Memlayout:
+        """Give a layout its place among the layouts; ids are taken in order of creation."""
+        assert layout.id == self._next_layout_id
         self._next_layout_id += 1
         self.layouts[layout.id] = layout
         return layout
@@ -455,9 +456,7 @@ class Machine:
             layout = self.pending or Memlayout(self._next_layout_id)
             layout.add_range(start, end, nid)       # raises before it changes anything
             if self.pending is None:
-                self.pending = layout
-                self.layouts[layout.id] = layout
-                self._next_layout_id += 1
+                self.pending = self._register_layout(layout)
 
     def memlayout_clear(self) -> None:
         with self.lock:
@@ -486,7 +485,7 @@ class Machine:
         Each event is counted once, by layout and node; global and per-layout totals
         are sums (see stats, node_stats), so nothing is counted twice.
         """
-        self.current.counter(nid).counts[name] += n
+        self.current.count(name, n, nid)
 
     def _layout_counters(self) -> list[dict[int | None, DnumaStats]]:
         return [self.retired_stats] + [l.counters for l in self.layouts.values()]
@@ -541,13 +540,7 @@ class Machine:
         self._flags[pfn] &= ~PG_LOOKUP_NODE & 0xFF
         old = self._node[pfn]
         nid = self.current.lookup(pfn, old)
-        if nid is None or nid == old:
-            self.count("transplant-bail-already-done", 1, old)
-            self._free_one(self._zone_of(pfn), pfn, 0)
-            return
-        zone = self._move_pages(pfn, 1, old, nid)
-        self.current.counter(nid).counts["transplant-on-free"] += 1
-        self._free_one(zone, pfn, 0)
+        self._free_transplanted(pfn, 0, old, old if nid is None else nid)
 
     def _transplant_on_free(self, pfn: int, order: int) -> None:
         """A marked block is freed: look it up and free each part into its node's zone."""
@@ -560,14 +553,17 @@ class Machine:
         if order and (nid is None or layout.covers(pfn, pfn + size - 1) is None):
             targets = layout.node_map(self.page_node[pfn:pfn + size], pfn)
         for p, o, tgt in uniform_pieces(targets, pfn, order, old if nid is None else nid, self):
-            n = 1 << o
-            if tgt == old:
-                self.count("transplant-bail-already-done", n, old)
-                self._free_one(self._zone_of(p), p, o)
-            else:
-                zone = self._move_pages(p, n, old, tgt)
-                self.count("transplant-on-free", n, tgt)
-                self._free_one(zone, p, o)
+            self._free_transplanted(p, o, old, tgt)
+
+    def _free_transplanted(self, pfn: int, order: int, old: int, tgt: int) -> None:
+        """Free one looked-up piece: into node tgt's zone, or where it is if tgt is old."""
+        if tgt == old:
+            self.current.counter(old).counts["transplant-bail-already-done"] += 1 << order
+            self._free_one(self._zone_of(pfn), pfn, order)
+            return
+        zone = self._move_pages(pfn, 1 << order, old, tgt)
+        self.current.counter(tgt).counts["transplant-on-free"] += 1 << order
+        self._free_one(zone, pfn, order)
 
     # ---------------------------------------------------------------- check
 
