@@ -318,13 +318,15 @@ class Machine:
                         continue
                     pfn = self._rmqueue_pcp(zone, cpu) if order == 0 else self._rmqueue(zone, order)
                     if pfn is not None:
-                        self._account_alloc(zone, pfn, order, stat_pref, cpu, interleave)
+                        self._account_alloc(zone, pfn, order, pref, stat_pref, cpu, interleave)
                         return pfn
             return None
 
-    def _account_alloc(self, zone: Zone, pfn: int, order: int, pref: int, cpu: int,
+    def _account_alloc(self, zone: Zone, pfn: int, order: int, nid: int, pref: int, cpu: int,
                        interleave: bool) -> None:
-        """Mark the block allocated and count it as Linux's zone_statistics() does."""
+        """Mark the block allocated and count it as Linux's zone_statistics() does, against
+        pref, the node of the preferred zone; interleave_hit when it came from nid, the
+        node the interleave asked for."""
         self._flags[pfn] |= PG_HEAD
         self._order[pfn] = order
         zone.pgalloc += 1 << order
@@ -335,7 +337,7 @@ class Machine:
             stat["numa_miss"] += 1
             self.pgdat[pref].numastat["numa_foreign"] += 1
         stat["local_node" if zone.nid == self.cpu_node[cpu] else "other_node"] += 1
-        if interleave and zone.nid == pref:
+        if interleave and zone.nid == nid:
             stat["interleave_hit"] += 1
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
