@@ -17,6 +17,7 @@ import time
 
 import attrs
 
+from .cli import stripe_ranges
 from .mm import Machine, MachineConfig
 
 SEED_MINUTES = 9    # the original patch set's report for the seed scenario
@@ -37,10 +38,9 @@ def rss_bytes() -> int:
 
 def stage_stripes(m: Machine, first: int, last: int, pfns: int) -> int:
     """Stripe all memory over nodes first..last, pfns per stripe; returns ranges staged."""
-    nid, n = first, 0
-    for start in range(0, m.max_pfn, pfns):
-        m.memlayout_add_range(start, min(start + pfns, m.max_pfn) - 1, nid)
-        nid = first if nid == last else nid + 1
+    n = 0
+    for start, end, nid in stripe_ranges(m.max_pfn, first, last, pfns):
+        m.memlayout_add_range(start, end, nid)
         n += 1
     return n
 
