@@ -348,7 +348,7 @@ def fuse_requests_per_read(notes: list[str]) -> list[Row]:
             os.stat(mnt / f"bench-marker-{tag}")
 
     try:
-        if not daemon_answers(mnt, proc, 30):
+        if daemon.wait_answers(proc, mnt, 30) is not None:
             notes.append("FUSE requests per read: the debug daemon did not answer")
             return []
         marker("warm0")
@@ -389,17 +389,6 @@ def fuse_requests_per_read(notes: list[str]) -> list[Row]:
         Row("FUSE requests per open/read/close, caches expired", show(cold, 1), "-"),
         Row("FUSE requests per `cat` (reads to EOF), warm", show(cat, 1), "-"),
     ]
-
-
-def daemon_answers(mnt: Path, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if daemon.answers(mnt, 5):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def requests_between_markers(text: str) -> dict[tuple[str, str], collections.Counter[str]]:

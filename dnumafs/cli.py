@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,18 +167,6 @@ def _child_argv(args: argparse.Namespace, mp: Path, log_file: Path) -> list[str]
     return argv
 
 
-def _wait_mounted(child: subprocess.Popen[bytes], mp: Path, timeout: float) -> str | None:
-    """Wait until the mount answers (None), or say why it did not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return f"the daemon exited with status {child.returncode}"
-        if daemon.answers(mp, timeout=max(0.1, deadline - time.monotonic())):
-            return None
-        time.sleep(0.05)
-    return f"it did not answer within {timeout:g} s"
-
-
 def _abandon(child: subprocess.Popen[bytes], mp: Path) -> None:
     """Stop a daemon that did not mount in time, and detach whatever it mounted."""
     if child.poll() is None:
@@ -203,7 +190,7 @@ def _mount_background(args: argparse.Namespace, mp: Path) -> int:
         child = subprocess.Popen(_child_argv(args, mp, log_file), stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=out, env=env, start_new_session=True)
     try:
-        reason = _wait_mounted(child, mp, args.timeout)
+        reason = daemon.wait_answers(child, mp, args.timeout)
     except BaseException:         # interrupted: leave nothing half-mounted behind
         _abandon(child, mp)
         raise

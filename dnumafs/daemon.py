@@ -168,6 +168,18 @@ def answers(mp: Path, timeout: float) -> bool:
     return bool(result and result[0])
 
 
+def wait_answers(child: subprocess.Popen[bytes], mp: Path, timeout: float) -> str | None:
+    """Wait until the mount served by child answers (None), or say why it did not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return f"the daemon exited with status {child.returncode}"
+        if answers(mp, timeout=max(0.1, deadline - time.monotonic())):
+            return None
+        time.sleep(0.05)
+    return f"it did not answer within {timeout:g} s"
+
+
 def _fuse_unmount_commands(mp: Path, lazy: bool) -> list[list[str]]:
     cmds = []
     for tool in ("fusermount", "fusermount3"):
