@@ -10,7 +10,7 @@ MNT    ?= mnt
 STAMP  := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: all setup test run bench clean
+.PHONY: all setup test lint run bench clean
 
 all: test
 
@@ -25,6 +25,11 @@ $(STAMP): setup.cfg pyproject.toml scripts/install-system-deps
 # The per-test timeout (pytest-timeout, 120 s) is set in setup.cfg.
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Types (mypy, configured in pyproject.toml) and style (ruff).
+lint: setup
+	$(BIN)/ruff check dnumafs tests
+	$(BIN)/mypy
 
 run: setup
 	@mkdir -p $(MNT) 2>/dev/null || true

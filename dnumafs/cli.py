@@ -129,7 +129,7 @@ def _check_free(mp: Path) -> None:
 
 def _serve(args: argparse.Namespace, mp: Path) -> int:
     """Foreground mount: boot, mount, serve until unmounted or signalled."""
-    from dnumafs.vfs import fuse_ops   # needs libfuse; the other commands do not
+    from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
 
     _setup_logging(args.log)
     _check_free(mp)

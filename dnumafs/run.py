@@ -7,8 +7,8 @@ changes outside that namespace.
 from __future__ import annotations
 
 import ctypes
-import errno
 import ctypes.util
+import errno
 import os
 from pathlib import Path
 

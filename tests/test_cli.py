@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env
+
 from dnumafs import cli, daemon
 from dnumafs.bitmap import bitmap_list, bitmap_parselist
-
 
 # --- argument parsing and pure functions --------------------------------------------------------
 

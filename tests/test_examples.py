@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from files_helpers import ML, NODE, Mounted, check_agreement, node_meminfo, proc_meminfo
 
 from dnumafs import cli
-from files_helpers import ML, NODE, Mounted, check_agreement, node_meminfo, proc_meminfo
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 

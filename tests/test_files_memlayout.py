@@ -4,9 +4,9 @@ from __future__ import annotations
 import errno
 
 import pytest
+from files_helpers import BACKLOG_MAX, ML, NODE, Tree, boot, node_list, node_meminfo
 
 from dnumafs.mm import STAT_NAMES
-from files_helpers import BACKLOG_MAX, ML, NODE, Tree, boot, node_list, node_meminfo
 
 
 @pytest.fixture

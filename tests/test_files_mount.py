@@ -9,9 +9,15 @@ import re
 import threading
 
 import pytest
-
 from files_helpers import (
-    BACKLOG_MAX, ML, NODE, Mounted, check_agreement, key_values, node_list, node_meminfo,
+    BACKLOG_MAX,
+    ML,
+    NODE,
+    Mounted,
+    check_agreement,
+    key_values,
+    node_list,
+    node_meminfo,
     proc_meminfo,
 )
 

@@ -5,11 +5,18 @@ import errno
 import re
 
 import pytest
+from files_helpers import (
+    NODE,
+    MiB,
+    Tree,
+    boot,
+    key_values,
+    node_list,
+    node_meminfo,
+    proc_meminfo,
+)
 
 from dnumafs.mm.constants import HPAGE_ORDER
-from files_helpers import (
-    MiB, NODE, Tree, boot, key_values, node_list, node_meminfo, proc_meminfo,
-)
 
 LINUX_MEMINFO_ORDER = ["MemTotal", "MemFree", "MemUsed", "HugePages_Total", "HugePages_Free",
                        "HugePages_Surp"]

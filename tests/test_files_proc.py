@@ -6,14 +6,25 @@ import errno
 import re
 
 import pytest
+from files_helpers import (
+    CPU,
+    ML,
+    NODE,
+    MiB,
+    Tree,
+    boot,
+    buddyinfo,
+    check_agreement,
+    key_values,
+    node_list,
+    node_meminfo,
+    proc_meminfo,
+    zoneinfo,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, ZoneType
-from files_helpers import (
-    CPU, ML, NODE, MiB, Tree, boot, buddyinfo, check_agreement, key_values, node_list,
-    node_meminfo, proc_meminfo, zoneinfo,
-)
 
 
 @pytest.fixture

@@ -24,12 +24,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from files_helpers import ML, NODE, Mounted, check_agreement, node_list, proc_meminfo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixture)
 
 from dnumafs import daemon
 from dnumafs.vfs.kstrtox import kstrtoull
-from files_helpers import ML, NODE, Mounted, check_agreement, node_list, proc_meminfo
-from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixture)
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 

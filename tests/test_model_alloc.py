@@ -4,9 +4,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from dnumafs.mm import ZoneType
-from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, PG_HEAD, PG_HUGETLB, PG_PCP
 from model_helpers import (
     MiB,
     assert_model_ok,
@@ -18,6 +15,9 @@ from model_helpers import (
     snapshot,
     zone_of,
 )
+
+from dnumafs.mm import ZoneType
+from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, PG_HEAD, PG_HUGETLB, PG_PCP
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import ALLOCATED, RESERVED, GiB, MiB, assert_model_ok, boot, classify
 
 from dnumafs.mm import Machine, MachineConfig, ZoneType
 from dnumafs.mm.constants import PAGE_SIZE, PG_HEAD, PG_RESERVED
 from dnumafs.mm.stats import STAT_NAMES
-from model_helpers import GiB, MiB, assert_model_ok, boot, classify, ALLOCATED, RESERVED
 
 
 def node_pfn_ranges(m):

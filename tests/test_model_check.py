@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from model_helpers import MiB, boot, free_blocks, model_invariants
 
 from dnumafs.mm import ZoneType
 from dnumafs.mm.constants import PG_BUDDY, PG_HEAD, PG_LOOKUP_NODE, PG_PCP, PG_RESERVED
-from model_helpers import MiB, boot, free_blocks, model_invariants
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 

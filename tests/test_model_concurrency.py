@@ -5,9 +5,9 @@ import random
 import threading
 
 import numpy as np
+from model_helpers import MiB, assert_model_ok, boot, expected_nodes, model_invariants
 
 from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
-from model_helpers import MiB, assert_model_ok, boot, expected_nodes, model_invariants
 
 
 def test_lock_is_reentrant():

@@ -6,15 +6,12 @@ import errno
 
 import numpy as np
 import pytest
-
-from dnumafs.mm import MemlayoutError, ZoneType
-from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
 from model_helpers import (
     ALLOCATED,
     FREE_BUDDY,
     FREE_PCP,
-    MiB,
     RESERVED,
+    MiB,
     assert_model_ok,
     boot,
     classify,
@@ -25,6 +22,9 @@ from model_helpers import (
     pcp_pages,
     reserved_baseline,
 )
+
+from dnumafs.mm import MemlayoutError, ZoneType
+from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 

@@ -15,9 +15,6 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-
-from dnumafs.mm import MemlayoutError
-from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, PG_HEAD, PG_LOOKUP_NODE, PG_RESERVED
 from model_helpers import (
     MiB,
     assert_model_ok,
@@ -27,6 +24,9 @@ from model_helpers import (
     free_checked,
     reserved_baseline,
 )
+
+from dnumafs.mm import MemlayoutError
+from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, PG_HEAD, PG_LOOKUP_NODE, PG_RESERVED
 
 CONFIGS = [
     dict(nodes=2, mem=16 * MiB),                                        # all DMA

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from files_helpers import ML, NODE, Mounted, key_values, node_list, node_meminfo, proc_meminfo
 
 from dnumafs import run as dnuma_run
-from files_helpers import ML, NODE, Mounted, key_values, node_list, node_meminfo, proc_meminfo
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 

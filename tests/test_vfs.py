@@ -14,12 +14,13 @@ import types
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as hs
+from hypothesis import given
+from hypothesis import strategies as hs
+from standin import big_text
 
 from dnumafs.vfs import fuse_ops
 from dnumafs.vfs.kstrtox import ULLONG_MAX, kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
-from standin import big_text
 
 # --- tree ------------------------------------------------------------------------------------
 

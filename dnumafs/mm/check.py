@@ -6,8 +6,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .constants import (
-    HPAGE_ORDER, PG_BUDDY, PG_HEAD, PG_HUGETLB, PG_LOOKUP_NODE, PG_PCP, PG_RESERVED, ZoneType,
-    zone_type_bounds, zone_type_of,
+    HPAGE_ORDER,
+    PG_BUDDY,
+    PG_HEAD,
+    PG_HUGETLB,
+    PG_LOOKUP_NODE,
+    PG_PCP,
+    PG_RESERVED,
+    ZoneType,
+    zone_type_bounds,
+    zone_type_of,
 )
 
 if TYPE_CHECKING:
@@ -16,7 +24,7 @@ if TYPE_CHECKING:
 MAX_REPORTED = 20
 
 
-def check(m: "Machine") -> list[str]:
+def check(m: Machine) -> list[str]:
     """Check conservation and free-list consistency; the caller holds m.lock."""
     errs: list[str] = []
     node, flags, order = m.page_node, m.page_flags, m.page_order
@@ -83,7 +91,7 @@ def check(m: "Machine") -> list[str]:
     return errs
 
 
-def _allocations_per_pfn(m: "Machine", heads: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _allocations_per_pfn(m: Machine, heads: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """How many allocated blocks cover each pfn (1 or 0 in a sound model)."""
     d = np.zeros(m.max_pfn + 1, dtype=np.int32)
     np.add.at(d, heads, 1)
@@ -91,7 +99,7 @@ def _allocations_per_pfn(m: "Machine", heads: np.ndarray, sizes: np.ndarray) -> 
     return np.cumsum(d[:-1])
 
 
-def _check_zones(m: "Machine", errs: list[str]) -> None:
+def _check_zones(m: Machine, errs: list[str]) -> None:
     """present/managed agree with the page arrays; spans cover every page of the zone."""
     reserved = (m.page_flags & PG_RESERVED) != 0
     for ztype in ZoneType:
@@ -119,7 +127,7 @@ def _check_zones(m: "Machine", errs: list[str]) -> None:
                 errs.append(f"pages on node {nid}, which is not online")
 
 
-def _check_layout(m: "Machine", errs: list[str], owners_alloc: np.ndarray) -> None:
+def _check_layout(m: Machine, errs: list[str], owners_alloc: np.ndarray) -> None:
     """A page off its range's node is reserved or an allocated page marked for lookup."""
     target = m.current.node_map(m.page_node)
     off = target != m.page_node
@@ -133,7 +141,7 @@ def _check_layout(m: "Machine", errs: list[str], owners_alloc: np.ndarray) -> No
         errs.append("PG_lookup_node set on pages that are not allocated")
 
 
-def _check_hugepages(m: "Machine", errs: list[str]) -> None:
+def _check_hugepages(m: Machine, errs: list[str]) -> None:
     pooled = 0
     for nid, pgdat in m.pgdat.items():
         for pfn in pgdat.hugepage_pool:

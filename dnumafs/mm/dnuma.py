@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 
-def commit(m: "Machine") -> Memlayout | None:
+def commit(m: Machine) -> Memlayout | None:
     """Commit the pending layout (the caller holds m.lock); None if nothing is pending.
 
     Free blocks move at once (split where they straddle a range boundary); allocated
@@ -48,7 +48,7 @@ def commit(m: "Machine") -> Memlayout | None:
     return layout
 
 
-def _count_examined(m: "Machine", layout: Memlayout, target: np.ndarray) -> None:
+def _count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
     """Every pfn a range covers is examined; those already on its node bail at once."""
     # Clip in Python first: a range may name pfns up to 2^64-1, past what int64 holds.
     starts = np.array([min(s, m.max_pfn) for s in layout.starts], dtype=np.int64)
@@ -63,7 +63,7 @@ def _count_examined(m: "Machine", layout: Memlayout, target: np.ndarray) -> None
         m.count("transplant-bail-nid-eq", int(examined[nid]) - differ, int(nid))
 
 
-def _move_free_blocks(m: "Machine", target: np.ndarray) -> None:
+def _move_free_blocks(m: Machine, target: np.ndarray) -> None:
     heads = np.flatnonzero(m.page_flags & PG_BUDDY)
     if not heads.size:
         return
@@ -92,7 +92,7 @@ def _move_free_blocks(m: "Machine", target: np.ndarray) -> None:
             m._free_one(zone, p, o)
 
 
-def _mark_allocated(m: "Machine", target: np.ndarray) -> None:
+def _mark_allocated(m: Machine, target: np.ndarray) -> None:
     """What still differs is allocated (mark it) or reserved (it stays; count it)."""
     differ = target != m.page_node
     reserved = differ & ((m.page_flags & PG_RESERVED) != 0)
@@ -106,7 +106,7 @@ def _mark_allocated(m: "Machine", target: np.ndarray) -> None:
 
 
 def uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
-                    m: "Machine") -> list[tuple[int, int, int]]:
+                    m: Machine) -> list[tuple[int, int, int]]:
     """Split [pfn, pfn + 2^order) into aligned blocks each bound for one node.
 
     targets is the node of each page of the block, or None when all go to nid.

@@ -8,12 +8,23 @@ import threading
 import attrs
 import numpy as np
 
+from .check import check
 from .constants import (
-    HPAGE_ORDER, LOCAL_DISTANCE, MAX_ORDER, PAGE_SHIFT, PG_BUDDY, PG_HEAD, PG_HUGETLB,
-    PG_LOOKUP_NODE, PG_PCP, PG_RESERVED, REMOTE_DISTANCE, ZONE_END_PFN, ZoneType,
+    HPAGE_ORDER,
+    LOCAL_DISTANCE,
+    MAX_ORDER,
+    PAGE_SHIFT,
+    PG_BUDDY,
+    PG_HEAD,
+    PG_HUGETLB,
+    PG_LOOKUP_NODE,
+    PG_PCP,
+    PG_RESERVED,
+    REMOTE_DISTANCE,
+    ZONE_END_PFN,
+    ZoneType,
     zone_type_bounds,
 )
-from .check import check
 from .dnuma import commit, uniform_pieces
 from .memlayout import Memlayout, MemlayoutError
 from .stats import DnumaStats, SummedStats, sum_stats
@@ -77,7 +88,7 @@ class Machine:
     # ------------------------------------------------------------------ boot
 
     @classmethod
-    def boot(cls, config: MachineConfig | None = None) -> "Machine":
+    def boot(cls, config: MachineConfig | None = None) -> Machine:
         """Lay each node out contiguously, reserve and allocate some of it, free the rest."""
         config = config or MachineConfig()
         sizes = _node_sizes(config)

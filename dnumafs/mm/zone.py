@@ -90,7 +90,7 @@ class Pgdat:
     hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
 
     @classmethod
-    def empty(cls, nid: int) -> "Pgdat":
+    def empty(cls, nid: int) -> Pgdat:
         return cls(nid, {t: Zone(nid, t) for t in ZoneType})
 
     def populated_zones(self) -> list[Zone]:
