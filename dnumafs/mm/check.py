@@ -86,8 +86,8 @@ def check(m: Machine) -> list[str]:
     _check_layout(m, errs, owners_alloc=allocated > 0)
     _check_hugepages(m, errs)
     total = m.total_managed_pages()
-    if total != m._total_managed:
-        errs.append(f"managed pages {total} != {m._total_managed} at boot")
+    if total != m.managed_at_boot:
+        errs.append(f"managed pages {total} != {m.managed_at_boot} at boot")
     return errs
 
 

@@ -32,12 +32,18 @@ ZONE_END_PFN = {
 }
 
 
+_DMA_END = ZONE_END_PFN[ZoneType.DMA]
+_DMA32_END = ZONE_END_PFN[ZoneType.DMA32]
+
+
+def zone_idx(pfn: int) -> int:
+    """The zone type of pfn as a plain int (page_zonenum()): the per-page paths index a
+    node's zones with it, and an int compares and indexes faster than the enum."""
+    return 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2
+
+
 def zone_type_of(pfn: int) -> ZoneType:
-    if pfn < ZONE_END_PFN[ZoneType.DMA]:
-        return ZoneType.DMA
-    if pfn < ZONE_END_PFN[ZoneType.DMA32]:
-        return ZoneType.DMA32
-    return ZoneType.NORMAL
+    return ZoneType(zone_idx(pfn))
 
 
 def zone_type_bounds(ztype: ZoneType, max_pfn: int) -> tuple[int, int]:
@@ -53,3 +59,17 @@ PG_LOOKUP_NODE = 0x04  # allocated page whose node differs from the layout: look
 PG_PCP = 0x08          # free order-0 page on a per-CPU list
 PG_HEAD = 0x10         # head of an allocated block (order in page_order)
 PG_HUGETLB = 0x20      # head of a block owned by a node's hugepage pool
+
+# Per-CPU page lists (struct per_cpu_pages): fixed for every zone, as the model has no
+# zone_batchsize() to scale them by.
+PCP_BATCH = 16          # pages moved between a per-CPU list and the buddy lists at once
+PCP_HIGH = 64           # a per-CPU list longer than this gives a batch back
+
+# Boot.
+MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT    # the smallest node the model boots
+MAX_CPUS = 256          # nodeN/cpumap has no more words than a real kernel's CPU mask
+MAX_POSSIBLE_NODES = 64
+MEMMAP_BYTES_PER_PAGE = 64                  # sizeof(struct page): the memmap each node reserves
+KERNEL_IMAGE_PFN = (16 << 20) >> PAGE_SHIFT
+FIRST_MIB_PAGES = (1 << 20) >> PAGE_SHIFT   # reserved below the kernel, as on x86-64
+PAGE_ALLOC_COSTLY_ORDER = 3                 # the largest order slab asks the buddy allocator for

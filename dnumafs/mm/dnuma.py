@@ -1,112 +1,189 @@
-"""The dnuma commit: make a layout current and move every page it can move now."""
+"""dnuma: layouts, the commit that makes one current, and the transplant of pages to their new
+node, at once for free pages and on free for the others (the patch set's mm/dnuma.c and
+mm/memlayout.c). Every function expects the caller to hold the machine lock."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED
+from . import page_alloc
+from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, zone_idx
 from .memlayout import Memlayout
+from .stats import DnumaStats
+from .topology import build_zonelists, populated_zones
+from .zone import Pgdat, Zone
 
 if TYPE_CHECKING:
     from .machine import Machine
 
 
-def commit(m: Machine) -> Memlayout | None:
-    """Commit the pending layout (the caller holds m.lock); None if nothing is pending.
+def ml_stat(m: Machine, nid: int | None) -> DnumaStats:
+    """The current layout's counters at node nid (None: events of no node), the only ones
+    that count (ml_stat_add() with the current layout)."""
+    return m.current.counter(nid)
 
-    Free blocks move at once (split where they straddle a range boundary); allocated
-    pages that must move are marked PG_LOOKUP_NODE and move when freed; reserved pages
-    stay. The per-CPU lists are drained first, so that their pages, which are free, move
-    with the free lists rather than being taken for allocated ones. Zonelists are rebuilt
-    only if the set of populated zones changed, which is what made the original slow (a
-    stop_machine() rebuild on every commit).
+
+# --- layouts ---------------------------------------------------------------------------------
+
+def memlayout_register(m: Machine, layout: Memlayout) -> Memlayout:
+    """Give a new layout its place among the layouts; ids are taken in order of creation."""
+    assert layout.id == m.next_layout_id
+    m.next_layout_id += 1
+    m.layouts[layout.id] = layout
+    return layout
+
+
+def memlayout_destroy(m: Machine, layout: Memlayout) -> None:
+    del m.layouts[layout.id]
+
+
+def ml_backlog_feed(m: Machine, layout: Memlayout) -> None:
+    """A layout stops being current: its counts join the retired totals, and it joins the
+    backlog, whose oldest layouts beyond backlog_max are destroyed."""
+    m.retired.fold(layout.counters)
+    m.backlog.append(layout)
+    ml_backlog_trim(m)
+
+
+def ml_backlog_trim(m: Machine) -> None:
+    excess = len(m.backlog) - m.backlog_max
+    if excess > 0:
+        for layout in m.backlog[:excess]:
+            memlayout_destroy(m, layout)
+        del m.backlog[:excess]
+
+
+def online_node(m: Machine, nid: int) -> None:
+    if nid not in m.pgdat:
+        m.pgdat[nid] = Pgdat.empty(nid)
+
+
+def rebuild_zonelists(m: Machine) -> bool:
+    """Rebuild the zonelists if the set of populated zones or online nodes changed; say if
+    it did."""
+    populated = populated_zones(m.pgdat)
+    if populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
+        return False
+    m.populated = populated
+    m.zonelists = build_zonelists(m.pgdat)
+    return True
+
+
+# --- commit ----------------------------------------------------------------------------------
+
+def memlayout_commit(m: Machine) -> Memlayout | None:
+    """Commit the pending layout; None if nothing is pending.
+
+    Free blocks move at once (split where they straddle a range boundary); allocated pages
+    that must move are marked PG_LOOKUP_NODE and move when freed; reserved pages stay. The
+    per-CPU lists are drained first, so that their pages, which are free, move with the free
+    lists rather than being taken for allocated ones. Zonelists are rebuilt only if the set
+    of populated zones changed, which is what made the original slow (a stop_machine()
+    rebuild on every commit).
     """
     layout = m.pending
     if layout is None:
         return None
     m.pending = None
-    for nid in sorted(layout.node_ids()):
-        m._online_node(nid)
-    m.backlog.append(m.current)
-    m.current = layout
-    m._trim_backlog()
+    dnuma_online_required_nodes_and_zones(m, layout)
+    old, m.current = m.current, layout
+    ml_backlog_feed(m, old)
 
-    m._in_commit = True
+    m.in_commit = True
     try:
-        drained = m.drain_pcp()
-        target = layout.node_map(m.page_node)
-        _count_examined(m, layout, target)
-        _move_free_blocks(m, target)
-        _mark_allocated(m, target)
+        drained = page_alloc.drain_all_pages(m)
+        target = layout.node_map(m.mem_map.page_node)
+        count_examined(m, layout, target)
+        dnuma_move_free_pages(m, target)
+        dnuma_mark_page_range(m, target)
         del target
     finally:
-        m._in_commit = False
+        m.in_commit = False
     if drained:
-        m.count("pcp-drain", drained)
-    m.count("zonelist-rebuild" if m._rebuild_zonelists() else "no-zonelist-rebuild", 1)
+        ml_stat(m, None).pcp_drain += drained
+    if rebuild_zonelists(m):
+        ml_stat(m, None).zonelist_rebuild += 1
+    else:
+        ml_stat(m, None).no_zonelist_rebuild += 1
     return layout
 
 
-def _count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
+def dnuma_online_required_nodes_and_zones(m: Machine, layout: Memlayout) -> None:
+    """Online every node the layout names (a node, once online, stays)."""
+    for nid in sorted(layout.node_ids()):
+        online_node(m, nid)
+
+
+def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
     """Every pfn a range covers is examined; those already on its node bail at once."""
+    max_pfn = m.mem_map.max_pfn
     # Clip in Python first: a range may name pfns up to 2^64-1, past what int64 holds.
-    starts = np.array([min(s, m.max_pfn) for s in layout.starts], dtype=np.int64)
-    ends = np.array([min(e, m.max_pfn - 1) for e in layout.ends], dtype=np.int64)
+    starts = np.array([min(s, max_pfn) for s in layout.starts], dtype=np.int64)
+    ends = np.array([min(e, max_pfn - 1) for e in layout.ends], dtype=np.int64)
     lengths = np.maximum(ends - starts + 1, 0)
     examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
-                           minlength=m.possible_nodes).astype(np.int64)
-    bound = target[target != m.page_node]
+                           minlength=m.config.possible_nodes).astype(np.int64)
+    bound = target[target != m.mem_map.page_node]
     for nid in np.flatnonzero(examined):
         differ = int(np.count_nonzero(bound == nid))
-        m.count("transplant-examined-pfn", int(examined[nid]), int(nid))
-        m.count("transplant-bail-nid-eq", int(examined[nid]) - differ, int(nid))
+        stats = ml_stat(m, int(nid))
+        stats.transplant_examined_pfn += int(examined[nid])
+        stats.transplant_bail_nid_eq += int(examined[nid]) - differ
 
 
-def _move_free_blocks(m: Machine, target: np.ndarray) -> None:
-    heads = np.flatnonzero(m.page_flags & PG_BUDDY)
+def dnuma_move_free_pages(m: Machine, target: np.ndarray) -> None:
+    """Move every free block to the node target gives its pages, splitting a block whose
+    pages are bound for several nodes."""
+    mm = m.mem_map
+    heads = np.flatnonzero(mm.page_flags & PG_BUDDY)
     if not heads.size:
         return
-    sizes = np.left_shift(1, m.page_order[heads].astype(np.int64))
-    moving = target != m.page_node
+    sizes = np.left_shift(1, mm.page_order[heads].astype(np.int64))
+    moving = target != mm.page_node
     bounds = np.empty(2 * heads.size, dtype=np.int64)
     bounds[0::2], bounds[1::2] = heads, heads + sizes
-    if bounds[-1] == m.max_pfn:
+    if bounds[-1] == mm.max_pfn:
         bounds = bounds[:-1]
     any_moving = np.logical_or.reduceat(moving, bounds)[0::2]
     del moving
-    blocks = [(int(h), int(m.page_order[h])) for h in heads[any_moving]]
+    blocks = [(int(h), int(mm.page_order[h])) for h in heads[any_moving]]
     # Take every affected block off its list first, so that no block put back below
     # merges with one still waiting to be moved.
     for pfn, order in blocks:
-        m._del_free_block(m._zone_of(pfn), pfn, order)
+        page_alloc.del_page_from_free_list(mm, page_alloc.page_zone(m, pfn), pfn, order)
     for pfn, order in blocks:
-        old = int(m.page_node[pfn])
-        for p, o, tgt in uniform_pieces(target[pfn:pfn + (1 << order)], pfn, order, old, m):
+        old = mm.node[pfn]
+        for p, o, tgt in split_by_node(m, target[pfn:pfn + (1 << order)], pfn, order, old):
             if tgt == old:
-                m._free_one(m._zone_of(p), p, o)
+                page_alloc.free_one_page(mm, page_alloc.page_zone(m, p), p, o)
                 continue
-            m.count("transplant-from-freelist-remove", 1 << o, old)
-            zone = m._move_pages(p, 1 << o, old, tgt)
-            m.count("transplant-from-freelist-add", 1 << o, tgt)
-            m._free_one(zone, p, o)
+            ml_stat(m, old).transplant_from_freelist_remove += 1 << o
+            zone = dnuma_add_page_to_new_zone(m, p, 1 << o, old, tgt)
+            ml_stat(m, tgt).transplant_from_freelist_add += 1 << o
+            page_alloc.free_one_page(mm, zone, p, o)
 
 
-def _mark_allocated(m: Machine, target: np.ndarray) -> None:
-    """What still differs is allocated (mark it) or reserved (it stays; count it)."""
-    differ = target != m.page_node
-    reserved = differ & ((m.page_flags & PG_RESERVED) != 0)
+def dnuma_mark_page_range(m: Machine, target: np.ndarray) -> None:
+    """What still differs is allocated (mark it PG_LOOKUP_NODE) or reserved (it stays;
+    count it)."""
+    mm = m.mem_map
+    differ = target != mm.page_node
+    reserved = differ & ((mm.page_flags & PG_RESERVED) != 0)
     differ &= ~reserved
-    for name, mask in (("transplant-bail-reserved", reserved),
-                       ("transplant-bail-page-not-buddy", differ)):
-        counts = np.bincount(m.page_node[mask], minlength=m.possible_nodes)
+    for mask, bail_reserved in ((reserved, True), (differ, False)):
+        counts = np.bincount(mm.page_node[mask], minlength=m.config.possible_nodes)
         for nid in np.flatnonzero(counts):
-            m.count(name, int(counts[nid]), int(nid))
-    m.page_flags |= differ.view(np.uint8) * np.uint8(PG_LOOKUP_NODE)
+            stats = ml_stat(m, int(nid))
+            if bail_reserved:
+                stats.transplant_bail_reserved += int(counts[nid])
+            else:
+                stats.transplant_bail_page_not_buddy += int(counts[nid])
+    mm.page_flags |= differ.view(np.uint8) * np.uint8(PG_LOOKUP_NODE)
 
 
-def uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
-                    m: Machine) -> list[tuple[int, int, int]]:
+def split_by_node(m: Machine, targets: np.ndarray | None, pfn: int, order: int,
+                  nid: int) -> list[tuple[int, int, int]]:
     """Split [pfn, pfn + 2^order) into aligned blocks each bound for one node.
 
     targets is the node of each page of the block, or None when all go to nid.
@@ -123,8 +200,77 @@ def uniform_pieces(targets: np.ndarray | None, pfn: int, order: int, nid: int,
         if o == 0 or (sl == first).all():
             out.append((pfn + off, o, first))
         else:
-            m.count("split-pages", 1, m._node[pfn])
+            ml_stat(m, m.mem_map.node[pfn]).split_pages += 1
             half = 1 << (o - 1)
             stack.append((off + half, o - 1))
             stack.append((off, o - 1))
     return out
+
+
+# --- transplant ------------------------------------------------------------------------------
+
+def dnuma_add_page_to_new_zone(m: Machine, pfn: int, n: int, old: int, new: int) -> Zone:
+    """Give n managed pages of one zone type from node old to node new; new's zone.
+
+    The new zone's span grows to cover them (grow_pgdat_and_zone()). A commit rebuilds the
+    zonelists once at its end; a transplant on free outside a commit rebuilds at once if it
+    populated or emptied a zone. A zone that a commit's move of free pages leaves without
+    pages has its statistics drained (drain-zonestat, counted at the node it went to).
+    """
+    zt = zone_idx(pfn)
+    zold, znew = m.pgdat[old].zones[zt], m.pgdat[new].zones[zt]
+    zold.present_pages -= n
+    zold.managed_pages -= n
+    znew.present_pages += n
+    znew.managed_pages += n
+    if not znew.zone_start_pfn <= pfn < pfn + n <= znew.zone_end_pfn:
+        znew.span_include(pfn, pfn + n)
+    if n == 1:
+        m.mem_map.node[pfn] = new
+    else:
+        m.mem_map.page_node[pfn:pfn + n] = new
+    stats = ml_stat(m, new)
+    stats.moved_pages += n
+    if m.in_commit:
+        if zold.present_pages == 0:
+            stats.drain_zonestat += 1
+    elif zold.present_pages == 0 or znew.present_pages == n:
+        if rebuild_zonelists(m):
+            ml_stat(m, None).zonelist_rebuild += 1
+    return znew
+
+
+def dnuma_move_free_page_zone(m: Machine, pfn: int) -> None:
+    """A marked order-0 page is freed: look it up and free it into its node's zone (the
+    common case of dnuma_move_free_block(), without the block logic)."""
+    mm = m.mem_map
+    mm.flags[pfn] &= ~PG_LOOKUP_NODE & 0xFF
+    old = mm.node[pfn]
+    nid = m.current.lookup(pfn, old)
+    free_transplanted(m, pfn, 0, old, old if nid is None else nid)
+
+
+def dnuma_move_free_block(m: Machine, pfn: int, order: int) -> None:
+    """A marked block is freed: look it up and free each part into its node's zone."""
+    mm = m.mem_map
+    size = 1 << order
+    mm.page_flags[pfn:pfn + size] &= ~PG_LOOKUP_NODE & 0xFF
+    old = mm.node[pfn]
+    layout = m.current
+    nid = layout.lookup(pfn, old)
+    targets = None
+    if nid is None or layout.covers(pfn, pfn + size - 1) is None:
+        targets = layout.node_map(mm.page_node[pfn:pfn + size], pfn)
+    for p, o, tgt in split_by_node(m, targets, pfn, order, old if nid is None else nid):
+        free_transplanted(m, p, o, old, tgt)
+
+
+def free_transplanted(m: Machine, pfn: int, order: int, old: int, tgt: int) -> None:
+    """Free one looked-up piece: into node tgt's zone, or where it is if tgt is old."""
+    if tgt == old:
+        ml_stat(m, old).transplant_bail_already_done += 1 << order
+        page_alloc.free_one_page(m.mem_map, page_alloc.page_zone(m, pfn), pfn, order)
+        return
+    zone = dnuma_add_page_to_new_zone(m, pfn, 1 << order, old, tgt)
+    ml_stat(m, tgt).transplant_on_free += 1 << order
+    page_alloc.free_one_page(m.mem_map, zone, pfn, order)

@@ -1,192 +1,113 @@
-"""The machine: page arrays, nodes, CPUs, layouts, and the one lock over them all."""
+"""The machine: the owner of the model's state and of the one lock over it, and its public API.
+
+The work is done along the kernel's files: boot.py (boot), topology.py (nodes, CPUs,
+distances, zonelists), page_alloc.py (buddy allocator, per-CPU lists), hugetlb.py (hugepage
+pools), dnuma.py (layouts, commit, transplant), check.py (the invariant checker). Their
+functions take the machine with its lock held; the methods here take the lock (it is
+re-entrant, so readers that need several figures to agree take it around their reads).
+"""
 from __future__ import annotations
 
 import errno
-import random
 import threading
 
 import attrs
 import numpy as np
 
+from . import boot, dnuma, hugetlb, page_alloc
 from .check import check
-from .constants import (
-    HPAGE_ORDER,
-    LOCAL_DISTANCE,
-    MAX_ORDER,
-    PAGE_SHIFT,
-    PG_BUDDY,
-    PG_HEAD,
-    PG_HUGETLB,
-    PG_LOOKUP_NODE,
-    PG_PCP,
-    PG_RESERVED,
-    REMOTE_DISTANCE,
-    ZONE_END_PFN,
-    ZoneType,
-    zone_type_bounds,
-)
-from .dnuma import commit, uniform_pieces
+from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
+from .constants import PCP_BATCH as PCP_BATCH  # noqa: F401 (files.proc's import, until it takes constants')
+from .constants import PCP_HIGH as PCP_HIGH  # noqa: F401
 from .memlayout import Memlayout, MemlayoutError
-from .stats import DnumaStats, SummedStats, sum_stats
+from .page_alloc import MemMap
+from .stats import DnumaStats, RetiredStats, VmEvents
+from .topology import MachineConfig, node_distance
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
-MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT
-MAX_CPUS = 256
-MAX_POSSIBLE_NODES = 64
-PCP_BATCH = 16          # pages moved between a per-CPU list and the buddy lists at once
-PCP_HIGH = 64           # a per-CPU list longer than this gives a batch back
-MEMMAP_BYTES_PER_PAGE = 64   # sizeof(struct page): the memmap each node reserves
-KERNEL_IMAGE_PFN = (16 << 20) >> PAGE_SHIFT
+BOOT_LAYOUT_ID = 0
+DEFAULT_BACKLOG_MAX = 8         # CONFIG_DNUMA_BACKLOG
+ULONG_MAX = (1 << 64) - 1       # backlog_max is an unsigned long module parameter
+DROP_PAGECACHE, DROP_SLAB = 1, 2       # vm.drop_caches bits
 
 
-@attrs.define
-class MachineConfig:
-    """What to boot. Sizes are bytes; node_mem, if given, sets each node's share."""
-
-    nodes: int = 2
-    mem: int = 1 << 30
-    node_mem: list[int] | None = None
-    cpus: int = 4
-    possible_nodes: int = 8
-    boot_alloc_percent: float = 5.0     # of each node's managed pages, allocated at boot
-    seed: int = 0
-
-
+@attrs.define(eq=False)
 class Machine:
-    """A NUMA machine's page allocator with dnuma.
+    """A NUMA machine's page allocator with dnuma. Build one with Machine.boot()."""
 
-    Public methods take self.lock; readers that need several figures to agree take it
-    themselves around their reads (it is re-entrant).
-
-    Page metadata, one entry per pfn (numpy arrays):
-      page_node[pfn]  uint8  the node the page belongs to now
-      page_flags[pfn] uint8  PG_* bits from constants
-      page_order[pfn] uint8  order of the free or allocated block whose head is pfn
-    Each array is a view of a bytearray (_node, _flags, _order) that the per-page paths
-    index directly: a bytearray item costs a fraction of a numpy scalar access.
-    """
-
-    lock: threading.RLock
     config: MachineConfig
-    max_pfn: int
-    possible_nodes: int
-    nr_cpus: int
-    page_node: np.ndarray
-    page_flags: np.ndarray
-    page_order: np.ndarray
-    pgdat: dict[int, Pgdat]            # online nodes only, by nid
-    cpu_node: list[int]                # cpu -> nid
-    layouts: dict[int, Memlayout]      # pending, current and backlog layouts, by id
-    current: Memlayout
-    pending: Memlayout | None
-    backlog: list[Memlayout]           # oldest first
-    backlog_max: int
-    retired_stats: dict[int | None, DnumaStats]  # counters of destroyed layouts, by node
-    vm_events: dict[str, int]          # pgfree, htlb_buddy_alloc_*: counted events
-    _boot_allocs: dict[int, int]       # pfn -> order of boot allocations still held, oldest first
+    mem_map: MemMap
+    lock: threading.RLock = attrs.field(factory=threading.RLock)
+    cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid
+    pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
+    zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
+    populated: frozenset[tuple[int, ZoneType]] = frozenset()      # what they were built from
+    managed_at_boot: int = 0        # never changes: pages only move between nodes
+    vm_events: VmEvents = attrs.field(factory=VmEvents)
+    boot_allocs: dict[int, int] = attrs.field(factory=dict)   # pfn -> order held, oldest first
+    # dnuma: the current layout, the pending one, the retired ones kept (oldest first),
+    # all of them by id, and the retired layouts' counts.
+    current: Memlayout = attrs.field(factory=lambda: Memlayout(BOOT_LAYOUT_ID))
+    pending: Memlayout | None = None
+    backlog: list[Memlayout] = attrs.field(factory=list)
+    backlog_max: int = DEFAULT_BACKLOG_MAX
+    layouts: dict[int, Memlayout] = attrs.field(init=False)
+    next_layout_id: int = attrs.field(init=False)
+    retired: RetiredStats = attrs.field(factory=RetiredStats)
+    in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
 
-    # ------------------------------------------------------------------ boot
+    def __attrs_post_init__(self) -> None:
+        self.cpu_node = self.config.cpu_nodes()
+        self.layouts = {self.current.id: self.current}
+        self.next_layout_id = self.current.id + 1
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
         """Lay each node out contiguously, reserve and allocate some of it, free the rest."""
         config = config or MachineConfig()
-        sizes = _node_sizes(config)
-        m = cls.__new__(cls)
-        m.lock = threading.RLock()
-        m.config = config
-        m.max_pfn = sum(sizes)
-        m.possible_nodes = config.possible_nodes
-        m.nr_cpus = config.cpus
-        m.cpu_node = [c * config.nodes // config.cpus for c in range(config.cpus)]
-        m._node, m._flags, m._order = (bytearray(m.max_pfn) for _ in range(3))
-        m.page_node = np.frombuffer(m._node, dtype=np.uint8)
-        m.page_flags = np.frombuffer(m._flags, dtype=np.uint8)
-        m.page_order = np.frombuffer(m._order, dtype=np.uint8)
-        m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
-        m.pgdat = {}
-        m.retired_stats = {}
-        m.vm_events = {"pgfree": 0, "htlb_buddy_alloc_success": 0, "htlb_buddy_alloc_fail": 0}
-        m._boot_allocs = {}
-        m.layouts = {}
-        m.pending = None
-        m.backlog = []
-        m.backlog_max = 8
-        m._next_layout_id = 0
-        m._zonelists = {}
-        m._populated = frozenset()
-        m._in_commit = False
-        boot_layout = m._register_layout(Memlayout(m._next_layout_id))
-        start = 0
-        for nid, size in enumerate(sizes):
-            m._online_node(nid)
-            boot_layout.add_range(start, start + size - 1, nid)
-            m._boot_node(nid, start, start + size)
-            start += size
-        m.current = boot_layout
-        m._total_managed = m.total_managed_pages()
-        m._rebuild_zonelists()
-        for nid in range(config.nodes):
-            m._boot_allocate(nid)
+        sizes = config.node_pages()
+        m = cls(config, MemMap.alloc(sum(sizes)))
+        with m.lock:
+            m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
+            start = 0
+            for nid, size in enumerate(sizes):
+                dnuma.online_node(m, nid)
+                m.current.add_range(start, start + size - 1, nid)
+                boot.boot_node(m, nid, start, start + size)
+                start += size
+            m.managed_at_boot = m.total_managed_pages()
+            dnuma.rebuild_zonelists(m)
+            for nid in range(config.nodes):
+                boot.boot_allocate(m, nid)
         return m
 
-    def _boot_node(self, nid: int, start: int, end: int) -> None:
-        pgdat = self.pgdat[nid]
-        for ztype in ZoneType:
-            lo, hi = zone_type_bounds(ztype, self.max_pfn)
-            lo, hi = max(lo, start), min(hi, end)
-            if lo < hi:
-                zone = pgdat.zones[ztype]
-                zone.span_include(lo, hi)
-                zone.present_pages = zone.managed_pages = hi - lo
-        size = end - start
-        reserved = [(end - -(-size * MEMMAP_BYTES_PER_PAGE // 4096), end)]   # memmap, top-down
-        if start == 0:
-            reserved.append((0, min(256, size)))                            # first MiB
-            image = min(2048, size // 32)
-            image_start = KERNEL_IMAGE_PFN if KERNEL_IMAGE_PFN + image < size // 2 else 256
-            reserved.append((image_start, image_start + image))
-        for lo, hi in reserved:
-            self.page_flags[lo:hi] |= PG_RESERVED
-        for ztype in ZoneType:
-            zone = pgdat.zones[ztype]
-            if not zone.present_pages:
-                continue
-            lo, hi = zone.zone_start_pfn, zone.zone_end_pfn
-            res = (self.page_flags[lo:hi] & PG_RESERVED) != 0
-            zone.managed_pages -= int(res.sum())
-            # Free every run of unreserved pages in maximal aligned blocks, as memblock does.
-            edges = np.flatnonzero(np.diff(np.concatenate(([True], res, [True])).astype(np.int8)))
-            for a, b in zip(edges[0::2], edges[1::2]):
-                self._free_range_to_buddy(zone, lo + int(a), lo + int(b))
+    # ------------------------------------------------------------- the page arrays
 
-    def _free_range_to_buddy(self, zone: Zone, pfn: int, end: int) -> None:
-        while pfn < end:
-            order = min(MAX_ORDER - 1, (pfn & -pfn).bit_length() - 1 if pfn else MAX_ORDER - 1,
-                        (end - pfn).bit_length() - 1)
-            self._add_free_block(zone, pfn, order)
-            pfn += 1 << order
+    @property
+    def max_pfn(self) -> int:
+        return self.mem_map.max_pfn
 
-    def _boot_allocate(self, nid: int) -> None:
-        """Allocate boot_alloc_percent of the node, in blocks of mixed order, for use later."""
-        target = int(self.pgdat[nid].managed_pages * self.config.boot_alloc_percent / 100)
-        rng = random.Random(self.config.seed * 1000 + nid)
-        cpus = self.node_cpus(nid)
-        cpu = cpus[0] if cpus else 0
-        done = 0
-        while done < target:
-            order = min(rng.randrange(0, 10), (target - done).bit_length() - 1)
-            pfn = self.alloc_pages(order, nid=nid, cpu=cpu, thisnode=True)
-            if pfn is None:
-                break
-            self._boot_allocs[pfn] = order
-            done += 1 << order
+    @property
+    def page_node(self) -> np.ndarray:
+        return self.mem_map.page_node
 
-    # ------------------------------------------------------------ topology
+    @property
+    def page_flags(self) -> np.ndarray:
+        return self.mem_map.page_flags
 
-    def _online_node(self, nid: int) -> None:
-        if nid not in self.pgdat:
-            self.pgdat[nid] = Pgdat.empty(nid)
+    @property
+    def page_order(self) -> np.ndarray:
+        return self.mem_map.page_order
+
+    # ---------------------------------------------------------------- topology
+
+    @property
+    def possible_nodes(self) -> int:
+        return self.config.possible_nodes
+
+    @property
+    def nr_cpus(self) -> int:
+        return self.config.cpus
 
     def online_nodes(self) -> list[int]:
         with self.lock:
@@ -202,8 +123,14 @@ class Machine:
     def node_cpus(self, nid: int) -> list[int]:
         return [c for c, n in enumerate(self.cpu_node) if n == nid]
 
+    def node_first_cpu(self, nid: int) -> int:
+        """The CPU that boot and the hugepage pools allocate from for nid (0 if it has none)."""
+        return next((c for c, n in enumerate(self.cpu_node) if n == nid), 0)
+
     def node_distance(self, a: int, b: int) -> int:
-        return LOCAL_DISTANCE if a == b else REMOTE_DISTANCE
+        return node_distance(a, b)
+
+    # -------------------------------------------------------------- page counts
 
     def total_managed_pages(self) -> int:
         with self.lock:
@@ -214,7 +141,7 @@ class Machine:
             return sum(p.free_pages for p in self.pgdat.values())
 
     def watermarks(self, zone: Zone) -> Watermarks:
-        return zone_watermarks(zone, self._total_managed)
+        return zone_watermarks(zone, self.managed_at_boot)
 
     def pgalloc(self, ztype: ZoneType) -> int:
         """vmstat pgalloc_<zone>: pages allocated from zones of this type, on every node."""
@@ -227,83 +154,7 @@ class Machine:
             n = self.pgdat[nid].nr_hugepages
             return n, n, 0
 
-    def _zone_of(self, pfn: int) -> Zone:
-        zt = 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2      # ZoneType, as int: faster
-        return self.pgdat[self._node[pfn]].zones[zt]
-
-    # ------------------------------------------------------------- zonelists
-
-    def _rebuild_zonelists(self) -> bool:
-        """Rebuild each node's fallback list if the populated zones changed; say if it did."""
-        populated = frozenset((z.nid, z.type) for p in self.pgdat.values() for z in p.populated_zones())
-        if populated == self._populated and set(self._zonelists) == set(self.pgdat):
-            return False
-        self._populated = populated
-        nodes = sorted(self.pgdat)
-        self._zonelists = {}
-        for pref in nodes:
-            order = sorted(nodes, key=lambda n: (self.node_distance(pref, n), n != pref, n))
-            self._zonelists[pref] = [
-                self.pgdat[n].zones[t] for n in order for t in reversed(ZoneType)
-                if (n, t) in populated
-            ]
-        return True
-
-    # ------------------------------------------------------- buddy allocator
-
-    def _add_free_block(self, zone: Zone, pfn: int, order: int) -> None:
-        zone.free_area[order][pfn] = None
-        self._flags[pfn] |= PG_BUDDY
-        self._order[pfn] = order
-
-    def _del_free_block(self, zone: Zone, pfn: int, order: int) -> None:
-        del zone.free_area[order][pfn]
-        self._flags[pfn] &= ~PG_BUDDY & 0xFF
-
-    def _free_one(self, zone: Zone, pfn: int, order: int) -> None:
-        """__free_one_page: merge with the buddy while it is free, same order, same zone."""
-        free_area = zone.free_area
-        flags = self._flags
-        while order < MAX_ORDER - 1:
-            buddy = pfn ^ (1 << order)
-            fa = free_area[order]
-            if buddy not in fa:
-                break
-            del fa[buddy]
-            flags[buddy] &= ~PG_BUDDY & 0xFF
-            pfn &= buddy
-            order += 1
-        free_area[order][pfn] = None
-        flags[pfn] |= PG_BUDDY
-        self._order[pfn] = order
-
-    def _rmqueue(self, zone: Zone, order: int) -> int | None:
-        """Take the smallest free block of at least order, splitting off the upper halves."""
-        for high in range(order, MAX_ORDER):
-            fa = zone.free_area[high]
-            if fa:
-                pfn, _ = fa.popitem()
-                self._flags[pfn] &= ~PG_BUDDY & 0xFF
-                while high > order:
-                    high -= 1
-                    self._add_free_block(zone, pfn + (1 << high), high)
-                return pfn
-        return None
-
-    def _rmqueue_pcp(self, zone: Zone, cpu: int) -> int | None:
-        lst = zone.pcp.setdefault(cpu, [])
-        if not lst:
-            for _ in range(PCP_BATCH):
-                pfn = self._rmqueue(zone, 0)
-                if pfn is None:
-                    break
-                self._flags[pfn] |= PG_PCP
-                lst.append(pfn)
-            if not lst:
-                return None
-        pfn = lst.pop()
-        self._flags[pfn] &= ~PG_PCP & 0xFF
-        return pfn
+    # ---------------------------------------------------------------- allocator
 
     def alloc_pages(self, order: int = 0, nid: int | None = None, cpu: int = 0,
                     interleave: bool = False, thisnode: bool = False) -> int | None:
@@ -316,117 +167,61 @@ class Machine:
             pref = self.cpu_node[cpu] if nid is None else nid
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
-            zonelist = self._zonelists[pref]
-            # zone_statistics() compares with the zonelist's first zone, which for a node
-            # without memory is on the nearest node that has some.
-            stat_pref = zonelist[0].nid if zonelist else pref
-            if thisnode:
-                zonelist = [z for z in zonelist if z.nid == pref]
-            need = 1 << order
-            for mark in ("low", "min"):
-                for zone in zonelist:
-                    if zone.free_pages - need < getattr(self.watermarks(zone), mark):
-                        continue
-                    pfn = self._rmqueue_pcp(zone, cpu) if order == 0 else self._rmqueue(zone, order)
-                    if pfn is not None:
-                        self._account_alloc(zone, pfn, order, pref, stat_pref, cpu, interleave)
-                        return pfn
-            return None
-
-    def _account_alloc(self, zone: Zone, pfn: int, order: int, nid: int, pref: int, cpu: int,
-                       interleave: bool) -> None:
-        """Mark the block allocated and count it as Linux's zone_statistics() does, against
-        pref, the node of the preferred zone; interleave_hit when it came from nid, the
-        node the interleave asked for."""
-        self._flags[pfn] |= PG_HEAD
-        self._order[pfn] = order
-        zone.pgalloc += 1 << order
-        stat = self.pgdat[zone.nid].numastat
-        if zone.nid == pref:
-            stat["numa_hit"] += 1
-        else:
-            stat["numa_miss"] += 1
-            self.pgdat[pref].numastat["numa_foreign"] += 1
-        stat["local_node" if zone.nid == self.cpu_node[cpu] else "other_node"] += 1
-        if interleave and zone.nid == nid:
-            stat["interleave_hit"] += 1
+            return page_alloc.get_page_from_freelist(self, order, pref, cpu, interleave,
+                                                     thisnode)
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
         """Free the allocated block whose head is pfn (its order is the allocation's)."""
         with self.lock:
             if not 0 <= pfn < self.max_pfn:
                 raise ValueError(f"pfn {pfn:#x} beyond max_pfn {self.max_pfn:#x}")
-            flags = self._flags[pfn]
+            flags = self.mem_map.flags[pfn]
             if flags & (PG_HEAD | PG_HUGETLB) != PG_HEAD:
                 raise ValueError(f"pfn {pfn:#x} is not the head of an allocated block"
                                  if not flags & PG_HEAD else f"pfn {pfn:#x} belongs to a "
                                  "hugepage pool")
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
-            self._free_allocated(pfn, cpu)
-
-    def _free_allocated(self, pfn: int, cpu: int) -> None:
-        self._boot_allocs.pop(pfn, None)
-        order = self._order[pfn]
-        self._flags[pfn] &= ~PG_HEAD & 0xFF
-        self.vm_events["pgfree"] += 1 << order
-        self._free_block(pfn, order, cpu)
-
-    def _free_block(self, pfn: int, order: int, cpu: int | None) -> None:
-        """Free to the buddy lists, or to cpu's per-CPU list for order 0 (cpu None: buddy)."""
-        if order == 0:
-            if self._flags[pfn] & PG_LOOKUP_NODE:
-                self._transplant_page(pfn)
-                return
-        elif (self.page_flags[pfn:pfn + (1 << order)] & PG_LOOKUP_NODE).any():
-            self._transplant_on_free(pfn, order)
-            return
-        zone = self._zone_of(pfn)
-        if order or cpu is None:
-            self._free_one(zone, pfn, order)
-            return
-        lst = zone.pcp.setdefault(cpu, [])
-        self._flags[pfn] |= PG_PCP
-        lst.append(pfn)
-        if len(lst) > PCP_HIGH:
-            self._drain_pcp_list(zone, lst, PCP_BATCH)
-
-    def _drain_pcp_list(self, zone: Zone, lst: list[int], count: int) -> None:
-        """Give the oldest count pages of a per-CPU list back to the buddy lists."""
-        batch, lst[:count] = lst[:count], []
-        for pfn in batch:
-            self._flags[pfn] &= ~PG_PCP & 0xFF
-            self._free_block(pfn, 0, None)
+            page_alloc.free_pages(self, pfn, cpu)
 
     def drain_pcp(self) -> int:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""
         with self.lock:
-            drained = 0
-            for pgdat in list(self.pgdat.values()):
-                for zone in pgdat.zones.values():
-                    for lst in zone.pcp.values():
-                        if lst:
-                            self._drain_pcp_list(zone, lst, len(lst))
-                            drained += 1
-            return drained
+            return page_alloc.drain_all_pages(self)
 
     @property
     def boot_allocations(self) -> list[tuple[int, int]]:
         """(pfn, order) of what boot allocated and is still held, oldest first."""
         with self.lock:
-            return list(self._boot_allocs.items())
+            return list(self.boot_allocs.items())
 
-    def free_boot_allocations(self, limit: int | None = None) -> int:
-        """Free boot allocations, oldest first, until limit pages are freed; returns pages."""
+    def free_boot_allocations(self, limit: int | None = None, slab: bool | None = None) -> int:
+        """Free boot allocations, oldest first, until limit pages are freed (None: all); only
+        those that stand for slab (slab True) or page cache (False), or both (None).
+        Returns the pages freed."""
         with self.lock:
             freed = 0
-            while self._boot_allocs and (limit is None or freed < limit):
-                pfn = next(iter(self._boot_allocs))
-                freed += 1 << self._boot_allocs[pfn]
-                self._free_allocated(pfn, 0)
+            for pfn, order in list(self.boot_allocs.items()):
+                if limit is not None and freed >= limit:
+                    break
+                if slab is None or boot.is_slab(order) == slab:
+                    freed += 1 << order
+                    page_alloc.free_pages(self, pfn, 0)
             return freed
 
-    # ------------------------------------------------------------- hugepages
+    def drop_caches(self, mode: int) -> None:
+        """vm.drop_caches: 1 frees the page cache, 2 the slab, 3 both (the boot allocations
+        stand for them, split by boot.is_slab()), 4 nothing (in Linux it only silences the
+        message); each counts its vm event, as Linux does."""
+        if not 1 <= mode <= 4:
+            raise ValueError(f"drop_caches mode {mode} is not in 1..4")
+        with self.lock:
+            if mode & DROP_PAGECACHE:
+                self.free_boot_allocations(slab=False)
+                self.vm_events.drop_pagecache += 1
+            if mode & DROP_SLAB:
+                self.free_boot_allocations(slab=True)
+                self.vm_events.drop_slab += 1
 
     def set_nr_hugepages(self, nid: int, count: int) -> int:
         """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""
@@ -435,174 +230,88 @@ class Machine:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
-            pool = self.pgdat[nid].hugepage_pool
-            cpus = self.node_cpus(nid)
-            cpu = cpus[0] if cpus else 0
-            while len(pool) < count:
-                pfn = self.alloc_pages(HPAGE_ORDER, nid=nid, cpu=cpu, thisnode=True)
-                if pfn is None:
-                    self.vm_events["htlb_buddy_alloc_fail"] += 1
-                    break
-                self.vm_events["htlb_buddy_alloc_success"] += 1
-                self._flags[pfn] |= PG_HUGETLB
-                pool.append(pfn)
-            while len(pool) > count:
-                pfn = pool.pop()
-                self._flags[pfn] &= ~PG_HUGETLB & 0xFF
-                self._free_allocated(pfn, cpu)
-            return len(pool)
+            return hugetlb.set_max_huge_pages(self, nid, count)
 
-    # ------------------------------------------------------------- memlayout
-
-    def _register_layout(self, layout: Memlayout) -> Memlayout:
-        """Give a layout its place among the layouts; ids are taken in order of creation."""
-        assert layout.id == self._next_layout_id
-        self._next_layout_id += 1
-        self.layouts[layout.id] = layout
-        return layout
+    # ------------------------------------------------------------------ memlayout
 
     def memlayout_add_range(self, start: int, end: int, nid: int) -> None:
         """Add [start, end] -> nid to the pending layout; on error nothing changes."""
         with self.lock:
             if not 0 <= nid < self.possible_nodes:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
-            layout = self.pending or Memlayout(self._next_layout_id)
+            if self.pending is not None:
+                self.pending.add_range(start, end, nid)
+                return
+            layout = Memlayout(self.next_layout_id)
             layout.add_range(start, end, nid)       # raises before it changes anything
-            if self.pending is None:
-                self.pending = self._register_layout(layout)
+            self.pending = dnuma.memlayout_register(self, layout)
 
     def memlayout_clear(self) -> None:
         with self.lock:
             if self.pending is not None:
-                self._retire(self.pending)
+                dnuma.memlayout_destroy(self, self.pending)
                 self.pending = None
 
     def memlayout_commit(self) -> Memlayout | None:
         with self.lock:
-            return commit(self)
+            return dnuma.memlayout_commit(self)
+
+    def layout(self, lid: int) -> Memlayout | None:
+        """The pending, current or backlog layout numbered lid, or None."""
+        with self.lock:
+            return self.layouts.get(lid)
+
+    def layout_ids(self) -> list[int]:
+        """The ids of the pending, current and backlog layouts, ascending."""
+        with self.lock:
+            return sorted(self.layouts)
 
     def set_backlog_max(self, n: int) -> None:
+        """How many retired layouts to keep (an unsigned long); fewer destroys the oldest."""
+        if not 0 <= n <= ULONG_MAX:
+            raise ValueError(f"backlog_max must be in 0..{ULONG_MAX}")
         with self.lock:
-            if n < 0:
-                raise ValueError("backlog_max must be >= 0")
             self.backlog_max = n
-            self._trim_backlog()
+            dnuma.ml_backlog_trim(self)
 
-    def _trim_backlog(self) -> None:
-        while len(self.backlog) > self.backlog_max:
-            self._retire(self.backlog.pop(0))
+    # ------------------------------------------------------------------ statistics
 
-    def count(self, name: str, n: int, nid: int | None = None) -> None:
-        """Count a dnuma event of the current layout, at node nid (None: no node).
-
-        Each event is counted once, by layout and node; global and per-layout totals
-        are sums (see stats, node_stats), so nothing is counted twice.
-        """
-        self.current.count(name, n, nid)
-
-    def _layout_counters(self) -> list[dict[int | None, DnumaStats]]:
-        return [self.retired_stats] + [l.counters for l in self.layouts.values()]
+    def stat_nids(self) -> list[int]:
+        """The nodes node_stats/ lists, globally and in each layout: every possible node,
+        0..nr_node_ids-1, as the kernel creates them."""
+        return list(range(self.possible_nodes))
 
     @property
-    def stats(self) -> SummedStats:
-        """Global counters: every layout's, destroyed ones included."""
-        return SummedStats(lambda: [s for c in self._layout_counters() for s in c.values()])
+    def stats(self) -> DnumaStats:
+        """Global counters, destroyed layouts' included: the retired layouts' running totals
+        and the current layout's counts (a read never sums over layouts)."""
+        with self.lock:
+            out = DnumaStats()
+            out.add(self.retired.total)
+            for stats in self.current.counters.values():
+                out.add(stats)
+            return out
+
+    def node_stat(self, nid: int) -> DnumaStats:
+        """Global counters at node nid."""
+        with self.lock:
+            out = DnumaStats()
+            retired = self.retired.nodes.get(nid)
+            if retired is not None:
+                out.add(retired)
+            current = self.current.counters.get(nid)
+            if current is not None:
+                out.add(current)
+            return out
 
     @property
-    def node_stats(self) -> dict[int, SummedStats]:
-        nids = sorted({n for c in self._layout_counters() for n in c if n is not None}
-                      | set(self.pgdat))
-        return {nid: SummedStats(lambda nid=nid: [c[nid] for c in self._layout_counters()
-                                                  if nid in c])
-                for nid in nids}
+    def node_stats(self) -> dict[int, DnumaStats]:
+        """node_stat() of every node stat_nids() names."""
+        with self.lock:
+            return {nid: self.node_stat(nid) for nid in self.stat_nids()}
 
-    def _retire(self, layout: Memlayout) -> None:
-        """Destroy a layout, keeping its counts in the global totals."""
-        del self.layouts[layout.id]
-        for nid, stats in layout.counters.items():
-            self.retired_stats[nid] = sum_stats([self.retired_stats.get(nid, DnumaStats()), stats])
-
-    # -------------------------------------------------------------- transplant
-
-    def _move_pages(self, pfn: int, n: int, old: int, new: int) -> Zone:
-        """Give n managed pages of one zone type from node old to node new; new's zone.
-
-        A commit rebuilds the zonelists once at its end; a transplant on free outside a
-        commit rebuilds at once if it populated or emptied a zone.
-        """
-        zt = 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2      # ZoneType, as int: faster
-        zold, znew = self.pgdat[old].zones[zt], self.pgdat[new].zones[zt]
-        zold.present_pages -= n
-        zold.managed_pages -= n
-        znew.present_pages += n
-        znew.managed_pages += n
-        if not znew.zone_start_pfn <= pfn < pfn + n <= znew.zone_end_pfn:
-            znew.span_include(pfn, pfn + n)
-        if n == 1:
-            self._node[pfn] = new
-        else:
-            self.page_node[pfn:pfn + n] = new
-        self.current.counter(new).counts["moved-pages"] += n
-        if not self._in_commit and (zold.present_pages == 0 or znew.present_pages == n):
-            if self._rebuild_zonelists():
-                self.count("zonelist-rebuild", 1)
-        return znew
-
-    def _transplant_page(self, pfn: int) -> None:
-        """_transplant_on_free for one page, the common case, without the block logic."""
-        self._flags[pfn] &= ~PG_LOOKUP_NODE & 0xFF
-        old = self._node[pfn]
-        nid = self.current.lookup(pfn, old)
-        self._free_transplanted(pfn, 0, old, old if nid is None else nid)
-
-    def _transplant_on_free(self, pfn: int, order: int) -> None:
-        """A marked block is freed: look it up and free each part into its node's zone."""
-        size = 1 << order
-        self.page_flags[pfn:pfn + size] &= ~PG_LOOKUP_NODE & 0xFF
-        old = self._node[pfn]
-        layout = self.current
-        nid = layout.lookup(pfn, old)
-        targets = None
-        if order and (nid is None or layout.covers(pfn, pfn + size - 1) is None):
-            targets = layout.node_map(self.page_node[pfn:pfn + size], pfn)
-        for p, o, tgt in uniform_pieces(targets, pfn, order, old if nid is None else nid, self):
-            self._free_transplanted(p, o, old, tgt)
-
-    def _free_transplanted(self, pfn: int, order: int, old: int, tgt: int) -> None:
-        """Free one looked-up piece: into node tgt's zone, or where it is if tgt is old."""
-        if tgt == old:
-            self.current.counter(old).counts["transplant-bail-already-done"] += 1 << order
-            self._free_one(self._zone_of(pfn), pfn, order)
-            return
-        zone = self._move_pages(pfn, 1 << order, old, tgt)
-        self.current.counter(tgt).counts["transplant-on-free"] += 1 << order
-        self._free_one(zone, pfn, order)
-
-    # ---------------------------------------------------------------- check
+    # ---------------------------------------------------------------------- check
 
     def check(self) -> list[str]:
         with self.lock:
             return check(self)
-
-
-_DMA_END = ZONE_END_PFN[ZoneType.DMA]
-_DMA32_END = ZONE_END_PFN[ZoneType.DMA32]
-
-
-def _node_sizes(config: MachineConfig) -> list[int]:
-    if not 1 <= config.nodes <= config.possible_nodes <= MAX_POSSIBLE_NODES:
-        raise ValueError(f"need 1 <= nodes ({config.nodes}) <= possible nodes "
-                         f"({config.possible_nodes}) <= {MAX_POSSIBLE_NODES}")
-    if not 1 <= config.cpus <= MAX_CPUS:
-        raise ValueError(f"need 1 <= cpus ({config.cpus}) <= {MAX_CPUS}")
-    if config.node_mem is not None:
-        if len(config.node_mem) != config.nodes:
-            raise ValueError(f"{len(config.node_mem)} node sizes given for {config.nodes} nodes")
-        sizes = [b >> PAGE_SHIFT for b in config.node_mem]
-    else:
-        pages = config.mem >> PAGE_SHIFT
-        sizes = [pages // config.nodes] * config.nodes
-        sizes[-1] += pages - sum(sizes)
-    if min(sizes) < MIN_NODE_PAGES:
-        raise ValueError(f"every node needs at least {MIN_NODE_PAGES >> 8} MiB")
-    return sizes

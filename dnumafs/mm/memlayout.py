@@ -7,7 +7,7 @@ import errno
 import attrs
 import numpy as np
 
-from .stats import DnumaStats, SummedStats
+from .stats import DnumaStats, sum_stats
 
 
 class MemlayoutError(OSError):
@@ -36,6 +36,13 @@ class Memlayout:
     def ranges(self) -> list[tuple[int, int, int]]:
         return list(zip(self.starts, self.ends, self.nids))
 
+    def range_nid(self, start: int, end: int) -> int | None:
+        """The node of the range that is exactly [start, end], found by bisection."""
+        i = bisect.bisect_left(self.starts, start)
+        if i < len(self.starts) and self.starts[i] == start and self.ends[i] == end:
+            return self.nids[i]
+        return None
+
     def node_ids(self) -> set[int]:
         return set(self.nids)
 
@@ -58,17 +65,14 @@ class Memlayout:
         layout's statistics, at node `at` (the page's present node) if given."""
         i = self._last
         if i >= 0 and self.starts[i] <= pfn <= self.ends[i]:
-            self.counter(at).counts["cache-hit"] += 1
+            self.counter(at).cache_hit += 1
             return self.nids[i]
-        self.counter(at).counts["cache-miss"] += 1
+        self.counter(at).cache_miss += 1
         i = bisect.bisect_right(self.starts, pfn) - 1
         if i >= 0 and pfn <= self.ends[i]:
             self._last = i
             return self.nids[i]
         return None
-
-    def count(self, name: str, n: int, nid: int | None = None) -> None:
-        self.counter(nid).counts[name] += n
 
     def counter(self, nid: int | None) -> DnumaStats:
         stats = self.counters.get(nid)
@@ -77,11 +81,18 @@ class Memlayout:
         return stats
 
     @property
-    def stats(self) -> SummedStats:
-        return SummedStats(self.counters.values)
+    def stats(self) -> DnumaStats:
+        """This layout's totals (a sum over the nodes it counted at, never over layouts)."""
+        return sum_stats(self.counters.values())
+
+    def node_stat(self, nid: int) -> DnumaStats:
+        """This layout's counts at node nid (zeros where it counted nothing)."""
+        return self.counters.get(nid) or DnumaStats()
 
     @property
     def node_stats(self) -> dict[int, DnumaStats]:
+        """The nodes this layout counted something at; node_stats/ lists every possible node
+        (Machine.stat_nids()), reading node_stat() for each."""
         return {nid: self.counters[nid] for nid in sorted(n for n in self.counters if n is not None)}
 
     def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:

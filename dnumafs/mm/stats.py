@@ -1,57 +1,140 @@
-"""dnuma statistics: counters incremented where the event happens."""
+"""Event counters: dnuma statistics, NUMA allocation statistics, vm events.
+
+Each set is an attrs class with one int field per counter, so that the model counts with
+attribute access (`stats.moved_pages += n`): a misspelt counter fails type checking, and at
+run time on the slotted class. The files read them by the names Linux prints (`names()`,
+`stats["moved-pages"]`), which are the field names with `_` shown as the class's separator.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Iterable
+from typing import ClassVar
 
 import attrs
 
-# Names as the files show them, in the order the files list them.
-STAT_NAMES: tuple[str, ...] = (
-    "cache-hit",
-    "cache-miss",
-    "transplant-on-free",
-    "transplant-from-freelist-add",
-    "transplant-from-freelist-remove",
-    "split-pages",
-    "transplant-examined-pfn",
-    "transplant-bail-nid-eq",
-    "transplant-bail-reserved",
-    "transplant-bail-page-not-buddy",
-    "transplant-bail-already-done",
-    "pcp-drain",
-    "zonelist-rebuild",
-    "no-zonelist-rebuild",
-    "moved-pages",
-)
+
+@functools.cache
+def _attr_names(cls: type[Counters]) -> dict[str, str]:
+    """{printed name: field name}, in field order."""
+    return {f.name.replace("_", cls.SEPARATOR): f.name for f in attrs.fields(cls)}
 
 
 @attrs.define
-class DnumaStats:
-    """One set of counters (global, per node, per layout, per layout and node)."""
+class Counters:
+    """A set of counters, readable as a mapping of printed names (dict(c) works)."""
 
-    counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(STAT_NAMES, 0))
+    SEPARATOR: ClassVar[str] = "_"
 
-    def __getitem__(self, name: str) -> int:
-        return self.counts[name]
-
-
-class SummedStats:
-    """A live total of other counters: totals are sums, never counted twice."""
-
-    def __init__(self, parts: Callable[[], Iterable[DnumaStats]]) -> None:
-        self._parts = parts
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The printed names, in the order the files list them."""
+        return tuple(_attr_names(cls))
 
     def __getitem__(self, name: str) -> int:
-        return sum(p.counts[name] for p in self._parts())
+        try:
+            attr = _attr_names(type(self))[name]
+        except KeyError:
+            raise KeyError(name) from None
+        value: int = getattr(self, attr)
+        return value
+
+    def keys(self) -> tuple[str, ...]:
+        return self.names()
+
+    def values(self) -> list[int]:
+        return [getattr(self, a) for a in _attr_names(type(self)).values()]
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(n, getattr(self, a)) for n, a in _attr_names(type(self)).items()]
 
     @property
     def counts(self) -> dict[str, int]:
-        return sum_stats(self._parts()).counts
+        return dict(self.items())
+
+    def add(self, other: Counters) -> None:
+        """Add other's counts (of the same class) to these."""
+        for a in _attr_names(type(self)).values():
+            setattr(self, a, getattr(self, a) + getattr(other, a))
+
+
+@attrs.define
+class DnumaStats(Counters):
+    """One set of dnuma counters (mm/memlayout-debugfs.c's ml_stat_names), in pages for page
+    events and in events for the others. The patch set's pcp-setup, pcp-update and
+    future-zone-fixup are not here: the model's per-CPU lists have a fixed batch and high
+    that no commit sets up or recomputes, and it moves managed pages with the pages rather
+    than ahead of them at allocation (CONFIG_DNUMA_MANAGED_PAGE_UPDATE_DELAY)."""
+
+    SEPARATOR: ClassVar[str] = "-"
+
+    cache_hit: int = 0
+    cache_miss: int = 0
+    transplant_on_free: int = 0
+    transplant_from_freelist_add: int = 0
+    transplant_from_freelist_remove: int = 0
+    split_pages: int = 0
+    transplant_examined_pfn: int = 0
+    transplant_bail_nid_eq: int = 0
+    transplant_bail_reserved: int = 0
+    transplant_bail_page_not_buddy: int = 0
+    transplant_bail_already_done: int = 0
+    pcp_drain: int = 0
+    zonelist_rebuild: int = 0
+    no_zonelist_rebuild: int = 0
+    drain_zonestat: int = 0
+    moved_pages: int = 0
+
+
+STAT_NAMES: tuple[str, ...] = DnumaStats.names()
 
 
 def sum_stats(parts: Iterable[DnumaStats]) -> DnumaStats:
     out = DnumaStats()
     for part in parts:
-        for name, n in part.counts.items():
-            out.counts[name] += n
+        out.add(part)
     return out
+
+
+@attrs.define
+class NumaStat(Counters):
+    """A node's allocation statistics as zone_statistics() counts them (allocations, not
+    pages), under the names nodeN/numastat prints."""
+
+    numa_hit: int = 0
+    numa_miss: int = 0
+    numa_foreign: int = 0
+    interleave_hit: int = 0
+    local_node: int = 0
+    other_node: int = 0
+
+
+NUMASTAT_NAMES: tuple[str, ...] = NumaStat.names()
+
+
+@attrs.define
+class VmEvents(Counters):
+    """The vm events (vm_event_item.h) the model counts, in /proc/vmstat's order."""
+
+    pgfree: int = 0
+    drop_pagecache: int = 0
+    drop_slab: int = 0
+    htlb_buddy_alloc_success: int = 0
+    htlb_buddy_alloc_fail: int = 0
+
+
+@attrs.define
+class RetiredStats:
+    """The counts of every layout that is no longer current, folded in as it stops being
+    current (only the current layout counts events, as ml_stat_add() is only called with
+    it), so that a global figure is this plus the current layout's, whatever the number of
+    layouts kept or destroyed."""
+
+    total: DnumaStats = attrs.field(factory=DnumaStats)
+    nodes: dict[int, DnumaStats] = attrs.field(factory=dict)
+
+    def fold(self, counters: dict[int | None, DnumaStats]) -> None:
+        for nid, stats in counters.items():
+            self.total.add(stats)
+            if nid is not None:
+                self.nodes.setdefault(nid, DnumaStats()).add(stats)

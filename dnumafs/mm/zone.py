@@ -6,10 +6,7 @@ import math
 import attrs
 
 from .constants import MAX_ORDER, ZoneType
-
-NUMASTAT_NAMES: tuple[str, ...] = (
-    "numa_hit", "numa_miss", "numa_foreign", "interleave_hit", "local_node", "other_node",
-)
+from .stats import NumaStat
 
 
 @attrs.define(eq=False)
@@ -85,8 +82,8 @@ class Pgdat:
     """One node. Its sizes are derived from its zones, never stored twice."""
 
     nid: int
-    zones: dict[ZoneType, Zone]
-    numastat: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(NUMASTAT_NAMES, 0))
+    zones: dict[int, Zone]              # by zone type (a ZoneType, or its int: zone_idx())
+    numastat: NumaStat = attrs.field(factory=NumaStat)
     hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
 
     @classmethod
