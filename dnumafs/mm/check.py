@@ -14,14 +14,15 @@ from .constants import (
     PG_PCP,
     PG_RESERVED,
     ZoneType,
+    zone_idx,
     zone_type_bounds,
-    zone_type_of,
 )
 
 if TYPE_CHECKING:
     from .machine import Machine
 
 MAX_REPORTED = 20
+NOT_FREE = PG_RESERVED | PG_LOOKUP_NODE | PG_HEAD | PG_PCP
 
 
 def check(m: Machine) -> list[str]:
@@ -44,22 +45,26 @@ def check(m: Machine) -> list[str]:
                     nblocks += 1
                     n = 1 << o
                     if pfn % n or pfn + n > m.max_pfn:
-                        errs.append(f"{where}: free block {pfn:#x} order {o} misaligned or past max_pfn")
+                        errs.append(f"{where}: free block {pfn:#x} order {o} misaligned or "
+                                    "past max_pfn")
                         continue
                     if not flags[pfn] & PG_BUDDY or order[pfn] != o:
                         errs.append(f"{where}: free block {pfn:#x} head lacks PG_buddy/order {o}")
-                    if zone_type_of(pfn) != zone.type or zone_type_of(pfn + n - 1) != zone.type:
+                    if zone_idx(pfn) != zone.type or zone_idx(pfn + n - 1) != zone.type:
                         errs.append(f"{where}: free block {pfn:#x} order {o} leaves its zone")
                     if (node[pfn:pfn + n] != nid).any():
-                        errs.append(f"{where}: free block {pfn:#x} order {o} has pages of another node")
-                    if (flags[pfn:pfn + n] & (PG_RESERVED | PG_LOOKUP_NODE | PG_HEAD | PG_PCP)).any():
-                        errs.append(f"{where}: free block {pfn:#x} holds reserved/marked/allocated pages")
+                        errs.append(f"{where}: free block {pfn:#x} order {o} has pages of "
+                                    "another node")
+                    if (flags[pfn:pfn + n] & NOT_FREE).any():
+                        errs.append(f"{where}: free block {pfn:#x} holds reserved/marked/"
+                                    "allocated pages")
                     own(pfn, n)
             for cpu, lst in zone.pcp.items():
                 for pfn in lst:
                     npcp += 1
-                    if not flags[pfn] & PG_PCP or node[pfn] != nid or zone_type_of(pfn) != zone.type:
-                        errs.append(f"{where}: cpu {cpu} pcp page {pfn:#x} not of this zone or unflagged")
+                    if not flags[pfn] & PG_PCP or node[pfn] != nid or zone_idx(pfn) != zone.type:
+                        errs.append(f"{where}: cpu {cpu} pcp page {pfn:#x} not of this zone or "
+                                    "unflagged")
                     own(pfn, 1)
     if int(np.count_nonzero(flags & PG_BUDDY)) != nblocks:
         errs.append("PG_buddy set on pages that head no free-list block")
@@ -71,13 +76,14 @@ def check(m: Machine) -> list[str]:
     allocated = _allocations_per_pfn(m, heads, sizes)
     owners = np.cumsum(cover[:-1]) + allocated + ((flags & PG_RESERVED) != 0)
     bad = np.flatnonzero(owners != 1)
-    for pfn in bad[:MAX_REPORTED]:
-        errs.append(f"pfn {pfn:#x} has {owners[pfn]} owners (free block, pcp, allocation, reserved)")
+    for bad_pfn in bad[:MAX_REPORTED]:
+        errs.append(f"pfn {bad_pfn:#x} has {owners[bad_pfn]} owners (free block, pcp, allocation, "
+                    "reserved)")
     if bad.size > MAX_REPORTED:
         errs.append(f"... {bad.size} pfns in all without exactly one owner")
-    for pfn, n in zip(heads, sizes):
-        if pfn % n or len(set(node[pfn:pfn + n].tolist())) != 1:
-            errs.append(f"allocated block {pfn:#x} misaligned or split between nodes")
+    for head, size in zip(heads.tolist(), sizes.tolist()):
+        if head % size or len(set(node[head:head + size].tolist())) != 1:
+            errs.append(f"allocated block {head:#x} misaligned or split between nodes")
     reserved_marked = flags & PG_LOOKUP_NODE & ((flags & PG_RESERVED) != 0) * 0xFF
     if reserved_marked.any():
         errs.append("reserved pages marked PG_lookup_node")
@@ -116,27 +122,28 @@ def _check_zones(m: Machine, errs: list[str]) -> None:
             if zone.present_pages != counts[nid]:
                 errs.append(f"{where}: present {zone.present_pages} != {counts[nid]} pages")
             if zone.managed_pages != counts[nid] - rcounts[nid]:
-                errs.append(f"{where}: managed {zone.managed_pages} != {counts[nid] - rcounts[nid]}")
+                errs.append(f"{where}: managed {zone.managed_pages} != "
+                            f"{counts[nid] - rcounts[nid]}")
             if counts[nid]:
                 pfns = np.flatnonzero(m.page_node[lo:hi] == nid)
                 first, last = lo + int(pfns[0]), lo + int(pfns[-1])
                 if first < zone.zone_start_pfn or last >= zone.zone_end_pfn:
                     errs.append(f"{where}: pages {first:#x}..{last:#x} outside span")
-        for nid in np.flatnonzero(counts):
-            if int(nid) not in m.pgdat:
-                errs.append(f"pages on node {nid}, which is not online")
+        for on_node in np.flatnonzero(counts):
+            if int(on_node) not in m.pgdat:
+                errs.append(f"pages on node {on_node}, which is not online")
 
 
 def _check_layout(m: Machine, errs: list[str], owners_alloc: np.ndarray) -> None:
     """A page off its range's node is reserved or an allocated page marked for lookup."""
     target = m.current.node_map(m.page_node)
     off = target != m.page_node
-    ok = ((m.page_flags & PG_RESERVED) != 0) | (owners_alloc & ((m.page_flags & PG_LOOKUP_NODE) != 0))
+    marked = (m.page_flags & PG_LOOKUP_NODE) != 0
+    ok = ((m.page_flags & PG_RESERVED) != 0) | (owners_alloc & marked)
     bad = np.flatnonzero(off & ~ok)
     for pfn in bad[:MAX_REPORTED]:
         errs.append(f"pfn {pfn:#x} on node {m.page_node[pfn]}, layout says {target[pfn]}, "
                     "and it is neither reserved nor marked")
-    marked = (m.page_flags & PG_LOOKUP_NODE) != 0
     if (marked & ~owners_alloc).any():
         errs.append("PG_lookup_node set on pages that are not allocated")
 

@@ -93,7 +93,8 @@ class Memlayout:
     def node_stats(self) -> dict[int, DnumaStats]:
         """The nodes this layout counted something at; node_stats/ lists every possible node
         (Machine.stat_nids()), reading node_stat() for each."""
-        return {nid: self.counters[nid] for nid in sorted(n for n in self.counters if n is not None)}
+        nids = sorted(n for n in self.counters if n is not None)
+        return {nid: self.counters[nid] for nid in nids}
 
     def node_map(self, node: np.ndarray, first: int = 0) -> np.ndarray:
         """The node of each pfn first..first+len(node)-1 under this layout.

@@ -179,13 +179,16 @@ def get_page_from_freelist(m: Machine, order: int, nid: int, cpu: int, interleav
     if thisnode:
         zonelist = [z for z in zonelist if z.nid == nid]
     need = 1 << order
+    mm = m.mem_map
     for min_mark in (False, True):
         for zone in zonelist:
             wmark = zone_watermarks(zone, m.managed_at_boot)
             if zone.free_pages - need < (wmark.min if min_mark else wmark.low):
                 continue
-            mm = m.mem_map
-            pfn = rmqueue_pcplist(mm, zone, cpu) if order == 0 else rmqueue_smallest(mm, zone, order)
+            if order == 0:
+                pfn = rmqueue_pcplist(mm, zone, cpu)
+            else:
+                pfn = rmqueue_smallest(mm, zone, order)
             if pfn is not None:
                 prep_new_page(mm, zone, pfn, order)
                 zone_statistics(m, preferred, zone, nid, cpu, interleave)

@@ -8,7 +8,7 @@ run time on the slotted class. The files read them by the names Linux prints (`n
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
 import attrs
@@ -20,9 +20,10 @@ def _attr_names(cls: type[Counters]) -> dict[str, str]:
     return {f.name.replace("_", cls.SEPARATOR): f.name for f in attrs.fields(cls)}
 
 
-@attrs.define
-class Counters:
-    """A set of counters, readable as a mapping of printed names (dict(c) works)."""
+@attrs.define(eq=False)
+class Counters(Mapping[str, int]):
+    """A set of counters, also a read-only mapping of the printed names to the counts (so it
+    compares equal to a dict of them)."""
 
     SEPARATOR: ClassVar[str] = "_"
 
@@ -39,14 +40,11 @@ class Counters:
         value: int = getattr(self, attr)
         return value
 
-    def keys(self) -> tuple[str, ...]:
-        return self.names()
+    def __iter__(self) -> Iterator[str]:
+        return iter(_attr_names(type(self)))
 
-    def values(self) -> list[int]:
-        return [getattr(self, a) for a in _attr_names(type(self)).values()]
-
-    def items(self) -> list[tuple[str, int]]:
-        return [(n, getattr(self, a)) for n, a in _attr_names(type(self)).items()]
+    def __len__(self) -> int:
+        return len(_attr_names(type(self)))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -58,7 +56,7 @@ class Counters:
             setattr(self, a, getattr(self, a) + getattr(other, a))
 
 
-@attrs.define
+@attrs.define(eq=False)
 class DnumaStats(Counters):
     """One set of dnuma counters (mm/memlayout-debugfs.c's ml_stat_names), in pages for page
     events and in events for the others. The patch set's pcp-setup, pcp-update and
@@ -96,7 +94,7 @@ def sum_stats(parts: Iterable[DnumaStats]) -> DnumaStats:
     return out
 
 
-@attrs.define
+@attrs.define(eq=False)
 class NumaStat(Counters):
     """A node's allocation statistics as zone_statistics() counts them (allocations, not
     pages), under the names nodeN/numastat prints."""
@@ -112,7 +110,7 @@ class NumaStat(Counters):
 NUMASTAT_NAMES: tuple[str, ...] = NumaStat.names()
 
 
-@attrs.define
+@attrs.define(eq=False)
 class VmEvents(Counters):
     """The vm events (vm_event_item.h) the model counts, in /proc/vmstat's order."""
 
