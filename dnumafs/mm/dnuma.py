@@ -1,6 +1,10 @@
 """dnuma: layouts, the commit that makes one current, and the transplant of pages to their new
 node, at once for free pages and on free for the others (the patch set's mm/dnuma.c and
-mm/memlayout.c). Every function expects the caller to hold the machine lock."""
+mm/memlayout.c). Every function expects the caller to hold the machine lock.
+
+Only the current layout counts events (ml_stat_add() is only called with it): each count goes
+to m.current.counter(nid), nid the node the event happened at (None: no node).
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -10,18 +14,11 @@ import numpy as np
 from . import page_alloc
 from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, zone_idx
 from .memlayout import Memlayout
-from .stats import DnumaStats
 from .topology import build_zonelists, populated_zones
 from .zone import Pgdat, Zone
 
 if TYPE_CHECKING:
     from .machine import Machine
-
-
-def ml_stat(m: Machine, nid: int | None) -> DnumaStats:
-    """The current layout's counters at node nid (None: events of no node), the only ones
-    that count (ml_stat_add() with the current layout)."""
-    return m.current.counter(nid)
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -101,11 +98,11 @@ def memlayout_commit(m: Machine) -> Memlayout | None:
     finally:
         m.in_commit = False
     if drained:
-        ml_stat(m, None).pcp_drain += drained
+        m.current.counter(None).pcp_drain += drained
     if rebuild_zonelists(m):
-        ml_stat(m, None).zonelist_rebuild += 1
+        m.current.counter(None).zonelist_rebuild += 1
     else:
-        ml_stat(m, None).no_zonelist_rebuild += 1
+        m.current.counter(None).no_zonelist_rebuild += 1
     return layout
 
 
@@ -127,7 +124,7 @@ def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
     bound = target[target != m.mem_map.page_node]
     for nid in np.flatnonzero(examined):
         differ = int(np.count_nonzero(bound == nid))
-        stats = ml_stat(m, int(nid))
+        stats = m.current.counter(int(nid))
         stats.transplant_examined_pfn += int(examined[nid])
         stats.transplant_bail_nid_eq += int(examined[nid]) - differ
 
@@ -158,9 +155,9 @@ def dnuma_move_free_pages(m: Machine, target: np.ndarray) -> None:
             if tgt == old:
                 page_alloc.free_one_page(mm, page_alloc.page_zone(m, p), p, o)
                 continue
-            ml_stat(m, old).transplant_from_freelist_remove += 1 << o
+            m.current.counter(old).transplant_from_freelist_remove += 1 << o
             zone = dnuma_add_page_to_new_zone(m, p, 1 << o, old, tgt)
-            ml_stat(m, tgt).transplant_from_freelist_add += 1 << o
+            m.current.counter(tgt).transplant_from_freelist_add += 1 << o
             page_alloc.free_one_page(mm, zone, p, o)
 
 
@@ -174,7 +171,7 @@ def dnuma_mark_page_range(m: Machine, target: np.ndarray) -> None:
     for mask, bail_reserved in ((reserved, True), (differ, False)):
         counts = np.bincount(mm.page_node[mask], minlength=m.config.possible_nodes)
         for nid in np.flatnonzero(counts):
-            stats = ml_stat(m, int(nid))
+            stats = m.current.counter(int(nid))
             if bail_reserved:
                 stats.transplant_bail_reserved += int(counts[nid])
             else:
@@ -200,7 +197,7 @@ def split_by_node(m: Machine, targets: np.ndarray | None, pfn: int, order: int,
         if o == 0 or (sl == first).all():
             out.append((pfn + off, o, first))
         else:
-            ml_stat(m, m.mem_map.node[pfn]).split_pages += 1
+            m.current.counter(m.mem_map.node[pfn]).split_pages += 1
             half = 1 << (o - 1)
             stack.append((off + half, o - 1))
             stack.append((off, o - 1))
@@ -229,14 +226,14 @@ def dnuma_add_page_to_new_zone(m: Machine, pfn: int, n: int, old: int, new: int)
         m.mem_map.node[pfn] = new
     else:
         m.mem_map.page_node[pfn:pfn + n] = new
-    stats = ml_stat(m, new)
+    stats = m.current.counter(new)
     stats.moved_pages += n
     if m.in_commit:
         if zold.present_pages == 0:
             stats.drain_zonestat += 1
     elif zold.present_pages == 0 or znew.present_pages == n:
         if rebuild_zonelists(m):
-            ml_stat(m, None).zonelist_rebuild += 1
+            m.current.counter(None).zonelist_rebuild += 1
     return znew
 
 
@@ -268,9 +265,9 @@ def dnuma_move_free_block(m: Machine, pfn: int, order: int) -> None:
 def free_transplanted(m: Machine, pfn: int, order: int, old: int, tgt: int) -> None:
     """Free one looked-up piece: into node tgt's zone, or where it is if tgt is old."""
     if tgt == old:
-        ml_stat(m, old).transplant_bail_already_done += 1 << order
+        m.current.counter(old).transplant_bail_already_done += 1 << order
         page_alloc.free_one_page(m.mem_map, page_alloc.page_zone(m, pfn), pfn, order)
         return
     zone = dnuma_add_page_to_new_zone(m, pfn, 1 << order, old, tgt)
-    ml_stat(m, tgt).transplant_on_free += 1 << order
+    m.current.counter(tgt).transplant_on_free += 1 << order
     page_alloc.free_one_page(m.mem_map, zone, pfn, order)
