@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from model_helpers import (
     MiB,
@@ -17,7 +18,15 @@ from model_helpers import (
 )
 
 from dnumafs.mm import ZoneType
-from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, PG_HEAD, PG_HUGETLB, PG_PCP
+from dnumafs.mm.constants import (
+    HPAGE_ORDER,
+    MAX_ORDER,
+    PAGE_ALLOC_COSTLY_ORDER,
+    PG_HEAD,
+    PG_HUGETLB,
+    PG_PCP,
+    PG_RESERVED,
+)
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 
@@ -402,3 +411,47 @@ def test_bad_alloc_arguments_raise_and_change_nothing(kw):
     assert free_sets(m) == before
     assert numastat_delta(s, m) == {}
     assert_model_ok(m, tracked={})
+
+
+def test_pgfree_counts_the_pages_boot_frees_into_the_buddy_allocator():
+    """__free_pages_core(): every page boot gives the buddy allocator is counted as freed,
+    reserved ones never; boot's own allocations are not frees."""
+    m = boot(nodes=2, mem=64 * MiB, boot_alloc_percent=10.0)
+    reserved = int(np.count_nonzero(m.page_flags & PG_RESERVED))
+    assert m.vm_events.pgfree == m.total_managed_pages() == m.max_pfn - reserved
+    assert m.boot_allocations, "boot allocated something, which pgfree does not undo"
+
+
+# ---------------------------------------------------------------- drop_caches
+
+def test_drop_caches_frees_page_cache_and_slab_apart():
+    """Boot allocations up to PAGE_ALLOC_COSTLY_ORDER stand for slab, larger ones for page
+    cache: 1 frees the page cache, 2 the slab, each counting its event once."""
+    m = boot(nodes=2, mem=64 * MiB, boot_alloc_percent=20.0)
+    held = dict(m.boot_allocations)
+    slab = {p: o for p, o in held.items() if o <= PAGE_ALLOC_COSTLY_ORDER}
+    cache = {p: o for p, o in held.items() if o > PAGE_ALLOC_COSTLY_ORDER}
+    assert slab and cache
+    free = m.total_free_pages() + sum(len(lst) for pg in m.pgdat.values()
+                                      for z in pg.zones.values() for lst in z.pcp.values())
+    m.drop_caches(1)
+    assert dict(m.boot_allocations) == slab
+    assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (1, 0)
+    m.drop_caches(2)
+    assert m.boot_allocations == []
+    assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (1, 1)
+    m.drain_pcp()
+    assert m.total_free_pages() == free + sum(1 << o for o in held.values())
+    m.drop_caches(3)                        # nothing left to free: still two events
+    m.drop_caches(4)                        # only silences Linux's message
+    assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (2, 2)
+    assert_model_ok(m, tracked={})
+
+
+@pytest.mark.parametrize("mode", [0, 5, -1, 8])
+def test_drop_caches_refuses_other_modes_and_changes_nothing(mode):
+    m = boot(nodes=2, mem=64 * MiB)
+    held, events = m.boot_allocations, dict(m.vm_events)
+    with pytest.raises(ValueError):
+        m.drop_caches(mode)
+    assert m.boot_allocations == held and dict(m.vm_events) == events

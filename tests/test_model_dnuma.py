@@ -25,6 +25,8 @@ from model_helpers import (
 
 from dnumafs.mm import MemlayoutError, ZoneType
 from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
+from dnumafs.mm.machine import ULONG_MAX
+from dnumafs.mm.stats import STAT_NAMES
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 
@@ -496,7 +498,6 @@ def test_one_zonelist_decision_per_commit():
 
 
 def test_global_stats_are_the_sum_of_the_layouts_and_survive_their_destruction():
-    from dnumafs.mm.stats import STAT_NAMES
     m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
     c = ctx(m)
     base = dict(m.stats.counts)
@@ -588,3 +589,87 @@ def test_numastat_after_all_memory_moved_to_a_cpuless_node():
         s = snapshot(m)
         p = m.alloc_pages(order, nid=3, cpu=3)
         assert numastat_delta(s, m) == {3: {"numa_hit": 1, "other_node": 1}}
+
+
+# ---------------------------------------------------------------- the API the files read
+
+def test_layout_lookup_by_id_and_range_by_bounds():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    stripe(m, 0, 2, 256)
+    pending = m.pending
+    assert m.layout_ids() == [0, 1] and m.layout(1) is pending and m.layout(0) is m.current
+    assert m.layout(2) is None and m.layout(-1) is None
+    for start, end, nid in pending.ranges():
+        assert pending.range_nid(start, end) == nid
+    bounds = {(s, e) for s, e, _ in pending.ranges()}
+    start, end, _ = pending.ranges()[5]
+    for s, e in ((start, end - 1), (start + 1, end), (start, end + 1), (end + 1, end + 256),
+                 (start - 256, start - 1), (m.max_pfn, m.max_pfn + 10)):
+        assert (pending.range_nid(s, e) is not None) == ((s, e) in bounds), (s, e)
+    m.memlayout_commit()
+    assert m.layout_ids() == [0, 1] and m.layout(1) is m.current
+
+
+def test_node_stats_list_every_possible_node():
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=6)
+    assert m.stat_nids() == [0, 1, 2, 3, 4, 5]
+    assert sorted(m.node_stats) == m.stat_nids()
+    assert all(v == 0 for v in m.node_stats[5].values())
+
+
+# ---------------------------------------------------------------- statistics as running totals
+
+def test_global_statistics_are_running_totals_of_every_layout():
+    """Only the current layout counts: the global figures are the retired layouts' totals,
+    folded in as each stops being current, plus the current one's, so they equal the sum
+    over every layout ever made, whether the backlog keeps or destroys them."""
+    m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
+    m.set_backlog_max(ULONG_MAX)
+    kept = boot(nodes=2, mem=64 * MiB, possible_nodes=4)      # the same, keeping none
+    kept.set_backlog_max(0)
+    for i in range(40):
+        for mach in (m, kept):
+            p = mach.alloc_pages(i % 4, nid=i % 2)
+            mach.memlayout_add_range(0, mach.max_pfn // 2 - 1, (i + 1) % 3)
+            mach.memlayout_commit()
+            mach.free_pages(p)
+    every = list(m.layouts.values())
+    assert len(every) == 41 and len(kept.layouts) == 1
+    total = {name: sum(lay.stats[name] for lay in every) for name in STAT_NAMES}
+    assert dict(m.stats) == total and dict(kept.stats) == total
+    assert total["moved-pages"] > 0 and total["transplant-on-free"] > 0
+    for nid in m.stat_nids():
+        want = {name: sum(lay.node_stat(nid)[name] for lay in every) for name in STAT_NAMES}
+        assert dict(m.node_stats[nid]) == want == dict(kept.node_stats[nid]), nid
+
+
+def test_backlog_max_takes_any_unsigned_long():
+    m = boot(nodes=2, mem=64 * MiB)
+    m.set_backlog_max(ULONG_MAX)
+    assert m.backlog_max == ULONG_MAX
+    for i in range(5):
+        m.memlayout_add_range(i, i, 1)
+        m.memlayout_commit()
+    assert [b.id for b in m.backlog] == [0, 1, 2, 3, 4]
+    for bad in (ULONG_MAX + 1, 1 << 70, -1):
+        with pytest.raises(ValueError):
+            m.set_backlog_max(bad)
+    assert m.backlog_max == ULONG_MAX
+    m.set_backlog_max(1)
+    assert [b.id for b in m.backlog] == [4]
+
+
+def test_a_commit_that_empties_a_zone_drains_its_zonestat():
+    """drain-zonestat counts each zone that a commit's move of free pages leaves empty, at
+    the node the pages went to."""
+    m = boot(nodes=2, node_mem=[8 * MiB, 24 * MiB], mem=32 * MiB, possible_nodes=4,
+             boot_alloc_percent=0.0)
+    dma = m.pgdat[1].zones[DMA]
+    assert dma.populated and dma.managed_pages == dma.present_pages      # nothing reserved
+    m.memlayout_add_range(dma.zone_start_pfn, dma.zone_end_pfn - 1, 2)
+    commit_checked(m, tracked={}, **ctx(m))
+    assert not dma.populated
+    assert m.stats["drain-zonestat"] == m.node_stats[2]["drain-zonestat"] == 1
+    m.memlayout_add_range(0, 15, 3)             # node 0's DMA keeps its reserved pages
+    commit_checked(m, tracked={}, **ctx(m))
+    assert m.stats["drain-zonestat"] == 1
