@@ -7,9 +7,12 @@ call Machine.check(), so that a test can compare the two.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
+import attrs
 import numpy as np
 
+from dnumafs.mm import Machine, MachineConfig
 from dnumafs.mm.constants import (
     HPAGE_ORDER,
     MAX_ORDER,
@@ -29,14 +32,13 @@ GiB = 1 << 30
 # Page states as classified by classify().
 FREE_BUDDY, FREE_PCP, ALLOCATED, RESERVED = 1, 2, 3, 4
 
+SMALL_MACHINE: dict[str, Any] = dict(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=4)
 
-def boot(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=4, node_mem=None, seed=0,
-         boot_alloc_percent=5.0):
-    from dnumafs.mm import Machine, MachineConfig
 
-    return Machine.boot(MachineConfig(nodes=nodes, mem=mem, node_mem=node_mem, cpus=cpus,
-                                      possible_nodes=possible_nodes,
-                                      boot_alloc_percent=boot_alloc_percent, seed=seed))
+def boot(**config: Any) -> Machine:
+    """The model tests' one way to boot a machine: a small one (2 nodes, 64 MiB, 4 CPUs,
+    4 possible nodes), with any MachineConfig field given overriding."""
+    return Machine.boot(MachineConfig(**{**SMALL_MACHINE, **config}))
 
 
 def zone_types_array(max_pfn: int) -> np.ndarray:
@@ -94,14 +96,14 @@ def classify(m):
     cov = np.zeros(n, dtype=np.int32)
     state = np.zeros(n, dtype=np.int8)
     problems = []
-    for head, order, nid, ztype in free_blocks(m):
+    for head, order, _nid, _ztype in free_blocks(m):
         size = 1 << order
         if head < 0 or head + size > n:
             problems.append(f"free block {head:#x} order {order} outside 0..max_pfn")
             continue
         cov[head:head + size] += 1
         state[head:head + size] = FREE_BUDDY
-    for pfn, nid, ztype, cpu in pcp_pages(m):
+    for pfn, _nid, _ztype, _cpu in pcp_pages(m):
         if not 0 <= pfn < n:
             problems.append(f"pcp page {pfn:#x} outside 0..max_pfn")
             continue
@@ -142,255 +144,330 @@ def range_mask(layout, max_pfn: int) -> np.ndarray:
     return out
 
 
-def model_invariants(m, *, tracked=None, managed_total=None, reserved_baseline=None,
-                     merged=True) -> list[str]:
-    """Every violated invariant, computed from the model's public data.
+@attrs.frozen
+class Seen:
+    """What the checks look at, read from the model's public data once per check run."""
 
-    tracked: {head: order} of the blocks the test allocated and still holds; when given, the
-      allocated heads must be exactly tracked + boot allocations + hugepage pools.
-    managed_total: the machine's total managed pages at boot (must never change).
-    reserved_baseline: (reserved pfns, their nodes) at boot (reserved pages never move).
-    merged: also require the buddy lists to be fully merged (no two free buddies of one order
-      in one zone), as Linux's __free_one_page leaves them.
-    """
-    p: list[str] = []
-    n = m.max_pfn
-    node = np.asarray(m.page_node).astype(np.int64)
-    flags = np.asarray(m.page_flags)
-    order_arr = np.asarray(m.page_order)
-    ztypes = zone_types_array(n)
-    if len(node) != n or len(flags) != n or len(order_arr) != n:
-        return [f"page arrays are not max_pfn={n} long"]
+    m: Any
+    n: int                  # max_pfn
+    node: np.ndarray        # page_node, as int64
+    flags: np.ndarray
+    order: np.ndarray
+    ztypes: np.ndarray      # zone type of every pfn, from the x86-64 boundaries
+    state: np.ndarray       # FREE_BUDDY, FREE_PCP, ALLOCATED or RESERVED per pfn
+    cover: np.ndarray       # how many of those states hold each pfn
+    alloc: dict[int, int]   # allocated heads -> order
+    problems: list[str]     # what classify() could not place
 
-    # --- every pfn in exactly one state
-    state, cov, cp = classify(m)
-    p += cp
-    bad = np.nonzero(cov != 1)[0]
-    if len(bad):
-        zero = bad[cov[bad] == 0]
-        many = bad[cov[bad] > 1]
-        if len(zero):
-            p.append(f"{len(zero)} pfns in no state (lost), e.g. {_first(zero)}")
-        if len(many):
-            p.append(f"{len(many)} pfns in several states (duplicated), e.g. {_first(many)}")
+    @classmethod
+    def read(cls, m) -> Seen:
+        state, cover, problems = classify(m)
+        return cls(m, m.max_pfn, np.asarray(m.page_node).astype(np.int64),
+                   np.asarray(m.page_flags), np.asarray(m.page_order),
+                   zone_types_array(m.max_pfn), state, cover, allocated_blocks(m), problems)
 
-    online = sorted(m.pgdat)
-    if m.online_nodes() != online:
-        p.append(f"online_nodes() {m.online_nodes()} != pgdat keys {online}")
-    if not set(np.unique(node).tolist()) <= set(online):
-        p.append(f"page_node has offline nodes: {set(np.unique(node).tolist()) - set(online)}")
 
-    # --- free blocks: aligned, one zone of one node, flags
-    buddy_heads = set()
-    for head, order, nid, ztype in free_blocks(m):
+def check_every_pfn_in_one_state(s: Seen) -> list[str]:
+    """Pages are never lost or duplicated: each pfn is on one free list, one per-CPU list,
+    in one allocated block, or reserved."""
+    p = list(s.problems)
+    bad = np.nonzero(s.cover != 1)[0]
+    zero = bad[s.cover[bad] == 0]
+    many = bad[s.cover[bad] > 1]
+    if len(zero):
+        p.append(f"{len(zero)} pfns in no state (lost), e.g. {_first(zero)}")
+    if len(many):
+        p.append(f"{len(many)} pfns in several states (duplicated), e.g. {_first(many)}")
+    return p
+
+
+def check_online_nodes(s: Seen) -> list[str]:
+    p = []
+    online = sorted(s.m.pgdat)
+    if s.m.online_nodes() != online:
+        p.append(f"online_nodes() {s.m.online_nodes()} != pgdat keys {online}")
+    on_pages = set(np.unique(s.node).tolist())
+    if not on_pages <= set(online):
+        p.append(f"page_node has offline nodes: {on_pages - set(online)}")
+    return p
+
+
+def check_free_blocks(s: Seen) -> list[str]:
+    """Every free block is aligned, in one zone of one node, inside its span, and flagged."""
+    p = []
+    node, flags = s.node, s.flags
+    heads = set()
+    for head, order, nid, ztype in free_blocks(s.m):
         size = 1 << order
-        buddy_heads.add(head)
+        heads.add(head)
         if head % size:
             p.append(f"free block {head:#x} order {order} not aligned")
-        if head + size > n:
+        if head + size > s.n:
             continue
         if not (node[head:head + size] == nid).all():
             p.append(f"free block {head:#x} order {order} on node {nid} list has pages of "
                      f"nodes {sorted(set(node[head:head + size].tolist()))}")
-        if not (ztypes[head:head + size] == int(ztype)).all():
+        if not (s.ztypes[head:head + size] == int(ztype)).all():
             p.append(f"free block {head:#x} order {order} on {ztype.label} list spans other "
                      f"zone types")
         if not flags[head] & PG_BUDDY:
             p.append(f"free block head {head:#x} lacks PG_BUDDY")
-        if order_arr[head] != order:
+        if s.order[head] != order:
             p.append(f"free block head {head:#x} on order-{order} list has page_order "
-                     f"{order_arr[head]}")
+                     f"{s.order[head]}")
         if (flags[head:head + size]
                 & (PG_LOOKUP_NODE | PG_RESERVED | PG_HEAD | PG_PCP | PG_HUGETLB)).any():
             p.append(f"free block {head:#x} has pages flagged allocated/reserved/pcp/lookup")
-        z = m.pgdat[nid].zones[ztype]
+        z = s.m.pgdat[nid].zones[ztype]
         if z.nid != nid or z.type != ztype:
             p.append(f"zone under pgdat[{nid}][{ztype.label}] says nid {z.nid} type {z.type}")
         if not (z.zone_start_pfn <= head and head + size <= z.zone_end_pfn):
             p.append(f"free block {head:#x} outside the span of node {nid} {ztype.label}")
-    flagged_buddy = set(np.nonzero(flags & PG_BUDDY)[0].tolist())
-    if flagged_buddy != buddy_heads:
-        extra = sorted(flagged_buddy - buddy_heads)[:5]
-        missing = sorted(buddy_heads - flagged_buddy)[:5]
+    flagged = set(np.nonzero(flags & PG_BUDDY)[0].tolist())
+    if flagged != heads:
+        extra = sorted(flagged - heads)[:5]
+        missing = sorted(heads - flagged)[:5]
         p.append(f"PG_BUDDY pages != free list heads (flag only: {extra}, list only: {missing})")
+    return p
 
-    # --- fully merged buddy lists
-    if merged:
-        index = {(head, order): (nid, ztype) for head, order, nid, ztype in free_blocks(m)}
-        for (head, order), where in index.items():
-            if order >= MAX_ORDER - 1:
-                continue
-            buddy = head ^ (1 << order)
-            if buddy > head and index.get((buddy, order)) == where:
-                p.append(f"free buddies {head:#x} and {buddy:#x} of order {order} on node "
-                         f"{where[0]} {where[1].label} left unmerged")
 
-    # --- per-CPU lists
-    pcp_set = set()
-    for pfn, nid, ztype, cpu in pcp_pages(m):
-        pcp_set.add(pfn)
-        if not 0 <= cpu < m.nr_cpus:
-            p.append(f"pcp list of cpu {cpu} (only {m.nr_cpus} cpus)")
-        if 0 <= pfn < n:
-            if node[pfn] != nid or ztypes[pfn] != int(ztype):
-                p.append(f"pcp page {pfn:#x} on node {nid} {ztype.label} list is node "
-                         f"{node[pfn]} zone {ZoneType(int(ztypes[pfn])).label}")
-            if not flags[pfn] & PG_PCP:
-                p.append(f"pcp page {pfn:#x} lacks PG_PCP")
-            if flags[pfn] & PG_LOOKUP_NODE:
-                p.append(f"free pcp page {pfn:#x} still has PG_LOOKUP_NODE")
-    flagged_pcp = set(np.nonzero(flags & PG_PCP)[0].tolist())
-    if flagged_pcp != pcp_set:
-        p.append(f"PG_PCP pages != pcp list pages ({len(flagged_pcp)} vs {len(pcp_set)})")
+def check_buddies_merged(s: Seen) -> list[str]:
+    """No two free buddies of one order in one zone, as __free_one_page leaves the lists."""
+    p = []
+    index = {(head, order): (nid, ztype) for head, order, nid, ztype in free_blocks(s.m)}
+    for (head, order), where in index.items():
+        if order >= MAX_ORDER - 1:
+            continue
+        buddy = head ^ (1 << order)
+        if buddy > head and index.get((buddy, order)) == where:
+            p.append(f"free buddies {head:#x} and {buddy:#x} of order {order} on node "
+                     f"{where[0]} {where[1].label} left unmerged")
+    return p
 
-    # --- allocated blocks: aligned, within one node and zone type
-    alloc = allocated_blocks(m)
-    for head, order in alloc.items():
+
+def check_pcp_lists(s: Seen) -> list[str]:
+    p = []
+    pages = set()
+    for pfn, nid, ztype, cpu in pcp_pages(s.m):
+        pages.add(pfn)
+        if not 0 <= cpu < s.m.nr_cpus:
+            p.append(f"pcp list of cpu {cpu} (only {s.m.nr_cpus} cpus)")
+        if not 0 <= pfn < s.n:
+            continue
+        if s.node[pfn] != nid or s.ztypes[pfn] != int(ztype):
+            p.append(f"pcp page {pfn:#x} on node {nid} {ztype.label} list is node "
+                     f"{s.node[pfn]} zone {ZoneType(int(s.ztypes[pfn])).label}")
+        if not s.flags[pfn] & PG_PCP:
+            p.append(f"pcp page {pfn:#x} lacks PG_PCP")
+        if s.flags[pfn] & PG_LOOKUP_NODE:
+            p.append(f"free pcp page {pfn:#x} still has PG_LOOKUP_NODE")
+    flagged = set(np.nonzero(s.flags & PG_PCP)[0].tolist())
+    if flagged != pages:
+        p.append(f"PG_PCP pages != pcp list pages ({len(flagged)} vs {len(pages)})")
+    return p
+
+
+def check_allocated_blocks(s: Seen) -> list[str]:
+    """Allocated blocks are aligned, within one node and one zone type, flagged only so."""
+    p = []
+    for head, order in s.alloc.items():
         size = 1 << order
         if head % size:
             p.append(f"allocated block {head:#x} order {order} not aligned")
-        if head + size > n:
+        if head + size > s.n:
             continue
-        if len(set(node[head:head + size].tolist())) != 1:
+        if len(set(s.node[head:head + size].tolist())) != 1:
             p.append(f"allocated block {head:#x} order {order} spans several nodes")
-        if len(set(ztypes[head:head + size].tolist())) != 1:
+        if len(set(s.ztypes[head:head + size].tolist())) != 1:
             p.append(f"allocated block {head:#x} order {order} spans several zone types")
-        if flags[head] & (PG_BUDDY | PG_PCP | PG_RESERVED):
+        if s.flags[head] & (PG_BUDDY | PG_PCP | PG_RESERVED):
             p.append(f"allocated block head {head:#x} also flagged free or reserved")
-    boot_allocs = dict(m.boot_allocations)
-    pools = {}
-    for nid, pgdat in m.pgdat.items():
-        for h in pgdat.hugepage_pool:
-            pools[h] = nid
-            if h % (1 << HPAGE_ORDER):
-                p.append(f"hugepage {h:#x} of node {nid} not aligned to order {HPAGE_ORDER}")
-            if not flags[h] & PG_HUGETLB:
-                p.append(f"hugepage {h:#x} of node {nid} lacks PG_HUGETLB")
-            if alloc.get(h) != HPAGE_ORDER:
-                p.append(f"hugepage {h:#x} of node {nid} is not an allocated order-9 block")
-            if node[h] != nid:
-                p.append(f"hugepage {h:#x} in node {nid}'s pool is on node {node[h]}")
-        total, free, surplus = m.hugepages(nid)
-        if (total, free, surplus) != (len(pgdat.hugepage_pool), len(pgdat.hugepage_pool), 0):
-            p.append(f"hugepages({nid}) = {(total, free, surplus)} but pool has "
-                     f"{len(pgdat.hugepage_pool)}")
-        if pgdat.nr_hugepages != len(pgdat.hugepage_pool):
+    return p
+
+
+def hugepage_pools(m) -> dict[int, int]:
+    """{head: nid} of every page in a node's hugepage pool."""
+    return {h: nid for nid, pgdat in m.pgdat.items() for h in pgdat.hugepage_pool}
+
+
+def check_hugepage_pools(s: Seen) -> list[str]:
+    p = []
+    for h, nid in hugepage_pools(s.m).items():
+        if h % (1 << HPAGE_ORDER):
+            p.append(f"hugepage {h:#x} of node {nid} not aligned to order {HPAGE_ORDER}")
+        if not s.flags[h] & PG_HUGETLB:
+            p.append(f"hugepage {h:#x} of node {nid} lacks PG_HUGETLB")
+        if s.alloc.get(h) != HPAGE_ORDER:
+            p.append(f"hugepage {h:#x} of node {nid} is not an allocated order-9 block")
+        if s.node[h] != nid:
+            p.append(f"hugepage {h:#x} in node {nid}'s pool is on node {s.node[h]}")
+    for nid, pgdat in s.m.pgdat.items():
+        pool = len(pgdat.hugepage_pool)
+        if s.m.hugepages(nid) != (pool, pool, 0):
+            p.append(f"hugepages({nid}) = {s.m.hugepages(nid)} but pool has {pool}")
+        if pgdat.nr_hugepages != pool:
             p.append(f"node {nid} nr_hugepages != pool length")
-    for h, o in boot_allocs.items():
-        if alloc.get(h) != o:
+    return p
+
+
+def check_boot_allocations(s: Seen) -> list[str]:
+    p = []
+    pools = hugepage_pools(s.m)
+    for h, o in s.m.boot_allocations:
+        if s.alloc.get(h) != o:
             p.append(f"boot allocation {h:#x} order {o} is not an allocated block of that order")
         if h in pools:
             p.append(f"boot allocation {h:#x} is also a hugepage")
-    if tracked is not None:
-        expect = dict(boot_allocs)
-        expect.update({h: HPAGE_ORDER for h in pools})
-        for h, o in tracked.items():
-            if h in expect:
-                p.append(f"tracked allocation {h:#x} is also a boot allocation or hugepage")
-            expect[h] = o
-        if expect != alloc:
-            only_model = sorted(set(alloc) - set(expect))[:5]
-            only_test = sorted(set(expect) - set(alloc))[:5]
-            diff_order = sorted(h for h in set(alloc) & set(expect) if alloc[h] != expect[h])[:5]
-            p.append(f"allocated blocks differ from the test's record: model only {only_model}, "
-                     f"test only {only_test}, order differs {diff_order}")
+    return p
 
-    # --- zone and node accounting, recomputed from the page arrays
-    res = (flags & PG_RESERVED) != 0
-    sum_managed = 0
-    buddy_total = 0
-    pcp_total = 0
-    for nid, pgdat in m.pgdat.items():
+
+def check_tracked(s: Seen, tracked: dict[int, int]) -> list[str]:
+    """The allocated heads are exactly the test's own + boot allocations + hugepage pools."""
+    p = []
+    expect = dict(s.m.boot_allocations)
+    expect.update({h: HPAGE_ORDER for h in hugepage_pools(s.m)})
+    for h, o in tracked.items():
+        if h in expect:
+            p.append(f"tracked allocation {h:#x} is also a boot allocation or hugepage")
+        expect[h] = o
+    if expect != s.alloc:
+        only_model = sorted(set(s.alloc) - set(expect))[:5]
+        only_test = sorted(set(expect) - set(s.alloc))[:5]
+        diff_order = sorted(h for h in set(s.alloc) & set(expect) if s.alloc[h] != expect[h])[:5]
+        p.append(f"allocated blocks differ from the test's record: model only {only_model}, "
+                 f"test only {only_test}, order differs {diff_order}")
+    return p
+
+
+def check_zone_accounting(s: Seen) -> list[str]:
+    """Each zone's present, managed, span and free figures, recomputed from the page arrays;
+    each node's sizes are its zones' sums."""
+    p = []
+    res = (s.flags & PG_RESERVED) != 0
+    for nid, pgdat in s.m.pgdat.items():
         if pgdat.nid != nid:
             p.append(f"pgdat[{nid}].nid == {pgdat.nid}")
         if set(pgdat.zones) != set(ZoneType):
             p.append(f"node {nid} lacks some zone types: {sorted(pgdat.zones)}")
         for ztype, z in pgdat.zones.items():
-            mine = (node == nid) & (ztypes == int(ztype))
+            where = f"node {nid} {ZoneType(ztype).label}"
+            mine = (s.node == nid) & (s.ztypes == int(ztype))
             present = int(mine.sum())
             reserved = int((mine & res).sum())
             if z.present_pages != present:
-                p.append(f"node {nid} {ztype.label} present_pages {z.present_pages} but "
-                         f"{present} pages are on it")
+                p.append(f"{where} present_pages {z.present_pages} but {present} pages are on it")
             if z.managed_pages != present - reserved:
-                p.append(f"node {nid} {ztype.label} managed_pages {z.managed_pages} != present "
-                         f"{present} - reserved {reserved}")
+                p.append(f"{where} managed_pages {z.managed_pages} != present {present} - "
+                         f"reserved {reserved}")
             if z.present_pages != z.managed_pages + z.reserved_pages:
-                p.append(f"node {nid} {ztype.label} present != managed + reserved")
+                p.append(f"{where} present != managed + reserved")
             if present:
                 idx = np.nonzero(mine)[0]
                 if z.zone_start_pfn > idx[0] or z.zone_end_pfn <= idx[-1]:
-                    p.append(f"node {nid} {ztype.label} span [{z.zone_start_pfn:#x}, "
-                             f"{z.zone_end_pfn:#x}) does not cover its pages "
-                             f"[{idx[0]:#x}, {idx[-1]:#x}]")
+                    p.append(f"{where} span [{z.zone_start_pfn:#x}, {z.zone_end_pfn:#x}) does "
+                             f"not cover its pages [{idx[0]:#x}, {idx[-1]:#x}]")
             fp = sum(len(fa) << o for o, fa in enumerate(z.free_area))
             if z.free_pages != fp or z.nr_free != [len(fa) for fa in z.free_area]:
-                p.append(f"node {nid} {ztype.label} free figures disagree with free lists")
-            buddy_total += fp
-            pcp_total += sum(len(v) for v in z.pcp.values())
+                p.append(f"{where} free figures disagree with free lists")
             if z.populated != (present > 0):
-                p.append(f"node {nid} {ztype.label} populated={z.populated} with {present} pages")
+                p.append(f"{where} populated={z.populated} with {present} pages")
         zs = list(pgdat.zones.values())
         for attr in ("present_pages", "managed_pages", "free_pages"):
             if getattr(pgdat, attr) != sum(getattr(z, attr) for z in zs):
                 p.append(f"node {nid} {attr} != sum over its zones")
-        sum_managed += pgdat.managed_pages
-        # numastat identities of zone_statistics()
+    return p
+
+
+def check_machine_totals(s: Seen) -> list[str]:
+    """The machine's totals are its nodes' sums; managed pages are the unreserved ones."""
+    p = []
+    pgdats = s.m.pgdat.values()
+    managed = sum(pg.managed_pages for pg in pgdats)
+    buddy = sum(len(fa) << o for pg in pgdats for z in pg.zones.values()
+                for o, fa in enumerate(z.free_area))
+    pcp = sum(len(v) for pg in pgdats for z in pg.zones.values() for v in z.pcp.values())
+    if s.m.total_managed_pages() != managed:
+        p.append(f"total_managed_pages() {s.m.total_managed_pages()} != sum {managed}")
+    if s.m.total_free_pages() not in (buddy, buddy + pcp):
+        p.append(f"total_free_pages() {s.m.total_free_pages()} is neither buddy {buddy} "
+                 f"nor buddy+pcp {buddy + pcp}")
+    unreserved = int(((s.flags & PG_RESERVED) == 0).sum())
+    if managed != unreserved:
+        p.append(f"sum of managed {managed} != non-reserved pages {unreserved}")
+    for t in ZoneType:
+        zsum = sum(pg.zones[t].pgalloc for pg in pgdats)
+        if s.m.pgalloc(t) != zsum:
+            p.append(f"pgalloc({t.label}) {s.m.pgalloc(t)} != sum of zone pgalloc {zsum}")
+    return p
+
+
+def check_managed_unchanged(s: Seen, managed_total: int) -> list[str]:
+    """Pages only move between nodes: the sum of managed pages never changes."""
+    managed = sum(pg.managed_pages for pg in s.m.pgdat.values())
+    if managed != managed_total:
+        return [f"sum of managed pages changed: {managed_total} -> {managed}"]
+    return []
+
+
+def check_numastat(s: Seen) -> list[str]:
+    """The identities zone_statistics() keeps."""
+    p = []
+    for nid, pgdat in s.m.pgdat.items():
         ns = pgdat.numastat
         if ns["numa_hit"] + ns["numa_miss"] != ns["local_node"] + ns["other_node"]:
-            p.append(f"node {nid} numa_hit+numa_miss != local_node+other_node: {ns}")
+            p.append(f"node {nid} numa_hit+numa_miss != local_node+other_node: {dict(ns)}")
         if ns["interleave_hit"] > ns["numa_hit"]:
-            p.append(f"node {nid} interleave_hit > numa_hit: {ns}")
-    if sum(pg.numastat["numa_miss"] for pg in m.pgdat.values()) != \
-            sum(pg.numastat["numa_foreign"] for pg in m.pgdat.values()):
+            p.append(f"node {nid} interleave_hit > numa_hit: {dict(ns)}")
+    stats = [pg.numastat for pg in s.m.pgdat.values()]
+    if sum(ns["numa_miss"] for ns in stats) != sum(ns["numa_foreign"] for ns in stats):
         p.append("total numa_miss != total numa_foreign")
-    if m.total_managed_pages() != sum_managed:
-        p.append(f"total_managed_pages() {m.total_managed_pages()} != sum {sum_managed}")
-    if managed_total is not None and sum_managed != managed_total:
-        p.append(f"sum of managed pages changed: {managed_total} -> {sum_managed}")
-    if m.total_free_pages() not in (buddy_total, buddy_total + pcp_total):
-        p.append(f"total_free_pages() {m.total_free_pages()} is neither buddy {buddy_total} "
-                 f"nor buddy+pcp {buddy_total + pcp_total}")
-    if sum_managed != int((~res).sum()):
-        p.append(f"sum of managed {sum_managed} != non-reserved pages {int((~res).sum())}")
-    for t in ZoneType:
-        zsum = sum(pg.zones[t].pgalloc for pg in m.pgdat.values())
-        if m.pgalloc(t) != zsum:
-            p.append(f"pgalloc({t.label}) {m.pgalloc(t)} != sum of zone pgalloc {zsum}")
+    return p
 
-    if reserved_baseline is not None:
-        rpfns, rnodes = reserved_baseline
-        now = np.nonzero(res)[0]
-        if len(now) != len(rpfns) or (now != rpfns).any():
-            p.append("the set of reserved pages changed")
-        elif (node[rpfns] != rnodes).any():
-            moved = rpfns[node[rpfns] != rnodes]
-            p.append(f"{len(moved)} reserved pages moved, e.g. {_first(moved)}")
 
-    # --- layout: free pages and unmarked allocated pages in a range are on its node
-    cur = m.current
-    want = expected_nodes(cur, node, n)
-    inr = range_mask(cur, n)
-    wrong = inr & (node != want)
-    free_wrong = wrong & ((state == FREE_BUDDY) | (state == FREE_PCP))
-    if free_wrong.any():
-        idx = np.nonzero(free_wrong)[0]
+def check_reserved_unmoved(s: Seen, baseline: tuple[np.ndarray, np.ndarray]) -> list[str]:
+    """Reserved pages are never freed and never move."""
+    rpfns, rnodes = baseline
+    now = np.nonzero((s.flags & PG_RESERVED) != 0)[0]
+    if len(now) != len(rpfns) or (now != rpfns).any():
+        return ["the set of reserved pages changed"]
+    if (s.node[rpfns] != rnodes).any():
+        moved = rpfns[s.node[rpfns] != rnodes]
+        return [f"{len(moved)} reserved pages moved, e.g. {_first(moved)}"]
+    return []
+
+
+def check_layout_placement(s: Seen) -> list[str]:
+    """Free pages in a range of the current layout are on its node; allocated ones that are
+    not are marked PG_LOOKUP_NODE; free pages never are."""
+    p = []
+    cur = s.m.current
+    want = expected_nodes(cur, s.node, s.n)
+    wrong = range_mask(cur, s.n) & (s.node != want)
+    free = (s.state == FREE_BUDDY) | (s.state == FREE_PCP)
+    if (wrong & free).any():
+        idx = np.nonzero(wrong & free)[0]
         p.append(f"{len(idx)} free pages in a range of layout {cur.id} are not on its node, "
                  f"e.g. {_first(idx)}")
-    marked = (flags & PG_LOOKUP_NODE) != 0
-    if (marked & ((state == FREE_BUDDY) | (state == FREE_PCP))).any():
+    marked = (s.flags & PG_LOOKUP_NODE) != 0
+    if (marked & free).any():
         p.append("free pages carry PG_LOOKUP_NODE")
-    for head, order in alloc.items():
-        size = 1 << order
-        blk = slice(head, head + size)
+    for head, order in s.alloc.items():
+        blk = slice(head, head + (1 << order))
         if wrong[blk].any() and not marked[blk].any():
-            p.append(f"allocated block {head:#x} order {order} is on node {node[head]} but "
+            p.append(f"allocated block {head:#x} order {order} is on node {s.node[head]} but "
                      f"layout {cur.id} puts it on {sorted(set(want[blk].tolist()))} and it is "
                      f"not marked PG_LOOKUP_NODE")
+    return p
 
-    # --- layouts, backlog
+
+def check_layouts_and_backlog(s: Seen) -> list[str]:
+    """The layouts are the current, the backlog (oldest first, at most backlog_max) and the
+    pending one, each with sorted, disjoint ranges."""
+    p = []
+    m = s.m
+    cur = m.current
     ids = [cur.id] + [b.id for b in m.backlog] + ([m.pending.id] if m.pending else [])
-    if len(set(ids)) != len(ids) or set(ids) != set(m.layouts):
+    if len(set(ids)) != len(ids) or set(ids) != set(m.layouts) or m.layout_ids() != sorted(ids):
         p.append(f"layouts {sorted(m.layouts)} != current+backlog+pending {ids}")
     if len(m.backlog) > m.backlog_max:
         p.append(f"backlog of {len(m.backlog)} > backlog_max {m.backlog_max}")
@@ -403,6 +480,40 @@ def model_invariants(m, *, tracked=None, managed_total=None, reserved_baseline=N
             if not (s1 <= e1 < s2 <= e2):
                 p.append(f"layout {lay.id} ranges overlap or unsorted: {rs[:4]}")
                 break
+    return p
+
+
+CHECKS = (check_every_pfn_in_one_state, check_online_nodes, check_free_blocks, check_pcp_lists,
+          check_allocated_blocks, check_hugepage_pools, check_boot_allocations,
+          check_zone_accounting, check_machine_totals, check_numastat, check_layout_placement,
+          check_layouts_and_backlog)
+
+
+def model_invariants(m, *, tracked=None, managed_total=None, reserved_baseline=None,
+                     merged=True) -> list[str]:
+    """Every violated invariant, computed from the model's public data.
+
+    tracked: {head: order} of the blocks the test allocated and still holds; when given, the
+      allocated heads must be exactly tracked + boot allocations + hugepage pools.
+    managed_total: the machine's total managed pages at boot (must never change).
+    reserved_baseline: (reserved pfns, their nodes) at boot (reserved pages never move).
+    merged: also require the buddy lists to be fully merged (check_buddies_merged).
+    """
+    n = m.max_pfn
+    if not len(m.page_node) == len(m.page_flags) == len(m.page_order) == n:
+        return [f"page arrays are not max_pfn={n} long"]
+    s = Seen.read(m)
+    p: list[str] = []
+    for check in CHECKS:
+        p += check(s)
+    if merged:
+        p += check_buddies_merged(s)
+    if tracked is not None:
+        p += check_tracked(s, tracked)
+    if managed_total is not None:
+        p += check_managed_unchanged(s, managed_total)
+    if reserved_baseline is not None:
+        p += check_reserved_unmoved(s, reserved_baseline)
     return p
 
 
@@ -488,7 +599,8 @@ def commit_checked(m, tracked=None, managed_total=None, reserved_baseline=None) 
     free_before = (state == FREE_BUDDY) | (state == FREE_PCP)
     # free pages: on the layout's node now (pfns outside keep theirs)
     bad = free_before & (node != want)
-    assert not bad.any(), f"{int(bad.sum())} free pages not moved, e.g. {_first(np.nonzero(bad)[0])}"
+    assert not bad.any(), \
+        f"{int(bad.sum())} free pages not moved, e.g. {_first(np.nonzero(bad)[0])}"
     # allocated and reserved pages: never moved by a commit
     stay = ~free_before
     moved_stay = stay & (node != before["node"])
@@ -534,7 +646,8 @@ def free_checked(m, pfn, order, managed_total=None):
     m.free_pages(pfn)
     node = np.asarray(m.page_node).astype(np.int64)
     changed = int((node != before_node).sum())
-    assert changed == int((node[pfn:pfn + (1 << order)] != before_node[pfn:pfn + (1 << order)]).sum()), \
+    block = slice(pfn, pfn + (1 << order))
+    assert changed == int((node[block] != before_node[block]).sum()), \
         "a free moved pages outside the freed block"
     if marked:
         assert (node[pfn:pfn + (1 << order)] == want).all(), "marked block not transplanted"

@@ -1,11 +1,12 @@
 """Machine.boot: node shares, zones by pfn, reserved and allocated pages, layout 0, CPUs."""
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 from model_helpers import ALLOCATED, RESERVED, GiB, MiB, assert_model_ok, boot, classify
 
-from dnumafs.mm import Machine, MachineConfig, ZoneType
+from dnumafs.mm import MachineConfig, ZoneType
 from dnumafs.mm.constants import PAGE_SIZE, PG_HEAD, PG_RESERVED
 from dnumafs.mm.stats import STAT_NAMES
 
@@ -88,7 +89,7 @@ def test_zones_by_pfn_above_4gib():
     assert z1[ZoneType.DMA32].zone_start_pfn == pg(3 * GiB)
     assert z1[ZoneType.NORMAL].present_pages == pg(2 * GiB)
     assert z1[ZoneType.NORMAL].zone_start_pfn == pg(4 * GiB)
-    for nid, pgdat in m.pgdat.items():
+    for pgdat in m.pgdat.values():
         for z in pgdat.zones.values():
             for order, fa in enumerate(z.free_area):
                 for head in fa:
@@ -195,7 +196,7 @@ def test_fresh_machine_statistics_are_zero():
             continue
         assert m.stats[name] == 0, name
     assert m.stats["moved-pages"] == 0
-    for nid, pg in m.pgdat.items():
+    for pg in m.pgdat.values():
         assert pg.numastat["numa_miss"] == pg.numastat["numa_foreign"] == 0
         assert pg.numastat["other_node"] == 0
 
@@ -218,22 +219,34 @@ def test_watermarks_are_ordered():
     dict(nodes=2, node_mem=[16 * MiB, 2 * MiB], mem=18 * MiB),
 ])
 def test_impossible_configs_raise_value_error(kw):
-    cfg = dict(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=8)
-    cfg.update(kw)
     with pytest.raises(ValueError):
-        Machine.boot(MachineConfig(**cfg))
+        boot(**{"possible_nodes": 8, **kw})
 
 
 def test_largest_cpu_count_and_node_count_accepted():
-    m = Machine.boot(MachineConfig(nodes=4, mem=64 * MiB, cpus=256, possible_nodes=64))
+    m = boot(nodes=4, mem=64 * MiB, cpus=256, possible_nodes=64)
     assert m.nr_cpus == 256 and m.possible_nodes == 64
     assert len(m.cpu_node) == 256 and m.cpu_node[255] == 3
 
 
 def test_node_mem_decides_the_size_and_must_match_nodes():
-    m = Machine.boot(MachineConfig(nodes=2, node_mem=[16 * MiB, 32 * MiB]))   # mem left at 1 GiB
+    m = boot(nodes=2, mem=1 << 30, node_mem=[16 * MiB, 32 * MiB])
     assert m.max_pfn == 12288
     assert [m.pgdat[n].present_pages for n in (0, 1)] == [4096, 8192]
     for bad in ([16 * MiB], [16 * MiB] * 3):
         with pytest.raises(ValueError):
-            Machine.boot(MachineConfig(nodes=2, node_mem=bad))
+            boot(nodes=2, node_mem=bad)
+
+
+def test_machine_config_is_a_checked_value():
+    """Bad configurations are refused when the config is made, before anything boots; a
+    config is frozen, and equal configs compare equal."""
+    cfg = MachineConfig(nodes=2, node_mem=[16 * MiB, 32 * MiB])
+    assert cfg.node_mem == (16 * MiB, 32 * MiB)
+    assert cfg == MachineConfig(nodes=2, node_mem=(16 * MiB, 32 * MiB))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.nodes = 3  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        MachineConfig(nodes=3, node_mem=[16 * MiB, 32 * MiB])
+    with pytest.raises(ValueError):
+        attrs.evolve(cfg, cpus=0)

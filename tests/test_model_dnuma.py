@@ -37,7 +37,8 @@ def ctx(m):
 
 def stripe(m, first, last, pfns):
     for i, start in enumerate(range(0, m.max_pfn, pfns)):
-        m.memlayout_add_range(start, min(start + pfns, m.max_pfn) - 1, first + i % (last - first + 1))
+        nid = first + i % (last - first + 1)
+        m.memlayout_add_range(start, min(start + pfns, m.max_pfn) - 1, nid)
 
 
 def assert_all_unreserved_on_layout(m):
