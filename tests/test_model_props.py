@@ -9,10 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
+    Bundle,
     RuleBasedStateMachine,
+    consumes,
     initialize,
     invariant,
-    precondition,
+    multiple,
     rule,
 )
 from model_helpers import (
@@ -47,7 +49,10 @@ STEPS = settings(max_examples=60, stateful_step_count=40, deadline=None,
 
 
 class DnumaModel(RuleBasedStateMachine):
-    """The test keeps its own record of held blocks and pending ranges and compares."""
+    """The test keeps its own record of held blocks and pending ranges and compares. The
+    blocks it allocates form a bundle, from which frees draw (and take) them."""
+
+    blocks = Bundle("blocks")           # (head pfn, order) of blocks the test holds
 
     @initialize(cfg=st.sampled_from(CONFIGS), cpus=st.integers(1, 4), seed=st.integers(0, 3),
                 pct=st.sampled_from([0.0, 5.0, 20.0]))
@@ -64,8 +69,8 @@ class DnumaModel(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ allocator
 
-    @rule(data=st.data(), order=st.integers(0, MAX_ORDER - 1), thisnode=st.booleans(),
-          interleave=st.booleans(), use_cpu_node=st.booleans())
+    @rule(target=blocks, data=st.data(), order=st.integers(0, MAX_ORDER - 1),
+          thisnode=st.booleans(), interleave=st.booleans(), use_cpu_node=st.booleans())
     def alloc(self, data, order, thisnode, interleave, use_cpu_node):
         m = self.m
         cpu = data.draw(st.integers(0, m.nr_cpus - 1), label="cpu")
@@ -79,7 +84,7 @@ class DnumaModel(RuleBasedStateMachine):
         delta = {n: d for n, d in delta.items() if d}
         if p is None:
             assert delta == {}
-            return
+            return multiple()
         assert p % (1 << order) == 0
         assert p not in self.held
         assert m.page_flags[p] & PG_HEAD and m.page_order[p] == order
@@ -104,12 +109,12 @@ class DnumaModel(RuleBasedStateMachine):
         assert sum(z.pgalloc for pg in m.pgdat.values() for z in pg.zones.values()) \
             == pgalloc + (1 << order)
         self.held[p] = order
+        return p, order
 
-    @precondition(lambda self: self.held)
-    @rule(data=st.data())
-    def free(self, data):
-        p = data.draw(st.sampled_from(sorted(self.held)), label="pfn")
-        order = self.held.pop(p)
+    @rule(block=consumes(blocks))
+    def free(self, block):
+        p, order = block
+        assert self.held.pop(p) == order
         pgfree = self.m.vm_events["pgfree"]
         free_checked(self.m, p, order)
         assert self.m.vm_events["pgfree"] == pgfree + (1 << order)
