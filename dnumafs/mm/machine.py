@@ -38,6 +38,9 @@ class Machine:
     config: MachineConfig
     mem_map: MemMap
     lock: threading.RLock = attrs.field(factory=threading.RLock)
+    # Fixed at boot; kept as plain attributes because the per-page paths check them.
+    max_pfn: int = attrs.field(init=False)
+    nr_cpus: int = attrs.field(init=False)
     cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid
     pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
     zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
@@ -57,6 +60,8 @@ class Machine:
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
 
     def __attrs_post_init__(self) -> None:
+        self.max_pfn = self.mem_map.max_pfn
+        self.nr_cpus = self.config.cpus
         self.cpu_node = self.config.cpu_nodes()
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
@@ -84,10 +89,6 @@ class Machine:
     # ------------------------------------------------------------- the page arrays
 
     @property
-    def max_pfn(self) -> int:
-        return self.mem_map.max_pfn
-
-    @property
     def page_node(self) -> np.ndarray:
         return self.mem_map.page_node
 
@@ -104,10 +105,6 @@ class Machine:
     @property
     def possible_nodes(self) -> int:
         return self.config.possible_nodes
-
-    @property
-    def nr_cpus(self) -> int:
-        return self.config.cpus
 
     def online_nodes(self) -> list[int]:
         with self.lock:
