@@ -37,7 +37,14 @@ def memlayout_destroy(m: Machine, layout: Memlayout) -> None:
 
 def ml_backlog_feed(m: Machine, layout: Memlayout) -> None:
     """A layout stops being current: its counts join the retired totals, and it joins the
-    backlog, whose oldest layouts beyond backlog_max are destroyed."""
+    backlog, whose oldest layouts beyond backlog_max are destroyed.
+
+    The backlog keeps the newest backlog_max retired layouts, as the patch set's first
+    (kfifo) backlog did. Its later ml_backlog_feed() keeps the oldest backlog_max - 1 and
+    destroys each newly retired layout once full (an off-by-one), and with backlog_max 0
+    leaks the retired layout; and it trims only here, while ml_backlog_trim() also runs when
+    backlog_max is set, so that the backlog is never longer than the parameter says.
+    """
     m.retired.fold(layout.counters)
     m.backlog.append(layout)
     ml_backlog_trim(m)
