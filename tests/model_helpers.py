@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from dnumafs.mm import Machine, MachineConfig
+from dnumafs.mm import Machine, MachineConfig, Memlayout
 from dnumafs.mm.constants import (
     HPAGE_ORDER,
     MAX_ORDER,
@@ -39,6 +39,19 @@ def boot(**config: Any) -> Machine:
     """The model tests' one way to boot a machine: a small one (2 nodes, 64 MiB, 4 CPUs,
     4 possible nodes), with any MachineConfig field given overriding."""
     return Machine.boot(MachineConfig(**{**SMALL_MACHINE, **config}))
+
+
+def alloc(m: Machine, order: int = 0, **kw: Any) -> int:
+    """alloc_pages() that must succeed."""
+    pfn = m.alloc_pages(order, **kw)
+    assert pfn is not None, f"order-{order} allocation {kw} failed"
+    return pfn
+
+
+def pending(m: Machine) -> Memlayout:
+    """The pending layout, which must exist."""
+    assert m.pending is not None, "no pending layout"
+    return m.pending
 
 
 def zone_types_array(max_pfn: int) -> np.ndarray:

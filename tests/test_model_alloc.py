@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from model_helpers import (
     MiB,
+    alloc,
     assert_model_ok,
     boot,
     free_sets,
@@ -78,9 +79,9 @@ def test_alloc_splits_the_smallest_sufficient_block():
 
 def test_last_freed_block_is_allocated_first():
     m = boot(nodes=2, mem=64 * MiB)
-    a = m.alloc_pages(2, nid=1, thisnode=True)
-    b = m.alloc_pages(2, nid=1, thisnode=True)
-    c = m.alloc_pages(2, nid=1, thisnode=True)
+    a = alloc(m, 2, nid=1, thisnode=True)
+    b = alloc(m, 2, nid=1, thisnode=True)
+    c = alloc(m, 2, nid=1, thisnode=True)
     m.free_pages(b)
     assert m.alloc_pages(2, nid=1, thisnode=True) == b
     assert_model_ok(m, tracked={a: 2, b: 2, c: 2})
@@ -93,8 +94,8 @@ def test_buddy_pair_merges_back_to_the_original_block():
     while zone.free_area[k]:
         m.alloc_pages(k, nid=1, thisnode=True)
     before = free_sets(m)
-    a = m.alloc_pages(k, nid=1, thisnode=True)
-    b = m.alloc_pages(k, nid=1, thisnode=True)
+    a = alloc(m, k, nid=1, thisnode=True)
+    b = alloc(m, k, nid=1, thisnode=True)
     assert b == a ^ (1 << k), "second order-k block is the buddy split off the first"
     m.free_pages(a)
     assert a in zone.free_area[k]            # buddy b is allocated: no merge yet
@@ -236,7 +237,7 @@ def test_pgalloc_and_pgfree_count_pages():
     m = boot(nodes=2, mem=64 * MiB)
     for order in (0, 2, 9):
         s = snapshot(m)
-        p = m.alloc_pages(order, nid=0)
+        p = alloc(m, order, nid=0)
         z = m.pgdat[0].zones[DMA32]
         assert z.pgalloc - s["pgalloc"][(0, DMA32)] == 1 << order
         assert m.pgalloc(DMA32) - sum(v for (_, t), v in s["pgalloc"].items() if t == DMA32) \
@@ -276,7 +277,7 @@ def test_freed_order0_page_goes_to_a_pcp_list_and_drain_empties_them():
     m = boot(nodes=2, mem=64 * MiB, cpus=4)
     m.drain_pcp()
     before = free_sets(m)
-    ps = [m.alloc_pages(0, cpu=c) for c in range(4) for _ in range(5)]
+    ps = [alloc(m, 0, cpu=c) for c in range(4) for _ in range(5)]
     for p in ps:
         m.free_pages(p)
         nid, zt = zone_of(m, p)
@@ -310,7 +311,7 @@ def test_pcp_pages_are_not_counted_as_buddy_free():
 
 def test_free_errors_change_nothing():
     m = boot(nodes=2, mem=64 * MiB)
-    p = m.alloc_pages(2, nid=1)
+    p = alloc(m, 2, nid=1)
     m.set_nr_hugepages(1, 1)
     h = m.pgdat[1].hugepage_pool[0]
     free_block = next(iter(m.pgdat[1].zones[DMA32].free_area[5]), None)

@@ -5,7 +5,7 @@ import random
 import threading
 
 import numpy as np
-from model_helpers import MiB, assert_model_ok, boot, expected_nodes, model_invariants
+from model_helpers import MiB, alloc, assert_model_ok, boot, expected_nodes, model_invariants
 
 from dnumafs.mm.constants import PG_LOOKUP_NODE, PG_RESERVED
 
@@ -15,7 +15,7 @@ def test_lock_is_reentrant():
     with m.lock:
         with m.lock:
             assert m.check() == []
-            p = m.alloc_pages(0)
+            p = alloc(m)
         m.free_pages(p)
 
 
@@ -36,9 +36,9 @@ def test_threads_allocating_freeing_committing_and_reading():
                     del mine[p]
                 else:
                     o = rng.choice([0, 0, 0, 1, 3, 6, 9])
-                    p = m.alloc_pages(o, cpu=cpu, nid=rng.choice([None, 0, 1]))
-                    if p is not None:
-                        mine[p] = o
+                    got = m.alloc_pages(o, cpu=cpu, nid=rng.choice([None, 0, 1]))
+                    if got is not None:
+                        mine[got] = o
                 if rng.random() < 0.05:
                     m.drain_pcp()
         except BaseException as e:          # noqa: BLE001 - reported by the main thread

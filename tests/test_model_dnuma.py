@@ -12,6 +12,7 @@ from model_helpers import (
     FREE_PCP,
     RESERVED,
     MiB,
+    alloc,
     assert_model_ok,
     boot,
     classify,
@@ -20,6 +21,7 @@ from model_helpers import (
     free_blocks,
     free_checked,
     pcp_pages,
+    pending,
     reserved_baseline,
 )
 
@@ -54,11 +56,11 @@ def assert_all_unreserved_on_layout(m):
 def test_add_range_creates_pending_with_next_id():
     m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
     m.memlayout_add_range(0, 99, 1)
-    assert m.pending is not None and m.pending.id == 1
+    assert m.pending is not None and pending(m).id == 1
     assert m.layouts[1] is m.pending and m.current.id == 0
     m.memlayout_add_range(200, 299, 3)
     m.memlayout_add_range(100, 199, 0)
-    assert m.pending.ranges() == [(0, 99, 1), (100, 199, 0), (200, 299, 3)]
+    assert pending(m).ranges() == [(0, 99, 1), (100, 199, 0), (200, 299, 3)]
     assert sorted(m.layouts) == [0, 1]
     assert 3 not in m.pgdat, "adding a range onlines nothing; only a commit does"
 
@@ -76,7 +78,7 @@ def test_add_range_invalid_creates_nothing(args, err):
     assert ei.value.errno == err
     assert m.pending is None and sorted(m.layouts) == [0]
     m.memlayout_add_range(0, 5, 3)
-    assert m.pending.id == 1
+    assert pending(m).id == 1
 
 
 def test_add_range_overlap_is_eexist_and_changes_nothing():
@@ -88,26 +90,26 @@ def test_add_range_overlap_is_eexist_and_changes_nothing():
         assert ei.value.errno == errno.EEXIST
     m.memlayout_add_range(200, 200, 2)    # touching is fine
     m.memlayout_add_range(99, 99, 2)
-    assert m.pending.ranges() == [(99, 99, 2), (100, 199, 1), (200, 200, 2)]
+    assert pending(m).ranges() == [(99, 99, 2), (100, 199, 1), (200, 200, 2)]
 
 
 def test_overlap_with_current_layout_is_not_an_error():
     m = boot(nodes=2, mem=64 * MiB)
     m.memlayout_add_range(0, m.max_pfn - 1, 1)   # overlaps layout 0's ranges: fine
-    assert m.pending.ranges() == [(0, m.max_pfn - 1, 1)]
+    assert pending(m).ranges() == [(0, m.max_pfn - 1, 1)]
 
 
 def test_clear_discards_pending_and_ids_are_not_reused():
     m = boot(nodes=2, mem=64 * MiB)
     m.memlayout_add_range(0, 9, 1)
-    assert m.pending.id == 1
+    assert pending(m).id == 1
     m.memlayout_clear()
     assert m.pending is None and sorted(m.layouts) == [0]
     m.memlayout_clear()                          # nothing pending: no-op
     m.memlayout_add_range(0, 9, 1)
-    assert m.pending.id == 2
+    assert pending(m).id == 2
     lay = m.memlayout_commit()
-    assert lay.id == 2 and m.current.id == 2
+    assert lay is not None and lay.id == 2 and m.current.id == 2
 
 
 def test_commit_with_nothing_pending_is_a_noop():
@@ -294,7 +296,7 @@ def test_marked_pages_move_when_freed():
     held = {}
     for order in (0, 1, 4, 9):
         for nid in (0, 1):
-            held[m.alloc_pages(order, nid=nid, thisnode=True)] = order
+            held[alloc(m, order, nid=nid, thisnode=True)] = order
     m.memlayout_add_range(0, 8191, 1)
     m.memlayout_add_range(8192, m.max_pfn - 1, 0)
     commit_checked(m, tracked=held, **c)
@@ -316,7 +318,7 @@ def test_unmarked_pages_do_not_pay_a_lookup():
     m = boot(nodes=2, mem=64 * MiB)
     m.memlayout_add_range(0, 4095, 1)
     commit_checked(m, tracked={}, **ctx(m))
-    p = m.alloc_pages(3, nid=1, thisnode=True)
+    p = alloc(m, 3, nid=1, thisnode=True)
     lay = m.current
     h, mi = lay.stats["cache-hit"], lay.stats["cache-miss"]
     m.free_pages(p)
@@ -326,7 +328,7 @@ def test_unmarked_pages_do_not_pay_a_lookup():
 def test_straddling_allocated_block_is_split_on_free():
     m = boot(nodes=2, mem=64 * MiB)
     c = ctx(m)
-    p = m.alloc_pages(4, nid=1, thisnode=True)
+    p = alloc(m, 4, nid=1, thisnode=True)
     m.memlayout_add_range(p, p + 5, 0)           # first 6 pages go to node 0, the rest stay
     commit_checked(m, tracked={p: 4}, **c)
     assert (m.page_flags[p:p + 6] & PG_LOOKUP_NODE).all()
@@ -371,7 +373,7 @@ def test_seed_stripe_128mib_8cpus_over_three_nodes():
     c = ctx(m)
     assert m.max_pfn == 32768
     stripe(m, 0, 2, 256)
-    assert len(m.pending) == 128
+    assert len(pending(m)) == 128
     before = commit_checked(m, tracked={}, **c)
     assert m.online_nodes() == [0, 1, 2]
     assert m.nodes_with_memory() == [0, 1, 2]
@@ -485,7 +487,7 @@ def test_one_zonelist_decision_per_commit():
     decides once, in update_present_page_counts()). Here the only pages that move are ones
     waiting on a per-CPU list, so the rebuild happens while the commit drains them."""
     m = boot(nodes=2, mem=32 * MiB, cpus=2, possible_nodes=4, seed=0)
-    p = m.alloc_pages(0, cpu=0)
+    p = alloc(m, 0, cpu=0)
     on0 = sorted(q for q, nid, *_ in pcp_pages(m) if nid == 0)
     assert on0
     m.memlayout_add_range(on0[0], on0[-1], 1)
@@ -531,8 +533,7 @@ def test_global_stats_are_the_sum_of_the_layouts_and_survive_their_destruction()
 def test_pcp_lists_are_bounded():
     """Freed order-0 pages do not pile up on a per-CPU list: past pcp->high they go back."""
     m = boot(nodes=2, mem=64 * MiB, cpus=2)
-    ps = [m.alloc_pages(0, cpu=0, nid=0) for _ in range(3000)]
-    assert all(p is not None for p in ps)
+    ps = [alloc(m, 0, cpu=0, nid=0) for _ in range(3000)]
     for p in ps:
         m.free_pages(p)
     longest = max(len(lst) for pg in m.pgdat.values() for z in pg.zones.values()
@@ -597,16 +598,16 @@ def test_numastat_after_all_memory_moved_to_a_cpuless_node():
 def test_layout_lookup_by_id_and_range_by_bounds():
     m = boot(nodes=2, mem=64 * MiB, possible_nodes=4)
     stripe(m, 0, 2, 256)
-    pending = m.pending
-    assert m.layout_ids() == [0, 1] and m.layout(1) is pending and m.layout(0) is m.current
+    pending_layout = pending(m)
+    assert m.layout_ids() == [0, 1] and m.layout(1) is pending_layout and m.layout(0) is m.current
     assert m.layout(2) is None and m.layout(-1) is None
-    for start, end, nid in pending.ranges():
-        assert pending.range_nid(start, end) == nid
-    bounds = {(s, e) for s, e, _ in pending.ranges()}
-    start, end, _ = pending.ranges()[5]
+    for start, end, nid in pending_layout.ranges():
+        assert pending_layout.range_nid(start, end) == nid
+    bounds = {(s, e) for s, e, _ in pending_layout.ranges()}
+    start, end, _ = pending_layout.ranges()[5]
     for s, e in ((start, end - 1), (start + 1, end), (start, end + 1), (end + 1, end + 256),
                  (start - 256, start - 1), (m.max_pfn, m.max_pfn + 10)):
-        assert (pending.range_nid(s, e) is not None) == ((s, e) in bounds), (s, e)
+        assert (pending_layout.range_nid(s, e) is not None) == ((s, e) in bounds), (s, e)
     m.memlayout_commit()
     assert m.layout_ids() == [0, 1] and m.layout(1) is m.current
 
@@ -630,7 +631,7 @@ def test_global_statistics_are_running_totals_of_every_layout():
     kept.set_backlog_max(0)
     for i in range(40):
         for mach in (m, kept):
-            p = mach.alloc_pages(i % 4, nid=i % 2)
+            p = alloc(mach, i % 4, nid=i % 2)
             mach.memlayout_add_range(0, mach.max_pfn // 2 - 1, (i + 1) % 3)
             mach.memlayout_commit()
             mach.free_pages(p)

@@ -24,6 +24,7 @@ from model_helpers import (
     commit_checked,
     expected_nodes,
     free_checked,
+    pending,
     reserved_baseline,
 )
 
@@ -178,7 +179,7 @@ class DnumaModel(RuleBasedStateMachine):
             m.memlayout_add_range(start, end, nid)
             if not had_pending:
                 self.ids += 1
-                assert m.pending.id == self.ids
+                assert pending(m).id == self.ids
             self.pending.append((start, end, nid))
         else:
             with pytest.raises(MemlayoutError) as ei:
@@ -186,7 +187,7 @@ class DnumaModel(RuleBasedStateMachine):
             assert ei.value.errno == err
             assert (m.pending is not None) == had_pending
         if m.pending is not None:
-            assert m.pending.ranges() == sorted(self.pending)
+            assert pending(m).ranges() == sorted(self.pending)
 
     @rule(data=st.data(), nid=st.integers(-1, 4))
     def add_range(self, data, nid):
@@ -207,8 +208,8 @@ class DnumaModel(RuleBasedStateMachine):
             m.memlayout_add_range(*r)
             self.pending.append(r)
         self.ids += 1
-        assert m.pending.id == self.ids
-        assert m.pending.ranges() == self.pending
+        assert pending(m).id == self.ids
+        assert pending(m).ranges() == self.pending
 
     @rule(nid=st.integers(0, 3))
     def all_to(self, nid):
@@ -257,9 +258,9 @@ class DnumaModel(RuleBasedStateMachine):
         self.prev_node = node.copy()
         self.prev_moved = m.stats["moved-pages"]
         # counters only grow, whatever layouts the backlog destroys
-        now = {(None, k): v for k, v in m.stats.counts.items()}
+        now: dict[tuple[int | None, str], int] = {(None, k): v for k, v in m.stats.items()}
         for nid, st_ in m.node_stats.items():
-            now.update({(nid, k): v for k, v in st_.counts.items()})
+            now.update({(nid, k): v for k, v in st_.items()})
         went_down = {k: (self.prev_stats[k], v) for k, v in now.items()
                      if v < self.prev_stats.get(k, 0)}
         assert not went_down, f"statistics decreased: {went_down}"
@@ -321,7 +322,7 @@ def test_commit_sequences_then_free_everything(seq, orders, seed):
             p = m.alloc_pages(o, nid=nid, cpu=int(rng.integers(0, 2)))
             if p is not None:
                 held[p] = o
-        taken = []
+        taken: list[tuple[int, int]] = []
         for s, ln, nid in ranges:
             e = min(s + ln - 1, m.max_pfn - 1)
             if any(a <= e and s <= b for a, b in taken):
@@ -385,8 +386,8 @@ def test_alloc_free_roundtrip_restores_free_lists(order, n, seed):
     m = boot(nodes=2, mem=32 * MiB, cpus=2, seed=seed)
     m.drain_pcp()
     before = free_sets(m)
-    held = [m.alloc_pages(order, cpu=i % 2) for i in range(n)]
-    held = [p for p in held if p is not None]
+    got = [m.alloc_pages(order, cpu=i % 2) for i in range(n)]
+    held = [p for p in got if p is not None]
     assert len(set(held)) == len(held)
     for p in reversed(held):
         m.free_pages(p)
