@@ -21,7 +21,7 @@ from .constants import PCP_BATCH as PCP_BATCH  # noqa: F401 (files.proc's import
 from .constants import PCP_HIGH as PCP_HIGH  # noqa: F401
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
-from .stats import DnumaStats, RetiredStats, VmEvents
+from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
 from .topology import MachineConfig, node_distance
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
@@ -276,7 +276,7 @@ class Machine:
     def stat_nids(self) -> list[int]:
         """The nodes node_stats/ lists, globally and in each layout: every possible node,
         0..nr_node_ids-1, as the kernel creates them."""
-        return list(range(self.possible_nodes))
+        return list(self.node_stats)
 
     @property
     def stats(self) -> DnumaStats:
@@ -302,10 +302,9 @@ class Machine:
             return out
 
     @property
-    def node_stats(self) -> dict[int, DnumaStats]:
-        """node_stat() of every node stat_nids() names."""
-        with self.lock:
-            return {nid: self.node_stat(nid) for nid in self.stat_nids()}
+    def node_stats(self) -> NodeStats:
+        """node_stat() of every node stat_nids() names, each read when looked up."""
+        return NodeStats(range(self.possible_nodes), self.node_stat)
 
     # ---------------------------------------------------------------------- check
 

@@ -8,7 +8,7 @@ run time on the slotted class. The files read them by the names Linux prints (`n
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import attrs
@@ -136,3 +136,23 @@ class RetiredStats:
             self.total.add(stats)
             if nid is not None:
                 self.nodes.setdefault(nid, DnumaStats()).add(stats)
+
+
+@attrs.frozen
+class NodeStats(Mapping[int, DnumaStats]):
+    """Per-node counters read on demand: looking one node up costs one node's reading,
+    however many nodes there are."""
+
+    nids: Sequence[int]         # a range, so that a lookup tests membership at once
+    read: Callable[[int], DnumaStats]
+
+    def __getitem__(self, nid: int) -> DnumaStats:
+        if nid not in self.nids:
+            raise KeyError(nid)
+        return self.read(nid)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.nids)
+
+    def __len__(self) -> int:
+        return len(self.nids)
