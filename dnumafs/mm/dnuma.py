@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import page_alloc
+from . import page_alloc, topology
 from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, zone_idx
 from .memlayout import Memlayout
-from .topology import build_zonelists, populated_zones
-from .zone import Pgdat, Zone
+from .zone import Zone
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -58,22 +57,6 @@ def ml_backlog_trim(m: Machine) -> None:
         del m.backlog[:excess]
 
 
-def online_node(m: Machine, nid: int) -> None:
-    if nid not in m.pgdat:
-        m.pgdat[nid] = Pgdat.empty(nid)
-
-
-def rebuild_zonelists(m: Machine) -> bool:
-    """Rebuild the zonelists if the set of populated zones or online nodes changed; say if
-    it did."""
-    populated = populated_zones(m.pgdat)
-    if populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
-        return False
-    m.populated = populated
-    m.zonelists = build_zonelists(m.pgdat)
-    return True
-
-
 # --- commit ----------------------------------------------------------------------------------
 
 def memlayout_commit(m: Machine) -> Memlayout | None:
@@ -106,7 +89,7 @@ def memlayout_commit(m: Machine) -> Memlayout | None:
         m.in_commit = False
     if drained:
         m.current.counter(None).pcp_drain += drained
-    if rebuild_zonelists(m):
+    if topology.rebuild_zonelists(m):
         m.current.counter(None).zonelist_rebuild += 1
     else:
         m.current.counter(None).no_zonelist_rebuild += 1
@@ -116,7 +99,7 @@ def memlayout_commit(m: Machine) -> Memlayout | None:
 def dnuma_online_required_nodes_and_zones(m: Machine, layout: Memlayout) -> None:
     """Online every node the layout names (a node, once online, stays)."""
     for nid in sorted(layout.node_ids()):
-        online_node(m, nid)
+        topology.online_node(m, nid)
 
 
 def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
@@ -239,7 +222,7 @@ def dnuma_add_page_to_new_zone(m: Machine, pfn: int, n: int, old: int, new: int)
         if zold.present_pages == 0:
             stats.drain_zonestat += 1
     elif zold.present_pages == 0 or znew.present_pages == n:
-        if rebuild_zonelists(m):
+        if topology.rebuild_zonelists(m):
             m.current.counter(None).zonelist_rebuild += 1
     return znew
 

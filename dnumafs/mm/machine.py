@@ -14,15 +14,15 @@ import threading
 import attrs
 import numpy as np
 
-from . import boot, dnuma, hugetlb, page_alloc
+from . import boot, dnuma, hugetlb, page_alloc, topology
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
-from .constants import PCP_BATCH as PCP_BATCH  # noqa: F401 (files.proc's import, until it takes constants')
+from .constants import PCP_BATCH as PCP_BATCH  # noqa: F401 (dnumafs.files.proc imports them here)
 from .constants import PCP_HIGH as PCP_HIGH  # noqa: F401
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
-from .topology import MachineConfig, node_distance
+from .topology import MachineConfig
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 BOOT_LAYOUT_ID = 0
@@ -76,12 +76,12 @@ class Machine:
             m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
             start = 0
             for nid, size in enumerate(sizes):
-                dnuma.online_node(m, nid)
+                topology.online_node(m, nid)
                 m.current.add_range(start, start + size - 1, nid)
                 boot.boot_node(m, nid, start, start + size)
                 start += size
             m.managed_at_boot = m.total_managed_pages()
-            dnuma.rebuild_zonelists(m)
+            topology.rebuild_zonelists(m)
             for nid in range(config.nodes):
                 boot.boot_allocate(m, nid)
         return m
@@ -125,7 +125,7 @@ class Machine:
         return next((c for c, n in enumerate(self.cpu_node) if n == nid), 0)
 
     def node_distance(self, a: int, b: int) -> int:
-        return node_distance(a, b)
+        return topology.node_distance(a, b)
 
     # -------------------------------------------------------------- page counts
 

@@ -1,5 +1,6 @@
-"""What a machine is: its nodes, their sizes, CPUs and distances, and the zonelists built
-from them (mm/page_alloc.c's build_zonelists()). The boot process itself is in boot.py."""
+"""What a machine is: its nodes, their sizes, CPUs and distances, which nodes are online, and
+the zonelists built from them (mm/page_alloc.c's build_zonelists()). The boot process itself
+is in boot.py."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -16,9 +17,11 @@ from .constants import (
     REMOTE_DISTANCE,
     ZoneType,
 )
+from .zone import Pgdat
 
 if TYPE_CHECKING:
-    from .zone import Pgdat, Zone
+    from .machine import Machine
+    from .zone import Zone
 
 
 def _sizes(value: Iterable[int] | None) -> tuple[int, ...] | None:
@@ -92,3 +95,20 @@ def build_zonelists(pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
 def populated_zones(pgdat: dict[int, Pgdat]) -> frozenset[tuple[int, ZoneType]]:
     """(node, zone type) of every populated zone: what the zonelists are built from."""
     return frozenset((z.nid, z.type) for p in pgdat.values() for z in p.populated_zones())
+
+
+def online_node(m: Machine, nid: int) -> None:
+    """Bring a node online, with its empty zones (a node, once online, stays)."""
+    if nid not in m.pgdat:
+        m.pgdat[nid] = Pgdat.empty(nid)
+
+
+def rebuild_zonelists(m: Machine) -> bool:
+    """Rebuild the zonelists (build_all_zonelists()) if the set of populated zones or of
+    online nodes changed; say if it did."""
+    populated = populated_zones(m.pgdat)
+    if populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
+        return False
+    m.populated = populated
+    m.zonelists = build_zonelists(m.pgdat)
+    return True
