@@ -3,6 +3,7 @@ every invariant checked after every step."""
 from __future__ import annotations
 
 import errno
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -67,6 +68,9 @@ class DnumaModel(RuleBasedStateMachine):
         self.prev_moved = self.m.stats["moved-pages"]
         self.ids = 0                      # highest layout id handed out so far
         self.prev_stats = {}
+        # the statistics of every layout as last seen, and of those destroyed since
+        self.seen: dict[int, dict[int | None, Counter]] = {}
+        self.gone: dict[int | None, Counter] = defaultdict(Counter)
 
     # ------------------------------------------------------------ allocator
 
@@ -269,6 +273,23 @@ class DnumaModel(RuleBasedStateMachine):
             per_node = sum(st_[name] for st_ in m.node_stats.values())
             assert per_node == m.stats[name], (name, per_node, m.stats[name])
         self.prev_stats = now
+        self.check_totals_are_every_layouts_sum()
+
+    def check_totals_are_every_layouts_sum(self):
+        """Global statistics, per node and in all, are the sum over every layout ever made:
+        those alive now, and those destroyed (as they were when last seen, since a layout
+        counts nothing once it is no longer current)."""
+        m = self.m
+        for lid in set(self.seen) - set(m.layouts):
+            for nid, counts in self.seen.pop(lid).items():
+                self.gone[nid] += counts
+        self.seen = {lid: {None: Counter(dict(lay.stats)),
+                           **{nid: Counter(dict(st_)) for nid, st_ in lay.node_stats.items()}}
+                     for lid, lay in m.layouts.items()}
+        for nid in [None, *m.stat_nids()]:
+            want = sum((c.get(nid, Counter()) for c in self.seen.values()), self.gone[nid])
+            got = m.stats if nid is None else m.node_stats[nid]
+            assert {k: v for k, v in got.items() if v} == dict(+want), nid
 
     def teardown(self):
         m = getattr(self, "m", None)
