@@ -87,7 +87,8 @@ class Memlayout:
 
     def node_stat(self, nid: int) -> DnumaStats:
         """This layout's counts at node nid (zeros where it counted nothing)."""
-        return self.counters.get(nid) or DnumaStats()
+        stats = self.counters.get(nid)
+        return DnumaStats() if stats is None else stats
 
     @property
     def node_stats(self) -> dict[int, DnumaStats]:
