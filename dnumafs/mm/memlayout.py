@@ -36,6 +36,13 @@ class Memlayout:
     def ranges(self) -> list[tuple[int, int, int]]:
         return list(zip(self.starts, self.ends, self.nids))
 
+    def range_nid(self, start: int, end: int) -> int | None:
+        """The node of the range that is exactly [start, end], found by bisection."""
+        i = bisect.bisect_left(self.starts, start)
+        if i < len(self.starts) and self.starts[i] == start and self.ends[i] == end:
+            return self.nids[i]
+        return None
+
     def node_ids(self) -> set[int]:
         return set(self.nids)
 
