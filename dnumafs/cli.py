@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dnumafs import daemon
-from dnumafs.bitmap import bitmap_list, bitmap_parselist
+from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
 log = logging.getLogger("dnumafs")
 

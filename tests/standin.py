@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import attrs
 import numpy as np
 
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 PAGE_SIZE = 4096
@@ -166,7 +166,7 @@ class ToyMachine:
 
 
 def _node_list(ids: Iterable[int]) -> str:
-    from dnumafs.bitmap import bitmap_list
+    from dnumafs.lib.bitmap import bitmap_list
     return bitmap_list(list(ids)) + "\n"
 
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixture)
 
 from dnumafs import daemon
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 

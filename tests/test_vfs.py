@@ -19,7 +19,7 @@ from hypothesis import strategies as hs
 from standin import big_text
 
 from dnumafs.vfs import fuse_ops
-from dnumafs.vfs.kstrtox import ULLONG_MAX, kstrtoull
+from dnumafs.lib.kstrtox import ULLONG_MAX, kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
 
 # --- tree ------------------------------------------------------------------------------------

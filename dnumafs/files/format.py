@@ -5,7 +5,7 @@ that prints them, as they do in Linux where all go through `%*pbl`, `%*pb` and s
 """
 from __future__ import annotations
 
-from dnumafs.bitmap import bitmap_list, bitmap_mask
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm.constants import PAGE_SIZE
 
 __all__ = ["bitmap_list", "bitmap_mask", "meminfo_kb", "parse_indexed_name"]

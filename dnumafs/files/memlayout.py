@@ -16,7 +16,7 @@ from functools import partial
 import attrs
 
 from dnumafs.mm import STAT_NAMES, DnumaStats, Machine, Memlayout
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 from .format import parse_indexed_name

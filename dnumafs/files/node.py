@@ -11,7 +11,7 @@ from functools import partial
 
 from dnumafs.mm import Machine, Pgdat
 from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 from .format import bitmap_list, bitmap_mask, meminfo_kb, parse_indexed_name

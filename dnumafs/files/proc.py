@@ -11,7 +11,7 @@ from functools import partial
 from dnumafs.mm import HPAGE_ORDER, Machine, ZoneType
 from dnumafs.mm.constants import HPAGE_SIZE_KB
 from dnumafs.mm.machine import PCP_BATCH, PCP_HIGH
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, StaticDir
 
 from .format import meminfo_kb
