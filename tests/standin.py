@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from dnumafs.lib.kstrtox import kstrtoull
-from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
+from dnumafs.vfs.tree import DEBUGFS, Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 PAGE_SIZE = 4096
 
@@ -79,12 +79,12 @@ def _test_dir(st: AdapterState) -> Dir:
     return StaticDir({
         "big": Attr(show=big_text),
         "counter": Attr(show=show_counter),
-        "value": Attr(show=lambda: f"{st.value}\n", store=store_value, mode=0o644),
-        "secret": Attr(show=lambda: f"{st.value}\n", store=store_value, mode=0o600),
-        "readonly": Attr(show=lambda: "ro\n", mode=0o444),
-        "writeonly": Attr(store=store_log, mode=0o200),
+        "value": Attr(show=lambda: f"{st.value}\n", store=store_value),
+        "secret": Attr(show=lambda: f"{st.value}\n", store=store_value, fs=DEBUGFS),
+        "readonly": Attr(show=lambda: "ro\n"),
+        "writeonly": Attr(store=store_log),
         "writes": Attr(show=lambda: "".join(f"{w!r}\n" for w in st.writes)),
-        "nr_entries": Attr(show=lambda: f"{st.entries}\n", store=store_entries, mode=0o644),
+        "nr_entries": Attr(show=lambda: f"{st.entries}\n", store=store_entries),
         "entries": entries(),
         "link": Symlink(lambda: f"entries/item{st.entries - 1}"),
         "oserror_noerrno": Attr(show=raise_(OSError("no errno"))),
@@ -187,7 +187,7 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         m.add_range(kstrtoull(data))
 
     def layout_dir(lid: int) -> Dir:
-        ranges = {f"{s:05x}-{e:05x}": Attr(show=lambda nid=nid: f"{nid}\n", mode=0o400)
+        ranges = {f"{s:05x}-{e:05x}": Attr(show=lambda nid=nid: f"{nid}\n", fs=DEBUGFS)
                   for s, e, nid in m.layouts.get(lid, [])}
         return StaticDir(ranges)
 
@@ -202,13 +202,13 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         return None
 
     static: dict[str, Node] = {
-        "start": Attr(show=lambda: f"0x{m.start:016x}\n", store=set_pfn("start"), mode=0o600),
-        "end": Attr(show=lambda: f"0x{m.end:016x}\n", store=set_pfn("end"), mode=0o600),
-        "node": Attr(store=store_node, mode=0o200),
-        "commit": Attr(store=lambda data: m.commit(), mode=0o200),
-        "clear": Attr(store=lambda data: m.clear(), mode=0o200),
+        "start": Attr(show=lambda: f"0x{m.start:016x}\n", store=set_pfn("start"), fs=DEBUGFS),
+        "end": Attr(show=lambda: f"0x{m.end:016x}\n", store=set_pfn("end"), fs=DEBUGFS),
+        "node": Attr(store=store_node, fs=DEBUGFS),
+        "commit": Attr(store=lambda data: m.commit(), fs=DEBUGFS),
+        "clear": Attr(store=lambda data: m.clear(), fs=DEBUGFS),
         "current": Symlink(lambda: f"layout.{m.current}"),
-        "moved-pages": Attr(show=lambda: f"{m.moved}\n", mode=0o400),
+        "moved-pages": Attr(show=lambda: f"{m.moved}\n", fs=DEBUGFS),
     }
 
     def meminfo(nid: int) -> str:

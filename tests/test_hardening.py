@@ -36,7 +36,7 @@ pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
 CHECK = "/sys/kernel/debug/dnumafs/check"
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
-BACKLOG_MAX = "/sys/module/memlayout/parameters/backlog_max"
+BACKLOG_MAX = "/sys/module/memlayout_debugfs/parameters/backlog_max"
 SMALL = ("--nodes", "2", "--mem", "64M", "--cpus", "4", "--possible-nodes", "4")
 
 
@@ -255,7 +255,7 @@ def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_
     for script in (f"echo 0x10 > {ml}/start", f"echo 1 > {ml}/commit", f"cat {ml}/start",
                    f"cat {mnt}/sys/kernel/debug/dnumafs/check",
                    f"echo 4 > {n}/node0/hugepages/hugepages-2048kB/nr_hugepages",
-                   f"echo 1 > {mnt}/sys/module/memlayout/parameters/backlog_max"):
+                   f"echo 1 > {mnt}/sys/module/memlayout_debugfs/parameters/backlog_max"):
         r = _as_nobody(script)
         assert r.returncode != 0 and "Permission denied" in r.stderr, script
     assert (ml / "start").read_text() == "0x0000000000000000\n"
