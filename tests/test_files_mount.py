@@ -6,7 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from files_helpers import (
@@ -115,20 +118,78 @@ def test_errnos_through_python(fs):
     assert fs.write(f"{ML}/start", b"99999999999999999999") == errno.ERANGE
     assert fs.read(f"{ML}/start") == "0x0000000000000010\n"
     assert fs.write(BACKLOG_MAX, "-1") == errno.EINVAL
-    assert fs.write(BACKLOG_MAX, "4294967296") == errno.ERANGE
+    assert fs.write(BACKLOG_MAX, "18446744073709551616") == errno.ERANGE
     assert fs.read(BACKLOG_MAX) == "8\n"
     assert fs.write(HP.format(0), "0x2") == errno.EINVAL
-    # files without a show cannot be read, files without a store cannot be written (root too)
-    for name in ("node", "commit", "clear"):
-        with pytest.raises(PermissionError):
-            fs.read(f"{ML}/{name}")
-    for path in (f"{NODE}/node0/meminfo", f"{ML}/moved-pages", "/proc/zoneinfo",
-                 f"{ML}/layout.0/00000-01fff"):
-        assert fs.write(path, "1") == errno.EACCES
     with pytest.raises(FileNotFoundError):
         fs.read(f"{NODE}/node2/distance")        # libnuma's probe one past the last node
     with pytest.raises(FileNotFoundError):
         fs.read(f"{ML}/layout.7/stats/moved-pages")
+
+
+def refused(path: Path, writing: bool) -> tuple[str, int] | None:
+    """Where a read (or a write) of path is refused, as root: ("open" or "read" or "write",
+    errno), or None."""
+    try:
+        fd = os.open(path, os.O_WRONLY if writing else os.O_RDONLY)
+    except OSError as e:
+        return "open", e.errno
+    try:
+        if writing:
+            os.write(fd, b"1\n")
+        else:
+            os.read(fd, 4096)
+    except OSError as e:
+        return ("write" if writing else "read"), e.errno
+    finally:
+        os.close(fd)
+    return None
+
+
+def test_files_without_show_or_store_fail_where_linux_fails(fs):
+    """Root too: sysfs and sysctls refuse the open (kernfs_fop_open, sysctl_perm); procfs
+    fails the write with EIO (proc_reg_write); debugfs fails the read or write with EACCES
+    (simple_attr_read/write), and nothing changes."""
+    before = fs.read("/proc/zoneinfo")
+    assert refused(fs.path(f"{NODE}/node0/meminfo"), writing=True) == ("open", errno.EACCES)
+    assert refused(fs.path(f"{NODE}/online"), writing=True) == ("open", errno.EACCES)
+    assert refused(fs.path("/proc/sys/vm/drop_caches"), writing=False) == ("open", errno.EACCES)
+    for name in ("zoneinfo", "meminfo", "vmstat", "buddyinfo"):
+        assert refused(fs.path(f"/proc/{name}"), writing=True) == ("write", errno.EIO)
+    for path in (f"{ML}/moved-pages", f"{ML}/layout.0/00000-01fff", f"{ML}/stats/split-pages"):
+        assert refused(fs.path(path), writing=True) == ("write", errno.EACCES)
+    for name in ("node", "commit", "clear"):
+        assert refused(fs.path(f"{ML}/{name}"), writing=False) == ("read", errno.EACCES)
+    assert fs.read("/proc/zoneinfo") == before
+    assert fs.layouts() == ["layout.0"]
+
+
+def test_sizes_and_modes_as_linux(fs):
+    """st_size 4096 for sysfs, 0 for procfs and debugfs; debugfs's root is 0700."""
+    for path in (f"{NODE}/online", f"{NODE}/node0/meminfo", BACKLOG_MAX):
+        assert os.stat(fs.path(path)).st_size == 4096, path
+    for path in ("/proc/meminfo", "/proc/sys/vm/drop_caches", f"{ML}/start",
+                 f"{ML}/moved-pages", f"{ML}/layout.0/00000-01fff"):
+        assert os.stat(fs.path(path)).st_size == 0, path
+    assert stat.S_IMODE(os.stat(fs.path("/sys/kernel/debug")).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(fs.path("/sys/kernel")).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(fs.path(ML)).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(fs.path("/proc/sys/vm/drop_caches")).st_mode) == 0o200
+    assert stat.S_IMODE(os.stat(fs.path(BACKLOG_MAX)).st_mode) == 0o644
+
+
+def test_chmod_chown_utime_are_not_permitted(fs):
+    """EPERM, and the mode stays: what sysfs answers a user who does not own the file (root
+    may change them in Linux; see the README)."""
+    for path in (f"{NODE}/node0/meminfo", f"{ML}/start", "/proc/meminfo", f"{NODE}/node0"):
+        p = fs.path(path)
+        mode = os.stat(p).st_mode
+        for change in (lambda: os.chmod(p, 0o777), lambda: os.chown(p, 1, 1),
+                       lambda: os.utime(p, (0, 0)), lambda: os.utime(p)):
+            with pytest.raises(PermissionError) as e:
+                change()
+            assert e.value.errno == errno.EPERM, path
+        assert os.stat(p).st_mode == mode
 
 
 def test_echo_errors_for_the_other_files(fs):

@@ -117,8 +117,8 @@ def _ops() -> tuple[fuse_ops.TreeOperations, list[bytes]]:
     stored: list[bytes] = []
     root = StaticDir({
         "ro": Attr(show=lambda: "hello\n"),
-        "rw": Attr(show=lambda: "rw\n", store=stored.append, mode=0o644),
-        "wo": Attr(store=stored.append, mode=0o200),
+        "rw": Attr(show=lambda: "rw\n", store=stored.append),
+        "wo": Attr(store=stored.append),
         "dir": StaticDir({}),
         "link": Symlink(lambda: "ro"),
         "bug": Attr(show=lambda: 1 / 0),
@@ -168,7 +168,12 @@ def test_ops_truncate_getattr_readdir_readlink():
     assert ops("getattr", "/dir")["st_mode"] == stat.S_IFDIR | 0o755
     assert ops("getattr", "/dir")["st_nlink"] == 2
     assert ops("getattr", "/link")["st_mode"] == stat.S_IFLNK | 0o777
-    assert ops("readdir", "/", None) == [".", "..", "ro", "rw", "wo", "dir", "link", "bug"]
+    entries = ops("readdir", "/", None)
+    assert [name for name, _, _ in entries] == [".", "..", "ro", "rw", "wo", "dir", "link", "bug"]
+    # each entry's type, for d_type: DT_DIR, DT_REG, DT_LNK
+    assert [stat.S_IFMT(st["st_mode"]) for _, st, _ in entries] == [
+        stat.S_IFDIR, stat.S_IFDIR, stat.S_IFREG, stat.S_IFREG, stat.S_IFREG, stat.S_IFDIR,
+        stat.S_IFLNK, stat.S_IFREG]
     assert _errno(ops, "readdir", "/ro", None) == errno.ENOTDIR
     assert ops("readlink", "/link") == "ro"
     assert _errno(ops, "readlink", "/ro") == errno.EINVAL
@@ -181,13 +186,19 @@ def test_ops_let_only_errnos_out(exc):
     def show():
         raise exc
     ops = fuse_ops.TreeOperations(StaticDir({"f": Attr(show=show)}))
-    assert _errno(ops, "open", "/f", _fi(os.O_RDONLY)) == errno.EIO
+    fi = _fi(os.O_RDONLY)
+    ops("open", "/f", fi)
+    assert _errno(ops, "read", "/f", 4096, 0, fi) == errno.EIO
 
 
 def test_ops_unneeded_operations_are_unregistered():
     ops, _ = _ops()
-    for name in ("access", "chmod", "flush", "getxattr", "opendir", "statfs", "utimens"):
+    for name in ("access", "flush", "getxattr", "opendir", "statfs"):
         assert getattr(ops, name) is None
+    # as sysfs: changing modes, owners or times is not permitted
+    assert _errno(ops, "chmod", "/rw", 0o600) == errno.EPERM
+    assert _errno(ops, "chown", "/rw", 0, 0) == errno.EPERM
+    assert _errno(ops, "utimens", "/rw", None) == errno.EPERM
     opts = fuse_ops.fuse_options()
     assert opts["default_permissions"] is True and opts["negative_timeout"] == 0
     assert opts["fsname"] == opts["subtype"] == "dnumafs"
