@@ -249,17 +249,25 @@ def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_
     (public_dir / "mnt").mkdir()
     mnt = mount_dnumafs(*SMALL, "--allow-other", mnt=public_dir / "mnt")
     n, ml = mnt / NODE.lstrip("/"), mnt / ML.lstrip("/")
-    r = _as_nobody(f"cat {n}/online {n}/node0/meminfo {mnt}/proc/meminfo; ls {ml}")
+    r = _as_nobody(f"cat {n}/online {n}/node0/meminfo {mnt}/proc/meminfo")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("0-1\nNode 0 MemTotal:") and "layout.0\n" in r.stdout
-    for script in (f"echo 0x10 > {ml}/start", f"echo 1 > {ml}/commit", f"cat {ml}/start",
+    assert r.stdout.startswith("0-1\nNode 0 MemTotal:")
+    # debugfs is root's alone, as /sys/kernel/debug (0700): not even its names are listed
+    for script in (f"ls {mnt}/sys/kernel/debug", f"ls {ml}", f"cat {ml}/moved-pages",
+                   f"echo 0x10 > {ml}/start", f"echo 1 > {ml}/commit", f"cat {ml}/start",
                    f"cat {mnt}/sys/kernel/debug/dnumafs/check",
                    f"echo 4 > {n}/node0/hugepages/hugepages-2048kB/nr_hugepages",
                    f"echo 1 > {mnt}/sys/module/memlayout_debugfs/parameters/backlog_max"):
         r = _as_nobody(script)
         assert r.returncode != 0 and "Permission denied" in r.stderr, script
+    # changing modes, owners or times of files one does not own: EPERM, as sysfs
+    for script in (f"chmod 777 {n}/online", f"chown nobody {n}/online", f"touch -c -d 2000-01-01 {n}/online",
+                   f"chmod 777 {mnt}/proc/meminfo"):
+        r = _as_nobody(script)
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (script, r.stderr)
     assert (ml / "start").read_text() == "0x0000000000000000\n"
     assert os.readlink(ml / "current") == "layout.0"
+    assert stat.S_IMODE((n / "online").stat().st_mode) == 0o444
 
 
 @needs_setpriv
