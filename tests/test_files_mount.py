@@ -3,6 +3,7 @@ debugfs interface as echo shows it, and all files agreeing through commits and t
 The real tools run against a mount are in test_tools.py."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -333,3 +334,47 @@ def test_readers_see_consistent_snapshots_during_commits(fs):
     assert problems == []
     assert reads[0] > 0
     check_agreement(fs, total)
+
+
+class Dirent64(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+DT_DIR, DT_REG, DT_LNK = 4, 8, 10
+
+
+def dirent_types(path: Path) -> dict[str, int]:
+    """Each entry's d_type as readdir(3) returns it (Python's scandir would stat an entry
+    whose type is DT_UNKNOWN, hiding what readdir gave)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir64.argtypes = [ctypes.c_void_p]
+    libc.readdir64.restype = ctypes.POINTER(Dirent64)
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    d = libc.opendir(os.fsencode(path))
+    assert d, os.strerror(ctypes.get_errno())
+    types = {}
+    try:
+        while ent := libc.readdir64(d):
+            types[ent.contents.d_name.decode()] = ent.contents.d_type
+    finally:
+        libc.closedir(d)
+    return types
+
+
+def test_readdir_gives_each_entry_its_type(fs):
+    """d_type as sysfs gives it: irqbalance counts nodeN only when it is DT_DIR."""
+    node = dirent_types(fs.path(NODE))
+    assert node["node0"] == node["node1"] == node["."] == DT_DIR
+    assert node["online"] == DT_REG
+    node0 = dirent_types(fs.path(f"{NODE}/node0"))
+    assert (node0["cpu0"], node0["hugepages"], node0["meminfo"]) == (DT_LNK, DT_DIR, DT_REG)
+    ml = dirent_types(fs.path(ML))
+    assert (ml["current"], ml["layout.0"], ml["start"]) == (DT_LNK, DT_DIR, DT_REG)
+    layout = dirent_types(fs.path(f"{ML}/layout.0"))
+    assert (layout["stats"], layout["00000-01fff"]) == (DT_DIR, DT_REG)
+    # and Python's scandir agrees
+    entry = {e.name: e for e in os.scandir(fs.path(NODE))}["node0"]
+    assert entry.is_dir(follow_symlinks=False)

@@ -352,3 +352,104 @@ def test_check_file_is_root_only_and_reads_empty(fs):
     assert fs.read(CHECK) == ""
     with pytest.raises(PermissionError):
         os.open(fs.path(CHECK), os.O_WRONLY)
+
+
+# --- bounds --------------------------------------------------------------------------------
+
+def test_many_opens_of_a_big_file_hold_one_text(mount_dnumafs):
+    """Readers that each read a piece of /proc/zoneinfo and keep it open: the daemon keeps one
+    shared text for them all (the model did not change between their reads), not one each,
+    and every one of them still reads one whole consistent text."""
+    mnt = Mounted(mount_dnumafs("--nodes", "32", "--cpus", "128", "--possible-nodes", "32",
+                                "--mem", "2G"))
+    path = mnt.path("/proc/zoneinfo")
+    whole = path.read_bytes()
+    assert len(whole) > 300_000
+    pid = daemon_pid(mnt)
+    before = rss_kib(pid)
+    fds = []
+    try:
+        for _ in range(500):
+            fd = os.open(path, os.O_RDONLY)
+            fds.append(fd)
+            assert os.read(fd, 4096) == whole[:4096]
+        grown_mib = (rss_kib(pid) - before) / 1024
+        # 500 copies would be 200 MiB; one shared copy and the open files' tables, a few
+        assert grown_mib < 40, f"daemon grew {grown_mib:.0f} MiB for 500 open files"
+        for fd in fds[::50]:
+            rest = b""
+            while chunk := os.read(fd, 65536):
+                rest += chunk
+            assert whole[:4096] + rest == whole
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert mnt.read(CHECK) == ""
+
+
+# --- names and the log ---------------------------------------------------------------------
+
+def test_names_that_are_not_utf8_are_not_found_and_leave_no_log(mount_dnumafs, tmp_path):
+    mnt = mount_dnumafs(*SMALL)
+    log = tmp_path / f"{mnt.name}.log"
+    size = log.stat().st_size
+    base = os.fsencode(mnt / "sys/devices/system/node")
+    for name in (b"\xff", b"node\xc3", b"\xed\xa0\x80", b"node0\xff/meminfo"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(base + b"/" + name)
+    for i in range(2000):
+        with pytest.raises(FileNotFoundError):
+            os.stat(base + b"/\xff" + str(i).encode())
+    assert os.path.isdir(base + b"/node0")
+    assert log.stat().st_size - size < 2000, log.read_text()[-2000:]
+
+
+def test_a_failing_request_cannot_flood_the_log(standin, tmp_path):
+    """A show that fails unexpectedly (a bug) is logged with its traceback, but at most a few
+    times every few seconds however often it is asked for."""
+    mnt = standin()
+    log = tmp_path / f"{mnt.name}.log"
+    f = mnt / "test/runtime_error"
+    for _ in range(1000):
+        with pytest.raises(OSError) as e:
+            f.read_bytes()
+        assert e.value.errno == errno.EIO
+    text = log.read_text()
+    assert 1 <= text.count("RuntimeError: bug") <= 20, text[-3000:]
+    assert len(text) < 50_000
+
+
+# --- write lengths -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, value", [
+    (f"{ML}/start", b"20"), (f"{ML}/node", b"1"), (f"{ML}/commit", b"1"), (BACKLOG_MAX, b"3"),
+    (HP.format(0), b"2"), ("/proc/sys/vm/drop_caches", b"3"),
+])
+@pytest.mark.parametrize("length", [4097, 200_000, 1 << 20])
+def test_a_write_longer_than_any_value_is_refused_whole(fs, path, value, length):
+    """One write(2) of length bytes, a number behind leading zeros that kstrtoull would take
+    whole (the kernel hands FUSE those over 128 KiB as several writes, each a number of its
+    own): EINVAL, and nothing changes, not even by a piece of it."""
+    before = {p: fs.read(p) for p in ("/proc/zoneinfo", f"{ML}/start", BACKLOG_MAX)}
+    data = b"0" * (length - len(value) - 1) + value + b"\n"
+    assert fs.write(path, data) == errno.EINVAL
+    assert {p: fs.read(p) for p in before} == before
+    assert fs.layouts() == ["layout.0"]
+    assert fs.read(CHECK) == ""
+
+
+def test_debugfs_takes_23_bytes_and_a_nul_ends_a_value(fs):
+    """simple_attr_write copies at most 23 bytes and parses them as a C string: a longer
+    write is refused here (the kernel would parse its first 23 bytes); a NUL ends the value,
+    in debugfs and sysfs alike."""
+    start = f"{ML}/start"
+    assert fs.write(start, b"0x" + b"0" * 20 + b"1") is None              # 23 bytes
+    assert fs.read(start) == "0x0000000000000001\n"
+    assert fs.write(start, b"0x" + b"0" * 21 + b"2") == errno.EINVAL      # 24 bytes
+    assert fs.read(start) == "0x0000000000000001\n"
+    assert fs.write(start, b"0x20\0garbage") is None
+    assert fs.read(start) == "0x0000000000000020\n"
+    assert fs.write(BACKLOG_MAX, b"5\0x") is None
+    assert fs.read(BACKLOG_MAX) == "5\n"
+    # a sysctl sees the NUL as a stray character, as proc_dointvec does
+    assert fs.write("/proc/sys/vm/drop_caches", b"3\0") == errno.EINVAL

@@ -191,6 +191,32 @@ def test_ops_let_only_errnos_out(exc):
     assert _errno(ops, "read", "/f", 4096, 0, fi) == errno.EIO
 
 
+def test_held_texts_are_shared_and_bounded():
+    held = fuse_ops.HeldTexts(limit=10)
+    a = held.hold(b"x" * 6)
+    assert held.hold(bytes(b"x" * 6)) is a and held.total == 6      # identical: one copy
+    with pytest.raises(OSError) as e:
+        held.hold(b"y" * 6)
+    assert e.value.errno == errno.ENOMEM
+    held.release(a)
+    assert held.total == 6
+    held.release(a)
+    assert held.total == 0
+    assert held.hold(b"y" * 6) == b"y" * 6
+
+
+def test_ops_keep_a_text_only_while_a_reader_needs_it():
+    ops = fuse_ops.TreeOperations(StaticDir({"f": Attr(show=lambda: "0123456789")}))
+    fi = _fi(os.O_RDONLY)
+    ops("open", "/f", fi)
+    assert ops("read", "/f", 4, 0, fi) == b"0123"
+    assert ops._held.total == 10                  # kept for the rest
+    assert ops("read", "/f", 100, 4, fi) == b"456789"
+    assert ops._held.total == 0                   # the reader reached the end
+    assert ops("read", "/f", 100, 10, fi) == b""
+    ops("release", "/f", fi)
+
+
 def test_ops_unneeded_operations_are_unregistered():
     ops, _ = _ops()
     for name in ("access", "flush", "getxattr", "opendir", "statfs"):
