@@ -104,8 +104,9 @@ class ToyMachine:
                  cpus: int = 4, possible_nodes: int = 8) -> None:
         if not 1 <= nodes <= possible_nodes or not 1 <= cpus <= 256:
             raise ValueError(f"impossible machine: {nodes} nodes of {possible_nodes}, {cpus} cpus")
+        share = mem // PAGE_SIZE // nodes
         sizes = [m // PAGE_SIZE for m in node_mem] if node_mem else \
-            [mem // PAGE_SIZE // nodes] * (nodes - 1) + [mem // PAGE_SIZE - mem // PAGE_SIZE // nodes * (nodes - 1)]
+            [share] * (nodes - 1) + [mem // PAGE_SIZE - share * (nodes - 1)]
         self.lock = threading.Lock()
         self.max_pfn = sum(sizes)
         self.possible = possible_nodes
@@ -248,7 +249,8 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         out = []
         for nid in sorted(m.online):
             span = m.node_span(nid)
-            out.append(f"Node {nid}, zone   Normal\n  pages free     {m.node_pages(nid) * 9 // 10}\n")
+            free = m.node_pages(nid) * 9 // 10
+            out.append(f"Node {nid}, zone   Normal\n  pages free     {free}\n")
             out.append(f"        spanned  {span[1] - span[0] if span else 0}\n"
                        f"        present  {m.node_pages(nid)}\n")
             if span:

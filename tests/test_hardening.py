@@ -171,7 +171,7 @@ def test_load_then_nothing_is_lost(fs):
 
 def writable_files(mnt: Path) -> list[str]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(mnt):
+    for dirpath, _, filenames in os.walk(mnt):
         for name in filenames:
             p = Path(dirpath, name)
             if os.lstat(p).st_mode & 0o222:
@@ -245,7 +245,7 @@ def test_fuzz_every_writable_file(fs):
 # --- access --------------------------------------------------------------------------------
 
 @needs_setpriv
-def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_dnumafs):
+def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_dnumafs):  # noqa: F811
     (public_dir / "mnt").mkdir()
     mnt = mount_dnumafs(*SMALL, "--allow-other", mnt=public_dir / "mnt")
     n, ml = mnt / NODE.lstrip("/"), mnt / ML.lstrip("/")
@@ -261,8 +261,8 @@ def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_
         r = _as_nobody(script)
         assert r.returncode != 0 and "Permission denied" in r.stderr, script
     # changing modes, owners or times of files one does not own: EPERM, as sysfs
-    for script in (f"chmod 777 {n}/online", f"chown nobody {n}/online", f"touch -c -d 2000-01-01 {n}/online",
-                   f"chmod 777 {mnt}/proc/meminfo"):
+    for script in (f"chmod 777 {n}/online", f"chown nobody {n}/online",
+                   f"touch -c -d 2000-01-01 {n}/online", f"chmod 777 {mnt}/proc/meminfo"):
         r = _as_nobody(script)
         assert r.returncode != 0 and "Operation not permitted" in r.stderr, (script, r.stderr)
     assert (ml / "start").read_text() == "0x0000000000000000\n"
@@ -271,7 +271,7 @@ def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_
 
 
 @needs_setpriv
-def test_other_users_cannot_see_a_model_mount_without_allow_other(public_dir, mount_dnumafs):
+def test_other_users_cannot_see_a_model_mount_without_allow_other(public_dir, mount_dnumafs):  # noqa: F811
     (public_dir / "mnt").mkdir()
     mnt = mount_dnumafs(*SMALL, mnt=public_dir / "mnt")
     r = _as_nobody(f"cat {mnt}/sys/devices/system/node/online; ls {mnt}")

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from standin import big_text
 
-from dnumafs.vfs import fuse_ops
 from dnumafs.lib.kstrtox import ULLONG_MAX, kstrtoull
+from dnumafs.vfs import fuse_ops
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
 
 # --- tree ------------------------------------------------------------------------------------
