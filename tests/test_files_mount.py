@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -160,6 +161,13 @@ def test_files_without_show_or_store_fail_where_linux_fails(fs):
         assert refused(fs.path(path), writing=True) == ("write", errno.EACCES)
     for name in ("node", "commit", "clear"):
         assert refused(fs.path(f"{ML}/{name}"), writing=False) == ("read", errno.EACCES)
+    # and as echo says it (bash opens with O_TRUNC: the truncate is no error of its own)
+    for path, error in (("/proc/meminfo", "write error: Input/output error"),
+                        (f"{ML}/moved-pages", "write error: Permission denied"),
+                        (f"{NODE}/online", "Permission denied")):
+        r = subprocess.run(["bash", "-c", f"echo 1 > {fs.path(path)}"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 1 and error in r.stderr, (path, r.stderr)
     assert fs.read("/proc/zoneinfo") == before
     assert fs.layouts() == ["layout.0"]
 

@@ -279,8 +279,11 @@ class TreeOperations(Operations):
         return len(data)
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        """A no-op (bash truncates before `echo 5 > f`); refused where the open of a file
+        without store is refused, so that `echo 1 > proc/meminfo` fails at its write (EIO),
+        as in Linux, and not at the truncate."""
         attr = self._open_file(fh).attr if fh is not None else self._attr(path)
-        if attr.store is None:
+        if attr.store is None and attr.fs.refuse_at_open:
             raise FuseOSError(errno.EACCES)
         return 0
 
