@@ -8,10 +8,9 @@ where the CPU reports no cluster.
 """
 from __future__ import annotations
 
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, StaticDir
-
-from .format import bitmap_list, bitmap_mask
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 

@@ -11,12 +11,13 @@ import errno
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import Machine, Pgdat
 from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
 from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir
 
-from .format import bitmap_list, bitmap_mask, meminfo_kb, parse_indexed_name
+from .format import meminfo_kb, parse_indexed_name
 
 # vmstat names (Linux's numa_stat_name()) of the model's per-node NUMA counters, which
 # nodeN/numastat shows under their own names.
