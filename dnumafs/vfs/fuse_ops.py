@@ -21,10 +21,11 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
-from fuse import FUSE, FuseOSError, Operations
+from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from .tree import PAGE_SIZE, Attr, Dir, Node, NodeKind, Symlink, resolve
 
@@ -135,12 +136,25 @@ class RateLimit(logging.Filter):
         return True
 
 
-# What readdir tells of an entry: its type (DT_DIR, DT_REG, DT_LNK), as sysfs does; libfuse
-# takes d_type from these mode bits.
-DIRENT_MODES: dict[NodeKind, dict[str, int]] = {
-    Dir: {"st_mode": stat.S_IFDIR}, Symlink: {"st_mode": stat.S_IFLNK},
-    Attr: {"st_mode": stat.S_IFREG},
-}
+# A directory listing as one bytes object, one entry a line: its kind's letter, then its name.
+# A listing is held, like a file's text, while readdir serves it in pieces; each entry's
+# readdir offset is where the next line starts, so a listing of any length is served in
+# requests of a page each, and other requests go on between them.
+KIND_LETTERS: dict[NodeKind, str] = {Dir: "d", Symlink: "l", Attr: "f"}
+LETTER_MODES = {ord("d"): stat.S_IFDIR, ord("l"): stat.S_IFLNK, ord("f"): stat.S_IFREG}
+
+
+def listing(node: Dir) -> bytes:
+    entries = [(".", Dir), ("..", Dir), *node.entries()]
+    return "".join([f"{KIND_LETTERS[kind]}{name}\n" for name, kind in entries]
+                   ).encode(PATH_ENCODING)
+
+
+@attrs.define
+class OpenDir:
+    """One open directory: the listing its readdir at offset 0 made, until served whole."""
+
+    listing: bytes | None = None
 
 
 class TreeOperations(Operations):
@@ -159,6 +173,7 @@ class TreeOperations(Operations):
         self.mount_time_ns = time.time_ns()
         self._lock = threading.Lock()
         self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
         self._held = HeldTexts()
         self._next_fh = itertools.count(1)
 
@@ -217,13 +232,54 @@ class TreeOperations(Operations):
                       st_size=node.fs.st_size, st_blksize=PAGE_SIZE)
         return st
 
-    def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int] | None, int]]:
+    def opendir(self, path: str) -> int:
+        if not isinstance(self._resolve(path), Dir):
+            raise FuseOSError(errno.ENOTDIR)
+        with self._lock:
+            fh = next(self._next_fh)
+            self._dirs[fh] = OpenDir()
+        return fh
+
+    def readdir(self, path: str, fh: int | None, offset: int = 0
+                ) -> Iterator[tuple[str, int, int]]:
+        """(name, S_IF* type, offset of the next entry) from offset on: the type gives
+        readdir's d_type (DT_DIR, DT_REG, DT_LNK), as sysfs does."""
         node = self._resolve(path)
         if not isinstance(node, Dir):
             raise FuseOSError(errno.ENOTDIR)
-        dirs = DIRENT_MODES[Dir]
-        return [(".", dirs, 0), ("..", dirs, 0),
-                *((name, DIRENT_MODES[kind], 0) for name, kind in node.entries())]
+        with self._lock:
+            d = self._dirs.get(fh) if fh else None
+            text = d.listing if d is not None else None
+        if offset == 0 or text is None:
+            text = listing(node)
+            with self._lock:
+                if d is not None:
+                    self._hold_listing(d, text)
+        return self._entries(d, text, offset)
+
+    def _hold_listing(self, d: OpenDir, text: bytes | None) -> None:
+        """Hold text for d instead of what it held (lock held)."""
+        if d.listing is not None:
+            self._held.release(d.listing)
+        d.listing = self._held.hold(text) if text is not None else None
+
+    def _entries(self, d: OpenDir | None, text: bytes, offset: int
+                 ) -> Iterator[tuple[str, int, int]]:
+        while offset < len(text):
+            end = text.index(b"\n", offset) + 1
+            yield (text[offset + 1:end - 1].decode(PATH_ENCODING), LETTER_MODES[text[offset]],
+                   end)
+            offset = end
+        with self._lock:                # served whole: the listing is no longer needed
+            if d is not None and d.listing is text:
+                self._hold_listing(d, None)
+
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            d = self._dirs.pop(fh, None)
+            if d is not None:
+                self._hold_listing(d, None)
+        return 0
 
     def readlink(self, path: str) -> str:
         node = self._resolve(path)
@@ -310,7 +366,24 @@ class TreeOperations(Operations):
     # Left unregistered, so the kernel stops asking (or libfuse answers for us).
     access = bmap = destroy = flush = fsync = fsyncdir = None
     getxattr = init = ioctl = listxattr = lock = None
-    opendir = releasedir = removexattr = setxattr = statfs = None
+    removexattr = setxattr = statfs = None
+
+
+# One stat per kind, filled once: readdir hands libfuse only the type bits (its d_type).
+_DIRENT_STATS = {mode: c_stat(st_mode=mode) for mode in LETTER_MODES.values()}
+
+
+class _FUSE(FUSE):
+    """fusepy's FUSE, with readdir given the offset to go on from. fusepy's own lists a
+    directory from its start at every call, so a directory longer than one request's buffer
+    could only be served whole, in one request however long."""
+
+    def readdir(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any) -> int:
+        for name, mode, off in self.operations("readdir", self._decode_optional_path(path),
+                                               fip.contents.fh, offset):
+            if filler(buf, name.encode(self.encoding), _DIRENT_STATS[mode], off) != 0:
+                break
+        return 0
 
 
 def fuse_options(*, allow_other: bool = False) -> dict[str, Any]:
@@ -343,5 +416,5 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
     limit = RateLimit()
     for name in (__name__, "fuse"):     # ours, and fusepy's own per-request messages
         logging.getLogger(name).addFilter(limit)
-    FUSE(TreeOperations(root), mountpoint, raw_fi=True, foreground=True, nothreads=True,
+    _FUSE(TreeOperations(root), mountpoint, raw_fi=True, foreground=True, nothreads=True,
          debug=debug, encoding=PATH_ENCODING, **fuse_options(allow_other=allow_other))
