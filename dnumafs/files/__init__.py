@@ -21,12 +21,14 @@ from .memlayout import memlayout_dir, module_dir
 from .node import node_root
 from .proc import proc_dir
 
+# Directories made between the subtrees take 0755, but debugfs's root is root-only, as
+# /sys/kernel/debug is (0700).
+DIR_MODES = {"sys/kernel/debug": 0o700}
+
 
 def build_root(machine: Machine) -> Dir:
-    """The mount's root directory."""
-    return tree({
-        # debugfs's root is root-only (0700), as /sys/kernel/debug.
-        "sys/kernel/debug": StaticDir(mode=0o700),
+    """The mount's root directory: each subtree at its path, one line each."""
+    return mount_tree({
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),
@@ -36,23 +38,21 @@ def build_root(machine: Machine) -> Dir:
     })
 
 
-def tree(subtrees: dict[str, Dir]) -> Dir:
+def mount_tree(subtrees: dict[str, Dir]) -> Dir:
     """A root holding each subtree at its path, with the directories between made as needed
-    (0755); a path given itself as an empty StaticDir sets that directory's mode."""
+    (listed in the order first named, with their DIR_MODES mode or 0755)."""
     root: dict[str, Any] = {}
-    modes: dict[tuple[str, ...], int] = {}
     for path, sub in subtrees.items():
         *parents, name = path.split("/")
         d = root
         for part in parents:
             d = d.setdefault(part, {})
-        if isinstance(sub, StaticDir) and not sub.children:
-            modes[(*parents, name)] = sub.mode
-            d.setdefault(name, {})
-        else:
-            d[name] = sub
+        d[name] = sub
+    return _static_dir(root, "")
 
-    def build(d: dict[str, Any], at: tuple[str, ...]) -> StaticDir:
-        return StaticDir({k: build(v, (*at, k)) if isinstance(v, dict) else v
-                          for k, v in d.items()}, mode=modes.get(at, 0o755))
-    return build(root, ())
+
+def _static_dir(children: dict[str, Any], path: str) -> StaticDir:
+    return StaticDir({name: _static_dir(child, f"{path}/{name}".lstrip("/"))
+                      if isinstance(child, dict) else child
+                      for name, child in children.items()},
+                     mode=DIR_MODES.get(path, 0o755))
