@@ -385,3 +385,29 @@ def test_readdir_gives_each_entry_its_type(fs):
     # and Python's scandir agrees
     entry = {e.name: e for e in os.scandir(fs.path(NODE))}["node0"]
     assert entry.is_dir(follow_symlinks=False)
+
+
+def test_a_layout_of_thousands_of_ranges_lists_whole(fs):
+    """A listing longer than many readdir requests comes whole and once each, whatever the
+    buffer the reader lists with, and its ranges are found and read by name."""
+    ranges = [(pfn, pfn + 1, (pfn // 2) % 3) for pfn in range(0, 0x4000, 4)]    # 4096
+    ml = fs.path(ML)
+    fds = {name: os.open(ml / name, os.O_WRONLY) for name in ("start", "end", "node")}
+    try:
+        for start, end, nid in ranges:
+            for name, value in (("start", start), ("end", end), ("node", nid)):
+                os.write(fds[name], f"{value:#x}\n".encode())
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    names = [f"{s:05x}-{e:05x}" for s, e, _ in ranges]
+    listed = os.listdir(ml / "layout.1")
+    assert sorted(listed) == sorted([*names, "stats", "node_stats"])
+    assert len(listed) == len(set(listed))
+    types = dirent_types(ml / "layout.1")
+    assert types[names[-1]] == DT_REG and types["stats"] == DT_DIR
+    r = subprocess.run(["ls", "-l", ml / "layout.1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.count("\n-r-------- ") == len(names)
+    for (_, _, nid), name in list(zip(ranges, names))[::500]:
+        assert fs.read(f"{ML}/layout.1/{name}") == f"{nid}\n"
