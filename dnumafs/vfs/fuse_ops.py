@@ -154,7 +154,7 @@ def listing(node: Dir) -> bytes:
 class OpenDir:
     """One open directory: the listing its readdir at offset 0 made, until served whole."""
 
-    listing: bytes | None = None
+    text: bytes | None = None
 
 
 class TreeOperations(Operations):
@@ -249,19 +249,23 @@ class TreeOperations(Operations):
             raise FuseOSError(errno.ENOTDIR)
         with self._lock:
             d = self._dirs.get(fh) if fh else None
-            text = d.listing if d is not None else None
+            text = d.text if d is not None else None
         if offset == 0 or text is None:
             text = listing(node)
-            with self._lock:
-                if d is not None:
-                    self._hold_listing(d, text)
+            if d is not None:
+                with self._lock:
+                    text = self._hold(d, text) or text
         return self._entries(d, text, offset)
 
-    def _hold_listing(self, d: OpenDir, text: bytes | None) -> None:
-        """Hold text for d instead of what it held (lock held)."""
-        if d.listing is not None:
-            self._held.release(d.listing)
-        d.listing = self._held.hold(text) if text is not None else None
+    def _hold(self, h: OpenFile | OpenDir, text: bytes | None) -> bytes | None:
+        """Let h hold text (None: nothing) instead of what it held; the shared copy (lock
+        held)."""
+        if h.text is not None and h.text is not text:
+            self._held.release(h.text)
+            h.text = None
+        if text is not None and h.text is None:
+            h.text = self._held.hold(text)
+        return h.text
 
     def _entries(self, d: OpenDir | None, text: bytes, offset: int
                  ) -> Iterator[tuple[str, int, int]]:
@@ -271,14 +275,14 @@ class TreeOperations(Operations):
                    end)
             offset = end
         with self._lock:                # served whole: the listing is no longer needed
-            if d is not None and d.listing is text:
-                self._hold_listing(d, None)
+            if d is not None and d.text is text:
+                self._hold(d, None)
 
     def releasedir(self, path: str, fh: int) -> int:
         with self._lock:
             d = self._dirs.pop(fh, None)
             if d is not None:
-                self._hold_listing(d, None)
+                self._hold(d, None)
         return 0
 
     def readlink(self, path: str) -> str:
@@ -317,16 +321,8 @@ class TreeOperations(Operations):
         if offset == 0 or text is None:
             text = f.attr.read()
         data = text[offset:offset + size]
-        with self._lock:
-            if f.text is not None and f.text is not text:
-                self._held.release(f.text)
-                f.text = None
-            if offset + size < len(text):
-                if f.text is None:
-                    f.text = self._held.hold(text)
-            elif f.text is not None:
-                self._held.release(f.text)
-                f.text = None
+        with self._lock:            # kept while a reader reading in pieces needs the rest
+            self._hold(f, text if offset + size < len(text) else None)
             f.length = len(text)
         return data
 
@@ -346,8 +342,8 @@ class TreeOperations(Operations):
     def release(self, path: str, fi: Any) -> int:
         with self._lock:
             f = self._files.pop(fi.fh, None)
-            if f is not None and f.text is not None:
-                self._held.release(f.text)
+            if f is not None:
+                self._hold(f, None)
         return 0
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
