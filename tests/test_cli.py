@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-from dnumafs import cli, daemon
+from dnumafs import cli, client, daemon
 from dnumafs.bitmap import bitmap_list, bitmap_parselist
 
 # --- argument parsing and pure functions --------------------------------------------------------
@@ -43,9 +43,9 @@ def test_node_lists_round_trip(text, ids):
 
 
 def test_stripe_ranges_cover_every_pfn_once_in_turn():
-    ranges = list(cli.stripe_ranges(1000, 1, 3, 256))
+    ranges = list(client.stripe_ranges(1000, 1, 3, 256))
     assert ranges == [(0, 255, 1), (256, 511, 2), (512, 767, 3), (768, 999, 1)]
-    ranges = list(cli.stripe_ranges(10, 2, 2, 1))
+    ranges = list(client.stripe_ranges(10, 2, 2, 1))
     assert [s for s, _, _ in ranges] == list(range(10)) and {n for _, _, n in ranges} == {2}
 
 
@@ -217,7 +217,7 @@ def test_commands_refuse_what_is_not_a_mount(run_dnumafs, tmp_path):
 
 
 def _layout(mnt: Path, name: str | None = None) -> list[tuple[int, int, int]]:
-    tree = cli.MountedTree(mnt)
+    tree = client.MountedTree(mnt)
     return tree.layout_ranges(name or tree.current_layout())
 
 
@@ -227,9 +227,9 @@ def test_stripe_writes_one_advancing_range_per_stripe(standin, run_dnumafs):
     assert r.returncode == 0, r.stderr
     assert "committed 17 ranges" in r.stdout and "layout.1" in r.stdout
     ranges = _layout(mnt)
-    assert ranges == list(cli.stripe_ranges(16384, 0, 2, 1000))
+    assert ranges == list(client.stripe_ranges(16384, 0, 2, 1000))
     assert ranges[-1] == (16000, 16383, 1)
-    assert cli.MountedTree(mnt).node_ids() == [0, 1, 2]       # node 2 came online
+    assert client.MountedTree(mnt).node_ids() == [0, 1, 2]       # node 2 came online
     r = run_dnumafs("status", mnt)
     assert "current layout: layout.1 (17 ranges)" in r.stdout and "... 1 more" in r.stdout
     assert "online nodes:   0-2" in r.stdout
@@ -270,9 +270,9 @@ def test_all_to_an_impossible_node(standin, run_dnumafs):
 def test_a_rejected_write_is_reported(standin, run_dnumafs):
     mnt = standin()
     ml = mnt / "sys/kernel/debug/memlayout"
-    with cli.MemlayoutWriter(cli.MountedTree(mnt)) as w:
+    with client.MemlayoutWriter(client.MountedTree(mnt)) as w:
         w.add_range(0, 9, 1)
-        with pytest.raises(cli.CliError, match="node: writing 1: File exists"):
+        with pytest.raises(client.ClientError, match="node: writing 1: File exists"):
             w.add_range(5, 20, 1)
         w.write("clear", 1)
     assert sorted(os.listdir(ml)).count("layout.1") == 0
@@ -333,12 +333,12 @@ def test_model_hardware_matches_numactl_through_commits(model_mount, run_dnumafs
 
 def test_model_stripe_all_to_and_status(model_mount, run_dnumafs):
     mnt = model_mount
-    tree = cli.MountedTree(mnt)
+    tree = client.MountedTree(mnt)
     max_pfn = tree.max_pfn()
     assert max_pfn == (256 << 20) // 4096
     r = run_dnumafs("stripe", mnt, "0", "3", "1024")
     assert r.returncode == 0, r.stderr
-    assert _layout(mnt) == list(cli.stripe_ranges(max_pfn, 0, 3, 1024))
+    assert _layout(mnt) == list(client.stripe_ranges(max_pfn, 0, 3, 1024))
     assert tree.node_ids() == [0, 1, 2, 3]
     r = run_dnumafs("all-to", mnt, "2")
     assert r.returncode == 0, r.stderr
