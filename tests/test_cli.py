@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, force_unmount, run_cli
+from conftest import cli_env, force_unmount
 
 from dnumafs import cli, client, daemon
 from dnumafs.bitmap import bitmap_list, bitmap_parselist
@@ -515,7 +515,7 @@ def test_two_mounts_raced_on_one_path_leave_the_winner_alone(tmp_path, runtime_d
 
 
 @needs_root
-def test_a_full_runtime_directory_is_reported(tmp_path, monkeypatch):
+def test_a_full_runtime_directory_is_reported(tmp_path, monkeypatch, run_dnumafs):
     full = tmp_path / "full"
     full.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", full], check=True,
@@ -526,7 +526,7 @@ def test_a_full_runtime_directory_is_reported(tmp_path, monkeypatch):
             f.write(b"x" * 65536)
         monkeypatch.setenv("DNUMAFS_RUNTIME_DIR", str(full / "run"))
         (tmp_path / "mnt").mkdir()
-        r = run_cli("mount", tmp_path / "mnt", "--tree", "standin:build_root")
+        r = run_dnumafs("mount", tmp_path / "mnt", "--tree", "standin:build_root")
         assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr
         _no_traceback(r)
         assert os.listdir(full / "run") == []                        # nothing left behind
