@@ -70,6 +70,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = _nonneg_int(text)
     if value == 0:
@@ -282,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "as on sysfs); without it only the mounting user sees the files")
     m.add_argument("--log", metavar="FILE", help="log file (default: stderr in the "
                    "foreground, a file in the runtime directory in the background)")
-    m.add_argument("--timeout", type=float, default=MOUNT_TIMEOUT, metavar="SECONDS",
+    m.add_argument("--timeout", type=_seconds, default=MOUNT_TIMEOUT, metavar="SECONDS",
                    help=f"how long a background mount may take (default {MOUNT_TIMEOUT:g})")
     m.add_argument("--tree", metavar="MODULE:FUNCTION", help=argparse.SUPPRESS)
     # The locked pid file a background mount hands its daemon (dnumafs.daemon.start).

@@ -31,7 +31,7 @@ from pathlib import Path
 import attrs
 
 FSTYPE = "fuse.dnumafs"
-PROBE_TIMEOUT = 2.0   # seconds a live daemon has to answer a readdir of its root
+PROBE_TIMEOUT = 5.0   # seconds a live daemon has to answer a readdir of its root (under load)
 TERM_GRACE = 3.0      # seconds between SIGTERM and SIGKILL when a daemon is stopped
 
 
@@ -320,12 +320,17 @@ def answers(mp: Path, timeout: float = PROBE_TIMEOUT) -> bool:
     return False
 
 
+def _answers(mp: Path, pid: int | None) -> bool:
+    """answers(mp), known at once to be False for a stopped daemon."""
+    return not (pid is not None and process_stopped(pid)) and answers(mp)
+
+
 def not_answering(mp: Path) -> str | None:
     """None if mp's dnumafs mount answers (or there is none on top, for the caller to find
     out); else why not, for the user."""
-    if not _dnumafs_on_top(mp) or answers(mp):
-        return None
     pid = daemon_pid(mp)
+    if not _dnumafs_on_top(mp) or _answers(mp, pid):
+        return None
     if pid is None:
         return f"{mp}: its daemon is gone (`dnumafs umount {mp}` removes the dead mount)"
     state = "stopped" if process_stopped(pid) else "hung"
@@ -496,7 +501,7 @@ def _fuse_unmount_commands(mp: Path, lazy: bool) -> list[list[str]]:
     return cmds
 
 
-def unmount(mp: Path, *, lazy: bool = False) -> None:
+def unmount(mp: Path, *, lazy: bool = False, timeout: float = 30) -> None:
     """Unmount mp, whose daemon answers, with fusermount (or umount as root). lazy detaches
     it even if busy."""
     errors = []
@@ -505,7 +510,7 @@ def unmount(mp: Path, *, lazy: bool = False) -> None:
         raise DaemonError("neither fusermount nor umount is installed")
     for cmd in cmds:
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=30)
+                           timeout=timeout)
         if r.returncode == 0 and not _dnumafs_on_top(mp):
             return
         errors.append(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip() or 'failed'}")
@@ -528,7 +533,7 @@ def detach(mp: Path) -> None:
         err = ctypes.get_errno()
         raise DaemonError(f"{mp}: cannot detach it: {os.strerror(err)}")
     try:
-        unmount(mp, lazy=True)
+        unmount(mp, lazy=True, timeout=PROBE_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise DaemonError(f"{mp}: fusermount -uz did not finish") from None
 
@@ -580,7 +585,7 @@ def stop(mp: Path, *, lazy: bool = False) -> str | None:
     if not mounted and pid is None:
         raise DaemonError(f"{mp}: not a mounted dnumafs file system")
     note = None
-    live = mounted and pid is not None and answers(mp)
+    live = mounted and pid is not None and _answers(mp, pid)
     if live:
         unmount(mp, lazy=lazy)             # on failure the daemon keeps serving
     elif mounted:

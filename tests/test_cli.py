@@ -63,7 +63,8 @@ def test_machine_config_from_options():
 
 
 def test_usage_errors_exit_2(run_dnumafs):
-    for args in (["mount", "x", "--mem", "lots"], ["stripe", "x", "0", "1", "0"],
+    for args in (["mount", "x", "--mem", "lots"], ["mount", "x", "--timeout", "-1"],
+                 ["mount", "x", "--timeout", "nan"], ["stripe", "x", "0", "1", "0"],
                  ["all-to", "x", "-1"], ["frobnicate"], []):
         r = run_dnumafs(*args)
         assert r.returncode == 2, args
