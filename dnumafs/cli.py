@@ -211,11 +211,15 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 # --- reading and writing the mounted files ----------------------------------------------------
 
-def _tree(mnt: str) -> MountedTree:
-    """The files at mnt, once its daemon is known to answer (a stopped one would hang us)."""
+def _require_answer(mnt: str) -> None:
+    """Refuse a mount whose daemon does not answer: looking it up would hang us."""
     why = daemon.not_answering(daemon.mountpoint_path(mnt))
     if why is not None:
         raise CliError(why)
+
+
+def _tree(mnt: str) -> MountedTree:
+    _require_answer(mnt)
     return MountedTree(mnt)
 
 
@@ -254,9 +258,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dnumafs import run
-    why = daemon.not_answering(daemon.mountpoint_path(args.mnt))
-    if why is not None:
-        raise CliError(why)
+    _require_answer(args.mnt)
     argv = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
     try:
         return run.run(Path(args.mnt), argv)
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dnumafs: {e}", file=sys.stderr)
         return 1
     except OSError as e:        # a file the command needed, e.g. on a full disk
-        print(f"dnumafs: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"dnumafs: {where}{e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
