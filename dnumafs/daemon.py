@@ -62,7 +62,10 @@ def runtime_dir() -> Path:
         pass
     except OSError as e:
         raise DaemonError(f"cannot create the runtime directory {d}: {e.strerror}") from None
-    st = os.lstat(d)
+    try:
+        st = os.lstat(d)
+    except OSError as e:
+        raise DaemonError(f"the runtime directory {d}: {e.strerror}") from None
     why = None
     if stat.S_ISLNK(st.st_mode):
         why = "is a symlink"
@@ -327,12 +330,19 @@ def _answers(mp: Path, pid: int | None) -> bool:
 
 def not_answering(mp: Path) -> str | None:
     """None if mp's dnumafs mount answers (or there is none on top, for the caller to find
-    out); else why not, for the user."""
-    pid = daemon_pid(mp)
-    if not _dnumafs_on_top(mp) or _answers(mp, pid):
+    out); else why not, for the user. Needs no runtime directory: a user reading another's
+    mount (--allow-other) has none of the mounting user's."""
+    if not _dnumafs_on_top(mp):
+        return None
+    try:
+        pid = daemon_pid(mp)
+    except DaemonError:
+        pid = None
+    if _answers(mp, pid):
         return None
     if pid is None:
-        return f"{mp}: its daemon is gone (`dnumafs umount {mp}` removes the dead mount)"
+        return (f"{mp}: its daemon does not answer (gone, stopped or hung); "
+                f"`dnumafs umount {mp}` removes the mount")
     state = "stopped" if process_stopped(pid) else "hung"
     return (f"{mp}: its daemon (pid {pid}) does not answer ({state}); "
             f"`dnumafs umount {mp}` detaches the mount and stops it")
