@@ -328,7 +328,7 @@ def test_kill_9_then_umount_then_a_new_mount_works(mount_dnumafs, run_dnumafs, t
 def test_memory_stays_flat_over_thousands_of_commits(fs):
     """2,500 commits through the files: after a warm-up of 500, the daemon's RSS grows by
     less than 8 MiB over the next 2,000, and the backlog never holds more than backlog_max."""
-    from dnumafs.cli import MemlayoutWriter, MountedTree
+    from dnumafs.client import MemlayoutWriter, MountedTree
     tree = MountedTree(fs.mnt)
     max_pfn = tree.max_pfn()
     pid = daemon_pid(fs)
