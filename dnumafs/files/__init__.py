@@ -5,7 +5,10 @@ One module per area, each a set of small show/store functions over the model:
   memlayout  sys/kernel/debug/memlayout/, sys/module/memlayout/parameters/
   node       sys/devices/system/node/
   cpu        sys/devices/system/cpu/
+  cache      sys/devices/system/cpu/cpuK/cache/
+  bus        sys/bus/
   proc       proc/
+  proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
 """
 from __future__ import annotations
@@ -13,11 +16,15 @@ from __future__ import annotations
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import Dir, StaticDir
 
+from .bus import bus_dir
+from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
+from .overlay import union
 from .proc import proc_dir
+from .proc_cpu import proc_cpu_dir
 
 
 def build_root(machine: Machine) -> Dir:
@@ -31,8 +38,9 @@ def build_root(machine: Machine) -> Dir:
             "module": StaticDir({"memlayout": module_dir(machine)}),
             "devices": StaticDir({"system": StaticDir({
                 "node": node_root(machine),
-                "cpu": cpu_root(machine),
+                "cpu": union(cpu_root(machine), cache_root(machine)),
             })}),
+            "bus": bus_dir(machine),
         }),
-        "proc": proc_dir(machine),
+        "proc": union(proc_dir(machine), proc_cpu_dir(machine)),
     })
