@@ -161,7 +161,7 @@ def test_cpuinfo_is_the_models_topology(fs):
     blocks = cpuinfo_blocks(fs.read("/proc/cpuinfo"))
     host = cpuinfo_blocks(Path("/proc/cpuinfo").read_text())[0]
     assert [int(b["processor"]) for b in blocks] == list(cpus)
-    for block, (cpu, fig) in zip(blocks, cpus.items()):
+    for block, fig in zip(blocks, cpus.values()):
         assert int(block["physical id"]) == fig.package
         assert int(block["core id"]) == fig.core
         assert int(block["siblings"]) == len(fig.package_cpus)
@@ -417,8 +417,8 @@ def build_numactl_tests(where: Path) -> Path:
         r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
                            stdin=subprocess.DEVNULL)
         if r.returncode != 0:
-            pytest.skip(f"building numactl's tests: {' '.join(argv)} failed "
-                        f"(scripts/install-system-deps adds the deb-src entry):\n{r.stderr[-2000:]}")
+            pytest.skip(f"building numactl's tests: {' '.join(argv)} failed (scripts/"
+                        f"install-system-deps adds the deb-src entry):\n{r.stderr[-2000:]}")
     step("apt-get", "source", "numactl", cwd=where)
     src = sorted(where.glob("numactl-*/test"))[-1].parent
     step("./autogen.sh", cwd=src)

@@ -99,7 +99,7 @@ def numastat_table(text: str) -> dict[str, dict[str, float]]:
     """A numastat table (default, -n or -m) as {row: {column: value}}; columns are `node0`...
     or `Node 0`... and `Total`."""
     lines = [line for line in text.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines):  # noqa: B007 (i is used after the loop)
         columns = re.findall(r"[Nn]ode ?\d+|Total", line)
         if columns and line.split()[0] in ("node0", "Node") and not line.startswith("Per-"):
             break
