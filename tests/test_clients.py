@@ -94,7 +94,7 @@ def size_kb(text: str) -> int:
 
 def test_new_files_are_read_only(fs):
     """Every new file refuses a write open with EACCES, even to root, as sysfs and procfs."""
-    paths = ["/proc/cpuinfo", "/proc/stat", "/proc/interrupts",
+    paths = ["/proc/cpuinfo", "/proc/stat", "/proc/interrupts", "/proc/softirqs",
              *(f"{CPU}/cpu0/cache/index0/{name}" for name in fs.ls(f"{CPU}/cpu0/cache/index0"))]
     for path in paths:
         assert fs.write(path, "1\n") == errno.EACCES, path
@@ -197,6 +197,12 @@ def test_stat_and_interrupts_are_idle_cpus(fs):
     header = fs.read("/proc/interrupts").splitlines()[0]
     assert header.split() == [f"CPU{c}" for c in cpus]
     assert fs.read("/proc/interrupts").count("\n") == 1
+    header, *lines = fs.read("/proc/softirqs").splitlines()
+    assert header.split() == [f"CPU{c}" for c in cpus]
+    assert len(lines) == len(after["softirq"]) - 1
+    for line in lines:
+        name, _, counts = line.partition(":")
+        assert name.strip().isupper() and counts.split() == ["0"] * len(cpus), line
 
 
 # --- lscpu ---------------------------------------------------------------------------------------
@@ -331,7 +337,8 @@ def test_irqbalance_finds_each_cpus_node(fs, irqbalance_tree):
 @pytest.mark.skipif(not shutil.which("mpstat"), reason="sysstat's mpstat missing")
 @needs_run
 def test_mpstat_per_node_and_per_cpu(fs):
-    """mpstat -N ALL: a row per node with CPUs, all idle; -P ALL: a row per CPU."""
+    """mpstat -N ALL: a row per node with CPUs, all idle; -P ALL: a row per CPU; -I SCPU: a
+    column per softirq of /proc/softirqs, none counted."""
     cpus = cpu_figures(fs)
     with_cpus = sorted({fig.node for fig in cpus.values()})
 
@@ -346,6 +353,14 @@ def test_mpstat_per_node_and_per_cpu(fs):
     assert list(per_cpu) == ["all", *map(str, cpus)]
     for values in [*nodes.values(), *per_cpu.values()]:
         assert values[-1] == 100.0 and values[:-1] == [0.0] * (len(values) - 1)
+    out = run_in(fs, "mpstat", "-I", "SCPU", "-P", "ALL", "1", "1").stdout
+    header = next(line for line in out.splitlines() if line.startswith("Average:"))
+    names = [line.partition(":")[0].strip() for line in fs.read("/proc/softirqs").splitlines()[1:]]
+    assert header.split()[2:] == [f"{name}/s" for name in names]
+    softirqs = {r[1]: r[2:] for r in map(str.split, out.splitlines())
+                if r and r[0] == "Average:" and r[1] != "CPU"}
+    assert list(softirqs) == list(map(str, cpus))
+    assert all(v == ["0.00"] * len(names) for v in softirqs.values())
 
 
 PSUTIL_SCRIPT = """

@@ -8,7 +8,7 @@ One module per area, each a set of small show/store functions over the model:
   cache      sys/devices/system/cpu/cpuK/cache/
   bus        sys/bus/
   proc       proc/
-  proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts
+  proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""MNT/proc/cpuinfo, MNT/proc/stat and MNT/proc/interrupts for the model's CPUs.
+"""MNT/proc/cpuinfo, MNT/proc/stat, MNT/proc/interrupts and MNT/proc/softirqs for the model's
+CPUs.
 
 The model runs no task and has no device: its CPUs have been idle since the mount, so their
 idle time grows with the clock and every other counter reads 0. Formats are Linux's
-(arch/x86/kernel/cpu/proc.c, fs/proc/stat.c, kernel/irq/proc.c).
+(arch/x86/kernel/cpu/proc.c, fs/proc/stat.c, kernel/irq/proc.c, fs/proc/softirqs.c).
 
 cpuinfo gives each CPU its place in the model's topology (cpu.py) and its cache (cache.py); the
 CPU's identity and features (vendor, model, flags, bugs...) are those of the host, whose CPUs
@@ -26,7 +27,8 @@ from .cpu import package_cpus
 USER_HZ = 100                  # the unit of /proc/stat's times (clock_t)
 CPU_TIME_FIELDS = 10           # user nice system idle iowait irq softirq steal guest guest_nice
 IDLE_FIELD = 3
-NR_SOFTIRQS = 10
+SOFTIRQ_NAMES = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
+                 "HRTIMER", "RCU")                   # softirq_to_name[], NR_SOFTIRQS of them
 
 # x86's /proc/cpuinfo keys in show_cpuinfo()'s order. The topology keys and `cache size` are
 # the model's; the rest are copied from the host where it prints them.
@@ -122,7 +124,7 @@ def stat_show(m: Machine, clock: Clock) -> str:
         "processes 0",
         "procs_running 0",
         "procs_blocked 0",
-        "softirq 0" + " 0" * NR_SOFTIRQS,
+        "softirq 0" + " 0" * len(SOFTIRQ_NAMES),
     ]
     return "\n".join(lines) + "\n"
 
@@ -135,12 +137,21 @@ def interrupts_show(m: Machine) -> str:
     return " " * 11 + "".join(f"CPU{cpu:<8d}" for cpu in online_cpus(m)) + "\n"
 
 
+def softirqs_show(m: Machine) -> str:
+    """A column per possible CPU (every modelled CPU), a line per softirq, all 0."""
+    cpus = online_cpus(m)
+    header = " " * 20 + "".join(f"CPU{cpu:<8d}" for cpu in cpus) + "\n"
+    return header + "".join(f"{name:>12s}:" + f" {0:10d}" * len(cpus) + "\n"
+                            for name in SOFTIRQ_NAMES)
+
+
 def proc_cpu_dir(m: Machine) -> Dir:
-    """proc/cpuinfo, proc/stat, proc/interrupts; the clock starts now, at the mount."""
+    """proc/cpuinfo, stat, interrupts and softirqs; the clock starts now, at the mount."""
     clock = Clock()
     host = host_cpu_identity(HOST_CPUINFO.read_text())
     return StaticDir({
         "cpuinfo": Attr(show=partial(cpuinfo_show, m, host)),
         "stat": Attr(show=partial(stat_show, m, clock)),
         "interrupts": Attr(show=partial(interrupts_show, m)),
+        "softirqs": Attr(show=partial(softirqs_show, m)),
     })
