@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
@@ -34,10 +35,12 @@ BIND_DIRS: tuple[str, ...] = (
 )
 # Directories where the model's entries replace the host's, and the host's other entries,
 # which the model has no opinion on (cpu/vulnerabilities, cpufreq, cpuidle, kernel_max...),
-# stay visible: a read-only tmpfs over the real directory holds one bind per entry.
-MERGE_DIRS: tuple[str, ...] = (
-    "sys/devices/system/cpu",
-)
+# stay visible: a read-only tmpfs over the real directory holds one bind per entry. Each
+# comes with the pattern of the host's names that are never kept: the model's CPUs are all
+# the CPUs there are, so a host's cpuN beyond them is not one.
+MERGE_DIRS: dict[str, re.Pattern[str]] = {
+    "sys/devices/system/cpu": re.compile(r"cpu\d+"),
+}
 # Under MNT/proc every file is bound over its real twin, one by one: the real /proc holds
 # the processes (libnuma reads /proc/self/status), so it cannot be covered whole.
 PROC_DIR = "proc"
@@ -110,13 +113,15 @@ def _bind(src: str | Path, dst: Path) -> None:
            f"binding {src} on {dst}")
 
 
-def merge_dir(mnt: Path, rel: str) -> None:
+def merge_dir(mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
     """Cover /rel with a read-only tmpfs holding the model's entries of mnt/rel and the
-    host's others, each bound from its own source (symlinks copied). The host's directory
-    is reached through a descriptor opened before it is covered."""
+    host's others but those named like model_only, each bound from its own source (symlinks
+    copied). The host's directory is reached through a descriptor opened before it is
+    covered."""
     src, dst = mnt / rel, Path("/") / rel
     model = sorted(os.listdir(src))
-    host = sorted(set(os.listdir(dst)) - set(model))
+    host = sorted(name for name in set(os.listdir(dst)) - set(model)
+                  if not model_only.fullmatch(name))
     fd = os.open(dst, os.O_PATH | os.O_DIRECTORY)
     try:
         _check(_libc().mount(b"tmpfs", bytes(dst), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -159,9 +164,9 @@ def bind_model(mnt: Path) -> list[str]:
     # Keep our binds from propagating back to the parent namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
     bound = []
-    for rel in MERGE_DIRS:
+    for rel, model_only in MERGE_DIRS.items():
         if (mnt / rel).is_dir() and (Path("/") / rel).is_dir():
-            merge_dir(mnt, rel)
+            merge_dir(mnt, rel, model_only)
             bound.append(f"/{rel}")
     for rel in targets:
         src, dst = mnt / rel, Path("/") / rel

@@ -275,14 +275,10 @@ def test_lscpu_under_run_keeps_the_hosts_other_cpu_files(fs):
         lines = [line for line in run_in(fs, "lscpu").stdout.splitlines()
                  if line.startswith("Vulnerability ")]
         assert len(lines) == len(os.listdir(host))
-    inside = run_in(fs, "sh", "-c", "ls /sys/devices/system/cpu /sys/bus/cpu/devices "
-                    "/sys/bus/node/devices").stdout
-    model = set(fs.ls(CPU))
-    listed = dict(re.findall(r"^(\S+):\n((?:.+\n)*)", inside, re.M))
-    host_names = set(os.listdir("/sys/devices/system/cpu"))
-    assert set(listed["/sys/devices/system/cpu"].split()) == model | host_names
-    assert set(listed["/sys/bus/cpu/devices"].split()) == set(fs.ls(f"{BUS}/cpu/devices"))
-    assert set(listed["/sys/bus/node/devices"].split()) == set(fs.ls(f"{BUS}/node/devices"))
+    listed = ls_in(fs, "/sys/devices/system/cpu", "/sys/bus/cpu/devices", "/sys/bus/node/devices")
+    assert listed["/sys/devices/system/cpu"] == merged_cpu_names(fs)
+    assert listed["/sys/bus/cpu/devices"] == set(fs.ls(f"{BUS}/cpu/devices"))
+    assert listed["/sys/bus/node/devices"] == set(fs.ls(f"{BUS}/node/devices"))
     # what the model has an opinion on is the model's, the rest the host's
     r = run_in(fs, "sh", "-c", "cat /sys/devices/system/cpu/online "
                "/sys/devices/system/cpu/kernel_max; touch /sys/devices/system/cpu/new",
@@ -291,6 +287,29 @@ def test_lscpu_under_run_keeps_the_hosts_other_cpu_files(fs):
     assert online + "\n" == fs.read(f"{CPU}/online")
     assert kernel_max == Path("/sys/devices/system/cpu/kernel_max").read_text().strip()
     assert r.returncode != 0 and "Read-only" in r.stderr
+
+
+def ls_in(fs: Mounted, *dirs: str) -> dict[str, set[str]]:
+    """Each directory's names as `ls` lists them under `dnumafs run`."""
+    out = run_in(fs, "ls", *dirs).stdout
+    return {d: set(names.split()) for d, names in re.findall(r"^(\S+):\n((?:.+\n)*)", out, re.M)}
+
+
+def merged_cpu_names(fs: Mounted) -> set[str]:
+    """What `dnumafs run` shows in /sys/devices/system/cpu: the model's entries and the host's
+    others, but no host cpuN the model lacks."""
+    host = {n for n in os.listdir("/sys/devices/system/cpu") if not re.fullmatch(r"cpu\d+", n)}
+    return set(fs.ls(CPU)) | host
+
+
+@needs_run
+def test_run_shows_no_host_cpu_beyond_the_models(mount_dnumafs):
+    """A 1-CPU model on a bigger host: the host's other cpuN stay hidden, its other files not."""
+    small = Mounted(mount_dnumafs("--nodes", "1", "--cpus", "1", "--mem", "64M"))
+    listed = ls_in(small, "/sys/devices/system/cpu", "/sys/bus/cpu/devices")
+    assert listed["/sys/devices/system/cpu"] == merged_cpu_names(small)
+    assert listed["/sys/bus/cpu/devices"] == {"cpu0"}
+    assert run_in(small, "getconf", "_NPROCESSORS_ONLN").stdout == "1\n"
 
 
 # --- irqbalance, mpstat, psutil ---------------------------------------------------------------
