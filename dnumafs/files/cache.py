@@ -1,10 +1,10 @@
 """MNT/sys/devices/system/cpu/cpuK/cache/indexM/: the synthetic machine's caches.
 
 The model has no caches to measure, so the machine is given a plain, fixed description that
-agrees with the CPU topology of cpu.py (one core per CPU, one package per node): a level 1 data
-and instruction cache and a level 2 cache private to each core, and a level 3 cache shared by
-the package, sized per core as server parts are. Files and formats are those of
-drivers/base/cacheinfo.c on x86-64 (which sets no write or allocation policy).
+follows the CPU topology of cpu.py, read through its own show functions: a level 1 data and
+instruction cache and a level 2 cache for each core (shared by its threads), and a level 3
+cache shared by the package, sized per core as server parts are. Files and formats are those
+of drivers/base/cacheinfo.c on x86-64 (which sets no write or allocation policy).
 """
 from __future__ import annotations
 
@@ -12,13 +12,42 @@ from functools import partial
 
 import attrs
 
+from dnumafs.bitmap import bitmap_parselist
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir
 
-from .cpu import package_cpus
+from .cpu import (
+    core_cpus_list_show,
+    core_id_show,
+    package_cpus_list_show,
+    physical_package_id_show,
+)
 from .format import bitmap_list, bitmap_mask
 
 LINE_SIZE = 64
+
+
+@attrs.frozen
+class CpuPlace:
+    """A CPU's place in the topology, as its topology/ files show it."""
+
+    package: int
+    core: int                      # within the package
+    package_cpus: tuple[int, ...]
+    core_cpus: tuple[int, ...]     # the core's threads
+
+    @property
+    def cores_in_package(self) -> int:
+        return len(self.package_cpus) // len(self.core_cpus)
+
+
+def cpu_place(m: Machine, cpu: int) -> CpuPlace:
+    """Read through cpu.py's show functions, so that the caches and cpuinfo follow the
+    topology whatever it is."""
+    return CpuPlace(package=int(physical_package_id_show(m, cpu)),
+                    core=int(core_id_show(m, cpu)),
+                    package_cpus=tuple(bitmap_parselist(package_cpus_list_show(m, cpu))),
+                    core_cpus=tuple(bitmap_parselist(core_cpus_list_show(m, cpu))))
 
 
 @attrs.frozen
@@ -29,7 +58,7 @@ class CacheKind:
     type: str                      # Data, Instruction or Unified, as cacheinfo prints it
     kb_per_core: int
     ways: int
-    per_package: bool              # shared by the package, else private to the core
+    per_package: bool              # shared by the package, else by the core's threads
 
 
 CACHE_KINDS = (
@@ -47,29 +76,28 @@ class Cache:
     kind: CacheKind
     id: int
     cpus: tuple[int, ...]          # the CPUs that share it
+    cores: int                     # the cores that share it
 
     @property
     def size_kb(self) -> int:
-        return self.kind.kb_per_core * len(self.cpus)
+        return self.kind.kb_per_core * self.cores
 
     @property
     def sets(self) -> int:
         return self.size_kb * 1024 // (LINE_SIZE * self.kind.ways)
 
 
-def cpu_caches(m: Machine, cpu: int) -> list[Cache]:
-    """cpu's caches, index 0 upwards. A core's cache has the core's number as its id (one
-    core per CPU here), a package's the package's (its node's) number."""
-    with m.lock:
-        nid = m.cpu_node[cpu]
-        package = tuple(package_cpus(m, cpu))
-    return [Cache(kind, nid, package) if kind.per_package else Cache(kind, cpu, (cpu,))
+def cpu_caches(place: CpuPlace) -> list[Cache]:
+    """A CPU's caches, index 0 upwards. A core's cache is numbered by the core's first CPU
+    (unique over the machine), a package's by the package."""
+    return [Cache(kind, place.package, place.package_cpus, place.cores_in_package)
+            if kind.per_package else Cache(kind, place.core_cpus[0], place.core_cpus, 1)
             for kind in CACHE_KINDS]
 
 
-def last_level_kb(m: Machine, cpu: int) -> int:
-    """The size of cpu's last-level cache (what x86's cpuinfo calls `cache size`)."""
-    return cpu_caches(m, cpu)[-1].size_kb
+def last_level_kb(place: CpuPlace) -> int:
+    """The size of a CPU's last-level cache (what x86's cpuinfo calls `cache size`)."""
+    return cpu_caches(place)[-1].size_kb
 
 
 def index_dir(m: Machine, cache: Cache) -> Dir:
@@ -96,6 +124,6 @@ def cache_root(m: Machine) -> Dir:
     children: dict[str, Node] = {}
     for cpu in range(m.nr_cpus):
         indexes: dict[str, Node] = {f"index{i}": index_dir(m, cache)
-                                    for i, cache in enumerate(cpu_caches(m, cpu))}
+                                    for i, cache in enumerate(cpu_caches(cpu_place(m, cpu)))}
         children[f"cpu{cpu}"] = StaticDir({"cache": StaticDir(indexes)})
     return StaticDir(children)

@@ -21,8 +21,7 @@ import attrs
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import Attr, Dir, StaticDir
 
-from .cache import last_level_kb
-from .cpu import package_cpus
+from .cache import cpu_place, last_level_kb
 
 USER_HZ = 100                  # the unit of /proc/stat's times (clock_t)
 CPU_TIME_FIELDS = 10           # user nice system idle iowait irq softirq steal guest guest_nice
@@ -78,17 +77,15 @@ def cpuinfo_line(key: str, value: object) -> str:
 
 
 def cpu_topology_info(m: Machine, cpu: int) -> dict[str, object]:
-    """The cpuinfo keys the model decides: one thread per core, a package per node."""
-    package = package_cpus(m, cpu)
-    with m.lock:
-        nid = m.cpu_node[cpu]
+    """The cpuinfo keys the model decides, from the CPU's topology/ files."""
+    place = cpu_place(m, cpu)
     return {
         "processor": cpu,
-        "cache size": f"{last_level_kb(m, cpu)} KB",
-        "physical id": nid,
-        "siblings": len(package),
-        "core id": package.index(cpu),
-        "cpu cores": len(package),
+        "cache size": f"{last_level_kb(place)} KB",
+        "physical id": place.package,
+        "siblings": len(place.package_cpus),
+        "core id": place.core,
+        "cpu cores": place.cores_in_package,
         "apicid": cpu,
         "initial apicid": cpu,
     }
