@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import attrs
 import pytest
 from conftest import force_unmount, run_cli
 from files_helpers import CPU, NODE, Mounted, node_list, node_meminfo, proc_meminfo
-from test_tools import TOOL_TIMEOUT, needs_run
+from test_tools import TOOL_TIMEOUT, hwloc_bitmap, hwloc_fsroot_env, needs_hwloc, needs_run
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
@@ -138,6 +139,47 @@ def test_caches_agree_with_the_topology(fs):
                 twin = next(o for o in cpus[other].caches
                             if (o["level"], o["type"]) == (c["level"], c["type"]))
                 assert twin == c, (cpu, other)
+
+
+def test_added_files_join_the_existing_directories(fs):
+    """proc/ and cpuK/ list the files of every module that fills them, each once."""
+    for path, expected in (("/proc", {"meminfo", "cpuinfo", "stat", "softirqs", "sys"}),
+                           (f"{CPU}/cpu0", {"node0", "topology", "cache"})):
+        names = fs.ls(path)
+        assert len(names) == len(set(names)) and expected <= set(names), (path, names)
+
+
+HWLOC_CACHES = {"L1Cache": ("1", "Data"), "L1iCache": ("1", "Instruction"),
+                "L2Cache": ("2", "Unified"), "L3Cache": ("3", "Unified")}
+
+
+def check_lstopo_caches(xml: str, fs: Mounted) -> None:
+    """Each cache hwloc finds is one of the files' caches: its CPUs, size, ways and line."""
+    expected = {(c["level"], c["type"], tuple(node_list(c["shared_cpu_list"] + "\n"))): c
+                for fig in cpu_figures(fs).values() for c in fig.caches}
+    found = {}
+    for obj in ET.fromstring(xml).iter("object"):
+        kind = HWLOC_CACHES.get(obj.get("type", ""))
+        if kind:
+            key = (*kind, tuple(hwloc_bitmap(obj.get("cpuset", ""))))
+            found[key] = (int(obj.get("cache_size", 0)), obj.get("cache_associativity"),
+                          obj.get("cache_linesize"))
+    assert found == {key: (size_kb(c["size"]) * 1024, c["ways_of_associativity"],
+                           c["coherency_line_size"]) for key, c in expected.items()}
+
+
+@needs_hwloc
+def test_lstopo_finds_the_caches(fs):
+    r = subprocess.run(["lstopo-no-graphics", "--of", "xml", "-"], env=hwloc_fsroot_env(fs),
+                       capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    check_lstopo_caches(r.stdout, fs)
+
+
+@needs_hwloc
+@needs_run
+def test_lstopo_finds_the_caches_under_run(fs):
+    check_lstopo_caches(run_in(fs, "lstopo-no-graphics", "--of", "xml", "-").stdout, fs)
 
 
 def cpuinfo_blocks(text: str) -> list[dict[str, str]]:
