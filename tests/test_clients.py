@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ import pytest
 from conftest import force_unmount, run_cli
 from files_helpers import CPU, NODE, Mounted, node_list, node_meminfo, proc_meminfo
 from test_tools import TOOL_TIMEOUT, hwloc_bitmap, hwloc_fsroot_env, needs_hwloc, needs_run
+
+from dnumafs import run as dnuma_run
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
@@ -180,6 +183,29 @@ def test_lstopo_finds_the_caches(fs):
 @needs_run
 def test_lstopo_finds_the_caches_under_run(fs):
     check_lstopo_caches(run_in(fs, "lstopo-no-graphics", "--of", "xml", "-").stdout, fs)
+
+
+@needs_hwloc
+@needs_run
+def test_hwloc_gather_topology_under_run(fs, tmp_path):
+    """hwloc-gather-topology saves the model's files (bus devices and caches included), and
+    lstopo reading the saved copy finds the model's nodes, CPUs and caches."""
+    run_in(fs, "hwloc-gather-topology", str(tmp_path / "saved"))
+    with tarfile.open(tmp_path / "saved.tar.bz2") as tar:
+        tar.extractall(tmp_path / "x", filter="tar")
+    root = tmp_path / "x" / "saved"
+    for kind in ("node", "cpu"):
+        assert sorted(os.listdir(root / f"sys/bus/{kind}/devices")) == sorted(
+            fs.ls(f"{BUS}/{kind}/devices"))
+    env = dict(os.environ, HWLOC_FSROOT=str(root), **dnuma_run.TOOL_ENV)
+    r = subprocess.run(["lstopo-no-graphics", "--of", "xml", "-"], env=env,
+                       capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    nodes = {int(o.get("os_index", -1)): hwloc_bitmap(o.get("cpuset", ""))
+             for o in ET.fromstring(r.stdout).iter("object") if o.get("type") == "NUMANode"}
+    assert nodes == {n: node_list(fs.read(f"{NODE}/node{n}/cpulist"))
+                     for n in node_list(fs.read(f"{NODE}/online"))}
+    check_lstopo_caches(r.stdout, fs)
 
 
 def cpuinfo_blocks(text: str) -> list[dict[str, str]]:
