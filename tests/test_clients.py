@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -467,7 +469,6 @@ def test_psutil(fs):
     """cpu_count() (from cpu/online) and cpu_count(logical=False) (the cores of the topology),
     virtual_memory() from /proc/meminfo, under `dnumafs run`."""
     pytest.importorskip("psutil")
-    import json
     got = json.loads(run_in(fs, sys.executable, "-c", PSUTIL_SCRIPT).stdout)
     cpus = cpu_figures(fs)
     meminfo = proc_meminfo(fs.read("/proc/meminfo"))
@@ -531,7 +532,12 @@ def build_numactl_tests(where: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def numactl_src() -> Path:
-    return build_numactl_tests(cache_dir() / "numactl-tests")
+    """Built once per machine; a lock keeps two test runs from building at the same time."""
+    where = cache_dir() / "numactl-tests"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.parent / "numactl-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_numactl_tests(where)
 
 
 @needs_run
