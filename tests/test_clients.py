@@ -1,6 +1,7 @@
 """The whole machine as real clients see it (SPEC section 5): lscpu, irqbalance, psutil,
-mpstat, numad and numactl's own test programs, against a 4-node 8-CPU mount striped over its
-nodes. What each prints is compared with the mount's own files, read through the kernel."""
+mpstat, numad, hwloc's caches and numactl's own test programs, against a 4-node 8-CPU mount
+striped over its nodes. What each prints is compared with the mount's own files, read through
+the kernel."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,14 @@ import attrs
 import pytest
 from conftest import force_unmount, run_cli
 from files_helpers import CPU, NODE, Mounted, node_list, node_meminfo, proc_meminfo
-from test_tools import TOOL_TIMEOUT, hwloc_bitmap, hwloc_fsroot_env, needs_hwloc, needs_run
+from test_tools import (
+    TOOL_TIMEOUT,
+    hwloc_bitmap,
+    hwloc_fsroot_env,
+    needs_hwloc,
+    needs_run,
+    run_in,
+)
 
 from dnumafs import run as dnuma_run
 
@@ -31,15 +39,6 @@ pytest.importorskip("fuse", reason="fusepy is needed to mount")
 NODES, CPUS = 4, 8
 BUS = "/sys/bus"
 USER_HZ = 100
-
-
-def run_in(fs: Mounted, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """argv through `dnumafs run`, with its status checked unless check is False."""
-    r = subprocess.run([sys.executable, "-m", "dnumafs", "run", str(fs.mnt), "--", *argv],
-                       capture_output=True, text=True, timeout=TOOL_TIMEOUT,
-                       stdin=subprocess.DEVNULL)
-    assert not check or r.returncode == 0, f"{argv}: status {r.returncode}\n{r.stdout}{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")

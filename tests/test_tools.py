@@ -69,13 +69,19 @@ def model_figures(fs: Mounted) -> dict[int, NodeFigures]:
 
 # --- running and reading the tools -----------------------------------------------------------
 
-def run_tool(fs: Mounted, *argv: str, env: dict[str, str] | None = None) -> str:
-    """argv through `dnumafs run`; its output, once it has exited 0."""
+def run_in(fs: Mounted, *argv: str, env: dict[str, str] | None = None, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    """argv through `dnumafs run`, its exit status checked to be 0 unless check is False."""
     r = subprocess.run([sys.executable, "-m", "dnumafs", "run", str(fs.mnt), "--", *argv],
                        capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env,
                        stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, f"{argv}: status {r.returncode}\n{r.stdout}{r.stderr}"
-    return r.stdout
+    assert not check or r.returncode == 0, f"{argv}: status {r.returncode}\n{r.stdout}{r.stderr}"
+    return r
+
+
+def run_tool(fs: Mounted, *argv: str, env: dict[str, str] | None = None) -> str:
+    """argv through `dnumafs run`; its output, once it has exited 0."""
+    return run_in(fs, *argv, env=env).stdout
 
 
 def check_numactl_hardware(text: str, model: dict[int, NodeFigures]) -> None:
