@@ -124,6 +124,17 @@ def test_bus_devices_link_into_devices_system(fs):
         fs.read(f"{CPU}/cpu3/topology/core_id")
 
 
+def test_a_node_brought_online_gets_its_bus_device(mount_dnumafs, run_dnumafs):
+    """nodeN appears in sys/bus/node/devices when a commit brings node N online."""
+    small = Mounted(mount_dnumafs("--nodes", "2", "--mem", "128M", "--possible-nodes", "4"))
+    assert sorted(small.ls(f"{BUS}/node/devices")) == ["node0", "node1"]
+    assert not small.path(f"{BUS}/node/devices/node3").exists()
+    r = run_dnumafs("all-to", small.mnt, "3")
+    assert r.returncode == 0, r.stderr
+    assert sorted(small.ls(f"{BUS}/node/devices")) == ["node0", "node1", "node3"]
+    assert small.path(f"{BUS}/node/devices/node3").resolve() == small.path(f"{NODE}/node3")
+
+
 def test_caches_agree_with_the_topology(fs):
     """Levels 1 and 2 are the core's, level 3 the package's; size is line x ways x sets."""
     cpus = cpu_figures(fs)

@@ -22,9 +22,11 @@ def node_device_names(m: Machine) -> list[str]:
 def node_device_lookup(m: Machine, name: str) -> Node | None:
     """nodeN, while node N is online (its device exists from then on, as nodeN/ does)."""
     nid = parse_indexed_name(name, "node")
+    if nid is None:
+        return None
     with m.lock:
-        online = nid is not None and nid in m.online_nodes()
-    return device_link("node", nid) if online and nid is not None else None
+        online = nid in m.online_nodes()
+    return device_link("node", nid) if online else None
 
 
 def bus_dir(m: Machine) -> Dir:
