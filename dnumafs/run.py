@@ -108,12 +108,12 @@ def _enter_namespace(libc: ctypes.CDLL) -> None:
     _write_id_map("gid_map", f"{gid} {gid} 1\n")
 
 
-def _bind(src: str | Path, dst: Path) -> None:
-    _check(_libc().mount(os.fsencode(src), bytes(dst), None, MS_BIND, None),
+def _bind(libc: ctypes.CDLL, src: str | Path, dst: Path) -> None:
+    _check(libc.mount(os.fsencode(src), bytes(dst), None, MS_BIND, None),
            f"binding {src} on {dst}")
 
 
-def merge_dir(mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
+def merge_dir(libc: ctypes.CDLL, mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
     """Cover /rel with a read-only tmpfs holding the model's entries of mnt/rel and the
     host's others but those named like model_only, each bound from its own source (symlinks
     copied). The host's directory is reached through a descriptor opened before it is
@@ -124,7 +124,7 @@ def merge_dir(mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
                   if not model_only.fullmatch(name))
     fd = os.open(dst, os.O_PATH | os.O_DIRECTORY)
     try:
-        _check(_libc().mount(b"tmpfs", bytes(dst), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        _check(libc.mount(b"tmpfs", bytes(dst), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                              b"mode=0755"), f"mounting a tmpfs on {dst}")
         sources = [src / name for name in model] + [Path(f"/proc/self/fd/{fd}/{name}")
                                                     for name in host]
@@ -137,8 +137,8 @@ def merge_dir(mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
                 entry.mkdir()
             else:
                 entry.touch()
-            _bind(source, entry)
-        _check(_libc().mount(None, bytes(dst), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+            _bind(libc, source, entry)
+        _check(libc.mount(None, bytes(dst), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
                f"making {dst} read-only")
     finally:
         os.close(fd)
@@ -166,13 +166,13 @@ def bind_model(mnt: Path) -> list[str]:
     bound = []
     for rel, model_only in MERGE_DIRS.items():
         if (mnt / rel).is_dir() and (Path("/") / rel).is_dir():
-            merge_dir(mnt, rel, model_only)
+            merge_dir(libc, mnt, rel, model_only)
             bound.append(f"/{rel}")
     for rel in targets:
         src, dst = mnt / rel, Path("/") / rel
         if not os.path.lexists(src) or not dst.exists():
             continue
-        _bind(src, dst)
+        _bind(libc, src, dst)
         bound.append(str(dst))
     return bound
 
