@@ -163,7 +163,7 @@ def test_cpu_lists_and_links(t):
     assert t.read(f"{CPU}/present") == "0-3\n"
     assert t.read(f"{CPU}/offline") == "\n"
     assert [n for n in t.ls(CPU) if n.startswith("cpu")] == ["cpu0", "cpu1", "cpu2", "cpu3"]
-    assert t.ls(f"{CPU}/cpu2") == ["node1", "topology"]
+    assert t.ls(f"{CPU}/cpu2") == ["node1", "topology", "cache"]
     assert t.readlink(f"{CPU}/cpu2/node1") == "../../node/node1"
     assert t.node(f"{CPU}/cpu4") is None
 

@@ -5,7 +5,10 @@ One module per area, each a set of small show/store functions over the model:
   memlayout  sys/kernel/debug/memlayout/, sys/module/memlayout_debugfs/parameters/
   node       sys/devices/system/node/
   cpu        sys/devices/system/cpu/
+  cache      sys/devices/system/cpu/cpuK/cache/
+  bus        sys/bus/
   proc       proc/
+  proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
 """
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Dir, StaticDir
+from dnumafs.vfs.tree import Dir, StaticDir, union
 
+from .bus import bus_dir
+from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
 from .proc import proc_dir
+from .proc_cpu import proc_cpu_dir
 
 # Directories made between the subtrees take 0755, but debugfs's root is root-only, as
 # /sys/kernel/debug is (0700).
@@ -33,8 +39,9 @@ def build_root(machine: Machine) -> Dir:
         "sys/kernel/debug/dnumafs": debug_dir(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),
         "sys/devices/system/node": node_root(machine),
-        "sys/devices/system/cpu": cpu_root(machine),
-        "proc": proc_dir(machine),
+        "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),
+        "sys/bus": bus_dir(machine),
+        "proc": union(proc_dir(machine), proc_cpu_dir(machine)),
     })
 
 

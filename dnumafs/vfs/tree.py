@@ -179,6 +179,34 @@ class DynamicDir(Dir):
             return self._lookup(name)
 
 
+@attrs.frozen
+class UnionDir(Dir):
+    """The union of layers: names in the layers' order, each once. A name found in several
+    layers is the first layer's file, or, where all are directories, their union in turn."""
+
+    layers: tuple[Dir, ...] = attrs.field(validator=attrs.validators.min_len(1))
+
+    @property
+    def mode(self) -> int:          # type: ignore[override]
+        return self.layers[0].mode
+
+    def names(self) -> Iterable[str]:
+        return list(dict.fromkeys(name for layer in self.layers for name in layer.names()))
+
+    def lookup(self, name: str) -> Node | None:
+        found = [node for layer in self.layers if (node := layer.lookup(name)) is not None]
+        if not found:
+            return None
+        dirs = [node for node in found if isinstance(node, Dir)]
+        if len(dirs) == len(found) > 1:
+            return UnionDir(tuple(dirs))
+        return found[0]
+
+
+def union(*layers: Dir) -> Dir:
+    return UnionDir(layers)
+
+
 Node = Attr | Symlink | Dir
 NodeKind = type[Attr] | type[Symlink] | type[Dir]
 
