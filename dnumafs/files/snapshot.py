@@ -1,0 +1,175 @@
+"""A snapshot's files, served as they were, read-only, and laid under the model's own.
+
+snapshot_root(DIR) serves DIR/sys and DIR/proc as a tree: directories as directories,
+symbolic links as the same links (the reader's kernel resolves them inside the mount, as in
+the snapshot), regular files as read-only attributes whose text is read from DIR at each open.
+Nothing else of DIR (no device, no fifo, no other top directory) is served.
+
+overlay(model, snapshot) is the mount's root for a machine booted from a snapshot: the union
+of both trees, where the model's files win and the snapshot fills in what the model has no say
+in (CPU topology and caches, /proc/cpuinfo, DMI, memory tiers, nodeN/access*, memory side
+caches). Where the model owns a file or directory (MODEL_FILES), the snapshot's is never
+served, even when the model has none: a figure the model changes must not be served stale.
+Directories the model makes and removes (MODEL_DIRS, the nodeN of online nodes) are shown
+only when the model has them, with the snapshot's other files merged in.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from functools import partial
+from pathlib import Path
+
+import attrs
+
+from dnumafs.vfs.tree import Attr, Dir, Node, Symlink
+
+TOP_DIRECTORIES = ("sys", "proc")
+
+# Paths (from the mount's root, one pattern per component) that only the model serves.
+MODEL_FILES = tuple(tuple(p.split("/")) for p in (
+    "sys/devices/system/node/possible",
+    "sys/devices/system/node/online",
+    "sys/devices/system/node/has_cpu",
+    "sys/devices/system/node/has_memory",
+    "sys/devices/system/node/has_normal_memory",
+    "sys/devices/system/node/has_high_memory",
+    "sys/devices/system/node/node[0-9]*/meminfo",
+    "sys/devices/system/node/node[0-9]*/numastat",
+    "sys/devices/system/node/node[0-9]*/vmstat",
+    "sys/devices/system/node/node[0-9]*/distance",
+    "sys/devices/system/node/node[0-9]*/cpumap",
+    "sys/devices/system/node/node[0-9]*/cpulist",
+    "sys/devices/system/node/node[0-9]*/hugepages",
+    "sys/devices/system/node/node[0-9]*/memory[0-9]*",
+    "sys/devices/system/node/node[0-9]*/cpu[0-9]*",
+    "sys/devices/system/memory",
+    "sys/devices/system/cpu/online",
+    "sys/devices/system/cpu/offline",
+    "sys/devices/system/cpu/possible",
+    "sys/devices/system/cpu/present",
+    "sys/kernel/mm/hugepages",
+    "sys/kernel/debug",
+    "sys/module/memlayout",
+    "proc/meminfo",
+    "proc/zoneinfo",
+    "proc/buddyinfo",
+    "proc/pagetypeinfo",
+    "proc/vmstat",
+    "proc/sys/vm",
+))
+MODEL_DIRS = tuple(tuple(p.split("/")) for p in (
+    "sys/devices/system/node/node[0-9]*",
+))
+
+
+def _matches(path: tuple[str, ...], patterns: Iterable[tuple[str, ...]]) -> bool:
+    return any(len(p) == len(path) and all(map(fnmatchcase, path, p)) for p in patterns)
+
+
+def model_owns(path: tuple[str, ...]) -> bool:
+    """Whether only the model may serve this path (components from the mount's root)."""
+    return _matches(path, MODEL_FILES) or _matches(path, MODEL_DIRS)
+
+
+# --- the snapshot as it was ----------------------------------------------------------------
+
+def read_file(path: Path) -> str:
+    """A snapshot file's text, read at open without following a link. sysfs and procfs
+    files are text; one that is not (a PCI config space) cannot be served as an attribute."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode()
+    except UnicodeDecodeError:
+        raise OSError(errno.EIO, f"{path}: not text") from None
+
+
+def snapshot_node(path: Path) -> Node | None:
+    """The node for one entry of the snapshot, or None for what is not served."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return SnapshotDir(path)
+    if stat.S_ISLNK(st.st_mode):
+        return Symlink(partial(os.readlink, path))
+    if stat.S_ISREG(st.st_mode):
+        # Read-only, with the snapshot's read bits (a root-only file stays so).
+        return Attr(show=partial(read_file, path), mode=st.st_mode & 0o444)
+    return None
+
+
+@attrs.define
+class SnapshotDir(Dir):
+    """A directory of the snapshot, listed and looked up in it at every call."""
+
+    path: Path
+    only: tuple[str, ...] | None = None     # the names served, if not all
+
+    def names(self) -> list[str]:
+        try:
+            found = sorted(os.listdir(self.path))
+        except OSError:
+            return []
+        return [n for n in found if self.only is None or n in self.only]
+
+    def lookup(self, name: str) -> Node | None:
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            return None
+        if self.only is not None and name not in self.only:
+            return None
+        return snapshot_node(self.path / name)
+
+
+def snapshot_root(root: str | os.PathLike[str]) -> Dir:
+    """The snapshot at root (holding sys/ and proc/) as a tree, read-only."""
+    return SnapshotDir(Path(root), only=TOP_DIRECTORIES)
+
+
+# --- the overlay -----------------------------------------------------------------------------
+
+@attrs.define
+class OverlayDir(Dir):
+    """One directory of the union: the model's entries, then the snapshot's others that the
+    model does not own. Both sides are asked at every call, so the model's directories that
+    come and go (nodeN) do so here too."""
+
+    model: Dir | None
+    snapshot: Dir | None
+    path: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        names = list(self.model.names()) if self.model is not None else []
+        if self.snapshot is not None:
+            have = set(names)
+            names += [n for n in self.snapshot.names()
+                      if n not in have and not model_owns((*self.path, n))]
+        return names
+
+    def lookup(self, name: str) -> Node | None:
+        path = (*self.path, name)
+        mine = self.model.lookup(name) if self.model is not None else None
+        theirs = None
+        if self.snapshot is not None and not _matches(path, MODEL_FILES):
+            if mine is not None or not _matches(path, MODEL_DIRS):
+                theirs = self.snapshot.lookup(name)
+        if isinstance(theirs, Dir) and (mine is None or isinstance(mine, Dir)):
+            return OverlayDir(mine, theirs, path)
+        return mine if mine is not None else theirs
+
+
+def overlay(model: Dir, snapshot: str | os.PathLike[str] | Dir) -> Dir:
+    """The model's tree with the snapshot's files filling in the rest (see the module's
+    docstring); snapshot is the snapshot's directory or a tree of it."""
+    snap = snapshot if isinstance(snapshot, Dir) else snapshot_root(snapshot)
+    return OverlayDir(model, snap)
