@@ -40,6 +40,13 @@ class Snapshot:
     name: str
     tmpdir: Path | None = None
 
+    def where(self, rel: str) -> str:
+        """A file of the snapshot as the user knows it: in the directory given, or in the
+        archive (not in the private copy)."""
+        if self.tmpdir is None:
+            return str(self.root / rel)
+        return f"{self.source}: {self.name}/{rel}"
+
     def close(self) -> None:
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -104,6 +111,9 @@ def _top_directory(source: str, members: list[tarfile.TarInfo]) -> str:
     tops = set()
     for m in members:
         parts = [part for part in m.name.split("/") if part not in ("", ".")]
+        if m.name.startswith("/") or ".." in parts:
+            raise MachineError(f"{source}: unsafe member {m.name!r} (outside its directory), "
+                               f"nothing extracted from it")
         if parts:
             tops.add(parts[0])
     if not tops:
@@ -127,6 +137,9 @@ class _Reader:
     def path(self, rel: str) -> Path:
         return self.snap.root / rel
 
+    def where(self, rel: str) -> str:
+        return self.snap.where(rel)
+
     def _inside(self, p: Path) -> bool:
         root = self.snap.root.resolve()
         return root == Path("/") or p.resolve().is_relative_to(root)
@@ -138,44 +151,44 @@ class _Reader:
     def text(self, rel: str) -> str:
         p = self.path(rel)
         if p.exists() and not self._inside(p):
-            raise MachineError(f"{p}: a link out of the snapshot")
+            raise MachineError(f"{self.where(rel)}: a link out of the snapshot")
         try:
             data = p.read_bytes()
         except OSError as e:
-            raise MachineError(f"{p}: {e.strerror}") from None
+            raise MachineError(f"{self.where(rel)}: {e.strerror}") from None
         try:
             return data.decode().replace("\0", "")
         except UnicodeDecodeError:
-            raise MachineError(f"{p}: not text") from None
+            raise MachineError(f"{self.where(rel)}: not text") from None
 
     def listdir(self, rel: str) -> list[str]:
         p = self.path(rel)
         if not self._inside(p):
-            raise MachineError(f"{p}: a link out of the snapshot")
+            raise MachineError(f"{self.where(rel)}: a link out of the snapshot")
         try:
             return sorted(os.listdir(p))
         except OSError as e:
-            raise MachineError(f"{p}: {e.strerror}") from None
+            raise MachineError(f"{self.where(rel)}: {e.strerror}") from None
 
     def ids(self, rel: str) -> tuple[int, ...]:
         """A `%*pbl` list file: "0-2,4"."""
         text = self.text(rel).strip()
         if not re.fullmatch(r"(\d+(-\d+)?(,\d+(-\d+)?)*)?", text):
-            raise MachineError(f"{self.path(rel)}: not a list of ids: {text[:40]!r}")
+            raise MachineError(f"{self.where(rel)}: not a list of ids: {text[:40]!r}")
         return tuple(bitmap_parselist(text))
 
     def mask(self, rel: str) -> tuple[int, ...]:
         """A `%*pb` mask file: 32-bit hex words, most significant first."""
         text = self.text(rel).strip()
         if not re.fullmatch(r"[0-9a-fA-F]+(,[0-9a-fA-F]+)*", text):
-            raise MachineError(f"{self.path(rel)}: not a CPU mask: {text[:40]!r}")
+            raise MachineError(f"{self.where(rel)}: not a CPU mask: {text[:40]!r}")
         value = int(text.replace(",", ""), 16)
         return tuple(b for b in range(value.bit_length()) if value >> b & 1)
 
     def number(self, rel: str) -> int:
         text = self.text(rel).strip()
         if not text.isdigit():
-            raise MachineError(f"{self.path(rel)}: not a number: {text[:40]!r}")
+            raise MachineError(f"{self.where(rel)}: not a number: {text[:40]!r}")
         return int(text)
 
     def numbered(self, rel: str, prefix: str) -> list[int]:
@@ -189,11 +202,11 @@ def describe(snap: Snapshot) -> MachineDescription:
     """The machine the snapshot shows; MachineError naming the file if it is not usable."""
     r = _Reader(snap)
     if not r.exists(NODE_DIR):
-        raise MachineError(f"{r.path(NODE_DIR)}: missing (a machine without NUMA support)")
+        raise MachineError(f"{r.where(NODE_DIR)}: missing (a machine without NUMA support)")
     dirs = tuple(r.numbered(NODE_DIR, "node"))
     online = r.ids(f"{NODE_DIR}/online") if r.exists(f"{NODE_DIR}/online") else dirs
     if set(online) != set(dirs):
-        raise MachineError(f"{r.path(NODE_DIR)}: online nodes {list(online)} but directories "
+        raise MachineError(f"{r.where(NODE_DIR)}: online nodes {list(online)} but directories "
                            f"for {list(dirs)}")
     possible = r.ids(f"{NODE_DIR}/possible") if r.exists(f"{NODE_DIR}/possible") else online
     cpus = _cpu_sets(r)
@@ -211,7 +224,7 @@ def _cpu_sets(r: _Reader) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, 
     else:
         possible = tuple(r.numbered(CPU_DIR, "cpu"))
     if possible and possible[-1] >= MAX_CPUS:
-        raise MachineError(f"{r.path(CPU_DIR)}: CPU {possible[-1]}, over the "
+        raise MachineError(f"{r.where(CPU_DIR)}: CPU {possible[-1]}, over the "
                            f"{MAX_CPUS} CPUs Linux supports")
     present = r.ids(f"{CPU_DIR}/present") if r.exists(f"{CPU_DIR}/present") else possible
     if r.exists(f"{CPU_DIR}/online"):
@@ -233,7 +246,7 @@ def _node(r: _Reader, nid: int, online: tuple[int, ...],
 def _memtotal_kb(r: _Reader, rel: str) -> int:
     m = re.search(r"^Node \d+ MemTotal:\s+(\d+) kB$", r.text(rel), re.MULTILINE)
     if m is None:
-        raise MachineError(f"{r.path(rel)}: no `MemTotal: N kB` line")
+        raise MachineError(f"{r.where(rel)}: no `MemTotal: N kB` line")
     return int(m.group(1))
 
 
@@ -254,7 +267,7 @@ def _hugepages(r: _Reader, d: str) -> tuple[tuple[int, int], ...]:
     for name in r.listdir(f"{d}/hugepages"):
         m = re.fullmatch(r"hugepages-(\d+)kB", name)
         if m is None:
-            raise MachineError(f"{r.path(d)}/hugepages/{name}: not a hugepage pool")
+            raise MachineError(f"{r.where(d)}/hugepages/{name}: not a hugepage pool")
         pools.append((int(m.group(1)), r.number(f"{d}/hugepages/{name}/nr_hugepages")))
     return tuple(pools)
 
@@ -267,10 +280,10 @@ def _distances(r: _Reader, rel: str, online: tuple[int, ...],
         return None
     text = r.text(rel).split()
     if not all(v.isdigit() for v in text):
-        raise MachineError(f"{r.path(rel)}: not a row of distances: {' '.join(text)[:40]!r}")
+        raise MachineError(f"{r.where(rel)}: not a row of distances: {' '.join(text)[:40]!r}")
     row = [int(v) for v in text]
     if len(row) == len(online):
         return tuple(row)
     if len(row) == len(possible):
         return tuple(row[possible.index(nid)] for nid in online)
-    raise MachineError(f"{r.path(rel)}: {len(row)} distances for {len(online)} online nodes")
+    raise MachineError(f"{r.where(rel)}: {len(row)} distances for {len(online)} online nodes")
