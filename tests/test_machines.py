@@ -8,6 +8,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import pytest
@@ -200,7 +201,7 @@ def test_synthetic_refuses(kwargs: dict[str, object], problem: str) -> None:
 # --- bad snapshots ---------------------------------------------------------------------------
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]],
-         mode: str = "w:bz2") -> Path:
+         mode: Literal["w", "w:gz", "w:bz2"] = "w:bz2") -> Path:
     with tarfile.open(path, mode) as tf:
         for info, data in members:
             tf.addfile(info, io.BytesIO(data) if data is not None else None)

@@ -14,7 +14,9 @@ import attrs
 MAX_NUMNODES = 1024
 MAX_CPUS = 8192
 
-PAGE_KB = 4     # the model's 4 KiB page (dnumafs.mm.constants.PAGE_SIZE), in the kB sizes use
+# The model's 4 KiB page (dnumafs.mm.constants.PAGE_SIZE) in kB; not imported, so that
+# describing a machine loads no numpy.
+PAGE_KB = 4
 
 
 class MachineError(Exception):
@@ -130,11 +132,12 @@ class MachineDescription:
         with_distances = [n.distances is not None for n in nodes]
         if any(with_distances) and not all(with_distances):
             raise MachineError(f"{self.source}: some nodes have distances, some not")
+        possible_cpus = set(self.possible_cpus)
         for n in nodes:
             if n.distances is not None and len(n.distances) != len(nodes):
                 raise MachineError(f"{self.source}: node {n.nid} has {len(n.distances)} "
                                    f"distances for {len(nodes)} online nodes")
-            unknown = sorted(set(n.cpus) - set(self.possible_cpus))
+            unknown = sorted(set(n.cpus) - possible_cpus)
             if unknown:
                 raise MachineError(f"{self.source}: node {n.nid} has CPU {unknown[0]}, "
                                    f"which is not possible")

@@ -28,6 +28,7 @@ CPU_DIR = "sys/devices/system/cpu"
 # against archives that expand without bound.
 MAX_EXTRACTED_BYTES = 1 << 30
 MAX_MEMBERS = 1_000_000
+SHM = "/dev/shm"
 
 
 @attrs.define
@@ -80,8 +81,18 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     return _extract(source, p)
 
 
+def _extract_parent() -> str | None:
+    """Where to make the private directory: TMPDIR (or tempfile's own choice) if set, else
+    /dev/shm when there is one, a tmpfs where the thousands of small files of a snapshot are
+    made several times faster than on a disk; else the system's temporary directory."""
+    chosen = tempfile.tempdir or os.environ.get("TMPDIR")
+    if chosen is None and os.access(SHM, os.W_OK | os.X_OK) and Path(SHM).is_dir():
+        return SHM
+    return chosen
+
+
 def _extract(source: str, p: Path) -> Snapshot:
-    tmp = Path(tempfile.mkdtemp(prefix="dnumafs-machine-"))
+    tmp = Path(tempfile.mkdtemp(prefix="dnumafs-machine-", dir=_extract_parent()))
     try:
         try:
             with tarfile.open(p, "r:*") as tf:

@@ -22,6 +22,9 @@ from .description import (
 
 SOURCE = "synthetic"
 LINE_SIZE = 64
+# Linux's distances without a SLIT, as dnumafs.mm.constants has them: not imported from there,
+# so that describing a machine (on the command line, before any mount) loads no numpy.
+LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20
 HUGEPAGE_SIZES_KB = (2048, 1048576)     # x86-64 with pdpe1gb: both pools, empty at boot
 # (level, type, size in kB, ways) per core, then the package-wide L3 per core of the package.
 CORE_CACHES = ((1, "Data", 32, 8), (1, "Instruction", 32, 8), (2, "Unified", 1024, 16))
@@ -46,12 +49,14 @@ def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
         total = mem // (PAGE_KB * 1024)
         pages = [total // nodes] * nodes
         pages[-1] += total - sum(pages)
-    cpu_node = [c * nodes // cpus for c in range(cpus)]
+    node_cpus: list[list[int]] = [[] for _ in range(nodes)]
+    for c in range(cpus):
+        node_cpus[c * nodes // cpus].append(c)
+    remote = (REMOTE_DISTANCE,) * nodes
     node_descs = [
-        NodeDescription(nid=nid, memory_kb=pages[nid] * PAGE_KB,
-                        cpus=[c for c in range(cpus) if cpu_node[c] == nid],
+        NodeDescription(nid=nid, memory_kb=pages[nid] * PAGE_KB, cpus=node_cpus[nid],
                         hugepages=[(size, 0) for size in HUGEPAGE_SIZES_KB],
-                        distances=tuple(10 if other == nid else 20 for other in range(nodes)))
+                        distances=(*remote[:nid], LOCAL_DISTANCE, *remote[nid + 1:]))
         for nid in range(nodes)]
     topology, caches = _topology(node_descs)
     return MachineDescription(source=SOURCE, name=SOURCE, possible_nodes=range(possible_nodes),
