@@ -12,6 +12,7 @@ from typing import Literal
 
 import attrs
 import pytest
+from machines_helpers import ARCHIVES, MACHINES_DIR, shared_snapshots
 
 from dnumafs.machines import (
     MAX_CPUS,
@@ -25,8 +26,6 @@ from dnumafs.machines import (
     synthetic,
 )
 
-MACHINES_DIR = Path(os.environ.get("DNUMAFS_MACHINES", "/work/shared/machines"))
-ARCHIVES = sorted(MACHINES_DIR.glob("*.tar*"))
 NODE_DIR = "sys/devices/system/node"
 CPU_DIR = "sys/devices/system/cpu"
 
@@ -35,11 +34,8 @@ pytestmark = pytest.mark.skipif(not ARCHIVES, reason=f"no snapshots in {MACHINES
 
 @pytest.fixture(scope="module")
 def snapshots() -> Iterator[dict[str, Snapshot]]:
-    """Every shared snapshot, extracted once for the module."""
-    opened = {a.name: open_snapshot(a) for a in ARCHIVES}
-    yield opened
-    for snap in opened.values():
-        snap.close()
+    with shared_snapshots() as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -11,16 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from machines_trees import SNAPSHOT_ENV
+from machines_helpers import ARCHIVES, MACHINES_DIR, NAMES, SNAPSHOT_ENV, shared_snapshots
 
 from dnumafs.files.snapshot import model_owns, overlay, snapshot_root
-from dnumafs.machines import Snapshot, open_snapshot
+from dnumafs.machines import Snapshot
 from dnumafs.machines.lstopo import LSTOPO, lstopo, lstopo_diff
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
-
-MACHINES_DIR = Path(os.environ.get("DNUMAFS_MACHINES", "/work/shared/machines"))
-ARCHIVES = sorted(MACHINES_DIR.glob("*.tar*"))
-NAMES = [a.name for a in ARCHIVES]
 
 pytestmark = [
     pytest.mark.skipif(not ARCHIVES, reason=f"no snapshots in {MACHINES_DIR}"),
@@ -30,19 +26,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def snapshots() -> Iterator[dict[str, Snapshot]]:
-    opened = {a.name: open_snapshot(a) for a in ARCHIVES}
-    yield opened
-    for snap in opened.values():
-        snap.close()
+    with shared_snapshots() as opened:
+        yield opened
 
 
 @pytest.fixture
 def mount_tree(mount_dnumafs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
                ) -> Callable[[str, Snapshot], Path]:
-    """mount(tree, snapshot): serve machines_trees.TREE over the snapshot."""
+    """mount(tree, snapshot): serve machines_helpers.TREE over the snapshot."""
     def mount(tree: str, snap: Snapshot) -> Path:
         monkeypatch.setenv(SNAPSHOT_ENV, str(snap.root))
-        return mount_dnumafs(tree=f"machines_trees:{tree}")
+        return mount_dnumafs(tree=f"machines_helpers:{tree}")
     return mount
 
 

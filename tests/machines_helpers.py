@@ -1,4 +1,5 @@
-"""Trees over a snapshot for the machine tests, served with `dnumafs mount --tree`.
+"""The shared snapshots for the machine tests, and trees over a snapshot to serve with
+`dnumafs mount --tree machines_helpers:TREE`.
 
 The snapshot's directory comes in DNUMAFS_TEST_SNAPSHOT (the command line hands a tree
 function only the machine options). No model here:
@@ -13,14 +14,33 @@ function only the machine options). No model here:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 from dnumafs.bitmap import bitmap_list, bitmap_mask
 from dnumafs.files.snapshot import overlay, snapshot_root
-from dnumafs.machines import MachineDescription, describe, open_snapshot
+from dnumafs.machines import MachineDescription, Snapshot, describe, open_snapshot
 from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir, Symlink
 
 SNAPSHOT_ENV = "DNUMAFS_TEST_SNAPSHOT"
+MACHINES_DIR = Path(os.environ.get("DNUMAFS_MACHINES", "/work/shared/machines"))
+ARCHIVES = sorted(MACHINES_DIR.glob("*.tar*"))
+NAMES = [a.name for a in ARCHIVES]
+
+
+@contextmanager
+def shared_snapshots() -> Iterator[dict[str, Snapshot]]:
+    """Every shared snapshot, by archive name, extracted until the end of the block."""
+    opened: dict[str, Snapshot] = {}
+    try:
+        for archive in ARCHIVES:
+            opened[archive.name] = open_snapshot(archive)
+        yield opened
+    finally:
+        for snap in opened.values():
+            snap.close()
 
 
 def _snapshot_dir() -> str:
