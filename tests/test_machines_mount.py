@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from machines_helpers import ARCHIVES, MACHINES_DIR, NAMES, SNAPSHOT_ENV, shared_snapshots
 
-from dnumafs.files.snapshot import model_owns, overlay, snapshot_root
+from dnumafs.files.snapshot import MAX_FILE_BYTES, model_owns, overlay, snapshot_root
 from dnumafs.machines import Snapshot
 from dnumafs.machines.lstopo import LSTOPO, lstopo, lstopo_diff
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
@@ -217,3 +217,23 @@ def test_overlay_union_and_ownership(tmp_path: Path) -> None:
     assert isinstance(link, Symlink) and link.target() == "../devices/virtual/dmi"
     assert resolve(root, "/home") is None
     assert resolve(snapshot_root(tmp_path), "/sys/devices/system/node/possible") is not None
+
+
+def test_passthrough_files_that_cannot_be_attributes(tmp_path: Path) -> None:
+    """A file too big to be a sysfs or procfs file, one that is not text, and a fifo (which
+    would block the daemon) are not served as they are."""
+    (tmp_path / "proc").mkdir()
+    with open(tmp_path / "proc/huge", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    (tmp_path / "proc/config").write_bytes(b"\x86\x80\x00")
+    os.mkfifo(tmp_path / "proc/fifo")
+    root = snapshot_root(tmp_path)
+    for name, code in (("huge", errno.EFBIG), ("config", errno.EIO)):
+        node = resolve(root, f"/proc/{name}")
+        assert isinstance(node, Attr) and node.show is not None
+        with pytest.raises(OSError) as e:
+            node.show()
+        assert e.value.errno == code
+    assert resolve(root, "/proc/fifo") is None
+    proc = resolve(root, "/proc")
+    assert isinstance(proc, Dir) and list(proc.names()) == ["config", "huge"]

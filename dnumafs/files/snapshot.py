@@ -28,6 +28,8 @@ import attrs
 from dnumafs.vfs.tree import Attr, Dir, Node, Symlink
 
 TOP_DIRECTORIES = ("sys", "proc")
+# The largest file served: /proc/cpuinfo of 8192 CPUs is about 12 MiB.
+MAX_FILE_BYTES = 64 << 20
 
 # Paths (from the mount's root, one pattern per component) that only the model serves.
 MODEL_FILES = tuple(tuple(p.split("/")) for p in (
@@ -79,12 +81,21 @@ def model_owns(path: tuple[str, ...]) -> bool:
 
 def read_file(path: Path) -> str:
     """A snapshot file's text, read at open without following a link. sysfs and procfs
-    files are text; one that is not (a PCI config space) cannot be served as an attribute."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    files are text; one that is not (a PCI config space) cannot be served as an attribute.
+
+    Served from the live host (`--machine /`), a file may never end (/proc/kcore) or wait for
+    data (/proc/kmsg): one over MAX_FILE_BYTES is refused, and nothing waits (O_NONBLOCK),
+    since the daemon serves one request at a time.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         chunks = []
+        size = 0
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise OSError(errno.EFBIG, f"{path}: over {MAX_FILE_BYTES} bytes")
     finally:
         os.close(fd)
     try:
@@ -117,8 +128,12 @@ class SnapshotDir(Dir):
     only: tuple[str, ...] | None = None     # the names served, if not all
 
     def names(self) -> list[str]:
+        """The entries lookup serves: directories, links and regular files."""
         try:
-            found = sorted(os.listdir(self.path))
+            with os.scandir(self.path) as entries:
+                found = sorted(e.name for e in entries
+                               if e.is_symlink() or e.is_dir(follow_symlinks=False)
+                               or e.is_file(follow_symlinks=False))
         except OSError:
             return []
         return [n for n in found if self.only is None or n in self.only]
