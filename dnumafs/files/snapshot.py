@@ -156,12 +156,16 @@ def snapshot_root(root: str | os.PathLike[str]) -> Dir:
 @attrs.define
 class OverlayDir(Dir):
     """One directory of the union: the model's entries, then the snapshot's others that the
-    model does not own. Both sides are asked at every call, so the model's directories that
-    come and go (nodeN) do so here too."""
+    model does not own. The model is asked at every call, so its directories that come and go
+    (nodeN) do so here too; what the snapshot has for a name never changes, and is kept."""
 
     model: Dir | None
     snapshot: Dir | None
     path: tuple[str, ...] = ()
+    # name -> (the snapshot's node or None, whether only the model may make it appear);
+    # only for names one side has, so lookups of names found nowhere keep nothing.
+    _theirs: dict[str, tuple[Node | None, bool]] = attrs.field(factory=dict, init=False)
+    _merged: dict[str, OverlayDir] = attrs.field(factory=dict, init=False)
 
     def names(self) -> list[str]:
         names = list(self.model.names()) if self.model is not None else []
@@ -171,16 +175,30 @@ class OverlayDir(Dir):
                       if n not in have and not model_owns((*self.path, n))]
         return names
 
-    def lookup(self, name: str) -> Node | None:
+    def _snapshot_entry(self, name: str, keep: bool) -> tuple[Node | None, bool]:
+        kept = self._theirs.get(name)
+        if kept is not None:
+            return kept
         path = (*self.path, name)
-        mine = self.model.lookup(name) if self.model is not None else None
         theirs = None
         if self.snapshot is not None and not _matches(path, MODEL_FILES):
-            if mine is not None or not _matches(path, MODEL_DIRS):
-                theirs = self.snapshot.lookup(name)
-        if isinstance(theirs, Dir) and (mine is None or isinstance(mine, Dir)):
-            return OverlayDir(mine, theirs, path)
-        return mine if mine is not None else theirs
+            theirs = self.snapshot.lookup(name)
+        entry = (theirs, _matches(path, MODEL_DIRS))
+        if keep or theirs is not None:
+            self._theirs[name] = entry
+        return entry
+
+    def lookup(self, name: str) -> Node | None:
+        mine = self.model.lookup(name) if self.model is not None else None
+        theirs, model_dir = self._snapshot_entry(name, keep=mine is not None)
+        if theirs is None or (model_dir and mine is None):
+            return mine
+        if not isinstance(theirs, Dir) or not (mine is None or isinstance(mine, Dir)):
+            return mine if mine is not None else theirs
+        merged = self._merged.get(name)
+        if merged is None or merged.model is not mine:
+            merged = self._merged[name] = OverlayDir(mine, theirs, (*self.path, name))
+        return merged
 
 
 def overlay(model: Dir, snapshot: str | os.PathLike[str] | Dir) -> Dir:
