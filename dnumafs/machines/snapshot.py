@@ -105,7 +105,7 @@ def _extract(source: str, p: Path) -> Snapshot:
                 tf.extractall(tmp, filter="data")
         except tarfile.FilterError as e:
             raise MachineError(f"{source}: unsafe member {e.tarinfo.name!r} ({e}), "
-                               f"nothing extracted from it") from None
+                               f"nothing kept") from None
         except (tarfile.TarError, EOFError, OSError) as e:
             raise MachineError(f"{source}: not a readable .tar, .tar.gz or .tar.bz2 "
                                f"({e})") from None
@@ -124,7 +124,7 @@ def _top_directory(source: str, members: list[tarfile.TarInfo]) -> str:
         parts = [part for part in m.name.split("/") if part not in ("", ".")]
         if m.name.startswith("/") or ".." in parts:
             raise MachineError(f"{source}: unsafe member {m.name!r} (outside its directory), "
-                               f"nothing extracted from it")
+                               f"nothing kept")
         if parts:
             tops.add(parts[0])
     if not tops:
