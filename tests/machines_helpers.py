@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from dnumafs.bitmap import bitmap_list, bitmap_mask
 from dnumafs.files.snapshot import overlay, snapshot_root
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.machines import MachineDescription, Snapshot, describe, open_snapshot
 from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir, Symlink
 

@@ -13,7 +13,6 @@ the flags to choose its code must find the host's.
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 
 import attrs

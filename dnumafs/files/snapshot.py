@@ -116,7 +116,7 @@ def snapshot_node(path: Path) -> Node | None:
         return Symlink(partial(os.readlink, path))
     if stat.S_ISREG(st.st_mode):
         # Read-only, with the snapshot's read bits (a root-only file stays so).
-        return Attr(show=partial(read_file, path), mode=st.st_mode & 0o444)
+        return Attr(show=partial(read_file, path), mode_mask=st.st_mode & 0o444)
     return None
 
 

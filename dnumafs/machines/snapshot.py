@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from dnumafs.bitmap import bitmap_parselist
+from dnumafs.lib.bitmap import bitmap_parselist
 
 from .description import MAX_CPUS, MachineDescription, MachineError, NodeDescription
 

@@ -80,11 +80,14 @@ class Attr:
     store: Callable[[bytes], None] | None = None
     fs: FileSystem = SYSFS
     lock: Lock = NO_LOCK
+    # Bits a file keeps of the mode its show and store give it: a file served from elsewhere
+    # (a snapshot) keeps its own readers, so a root-only file stays root-only.
+    mode_mask: int = 0o777
 
     @property
     def mode(self) -> int:
         mode = (0o444 if self.show else 0) | (0o200 if self.store else 0)
-        return mode & 0o600 if self.fs.root_only else mode
+        return mode & self.mode_mask & (0o600 if self.fs.root_only else 0o777)
 
     def read(self) -> bytes:
         """The whole text, made now."""
