@@ -1,6 +1,7 @@
 # make test   set up (system packages as root, a venv in .venv) and run the tests
 # make run    set up and mount the default machine at ./mnt in the foreground
 # make bench  set up and run the benchmarks
+# make test PYTEST_ARGS='-m "not mount"'   only the in-process tests (no mount, no daemon)
 
 PYTHON ?= python3
 VENV   := .venv

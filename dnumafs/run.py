@@ -10,20 +10,37 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
-# Directories of the mount bound whole over the real ones (the same path under MNT and /).
+# Directories of the mount bound whole over the real ones (the same path under MNT and /);
+# one the mount or the host lacks is left out.
 BIND_DIRS: tuple[str, ...] = (
     "sys/devices/system/node",
-    "sys/devices/system/cpu",
+    "sys/devices/system/memory",
+    "sys/bus/node/devices",
+    "sys/bus/cpu/devices",
     "sys/kernel/debug",
 )
+# Directories where the model's entries replace the host's, and the host's other entries,
+# which the model has no opinion on (cpu/vulnerabilities, cpufreq, cpuidle, kernel_max...),
+# stay visible: a read-only tmpfs over the real directory holds one bind per entry. Each
+# comes with the pattern of the host's names that are never kept: the model's CPUs are all
+# the CPUs there are, so a host's cpuN beyond them is not one.
+MERGE_DIRS: dict[str, re.Pattern[str]] = {
+    "sys/devices/system/cpu": re.compile(r"cpu\d+"),
+}
 # Under MNT/proc every file is bound over its real twin, one by one: the real /proc holds
 # the processes (libnuma reads /proc/self/status), so it cannot be covered whole.
 PROC_DIR = "proc"
@@ -91,9 +108,45 @@ def _enter_namespace(libc: ctypes.CDLL) -> None:
     _write_id_map("gid_map", f"{gid} {gid} 1\n")
 
 
+def _bind(libc: ctypes.CDLL, src: str | Path, dst: Path) -> None:
+    _check(libc.mount(os.fsencode(src), bytes(dst), None, MS_BIND, None),
+           f"binding {src} on {dst}")
+
+
+def merge_dir(libc: ctypes.CDLL, mnt: Path, rel: str, model_only: re.Pattern[str]) -> None:
+    """Cover /rel with a read-only tmpfs holding the model's entries of mnt/rel and the
+    host's others but those named like model_only, each bound from its own source (symlinks
+    copied). The host's directory is reached through a descriptor opened before it is
+    covered."""
+    src, dst = mnt / rel, Path("/") / rel
+    model = sorted(os.listdir(src))
+    host = sorted(name for name in set(os.listdir(dst)) - set(model)
+                  if not model_only.fullmatch(name))
+    fd = os.open(dst, os.O_PATH | os.O_DIRECTORY)
+    try:
+        _check(libc.mount(b"tmpfs", bytes(dst), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                             b"mode=0755"), f"mounting a tmpfs on {dst}")
+        sources = [src / name for name in model] + [Path(f"/proc/self/fd/{fd}/{name}")
+                                                    for name in host]
+        for source in sources:
+            entry = dst / source.name
+            if source.is_symlink():
+                entry.symlink_to(os.readlink(source))
+                continue
+            if source.is_dir():
+                entry.mkdir()
+            else:
+                entry.touch()
+            _bind(libc, source, entry)
+        _check(libc.mount(None, bytes(dst), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+               f"making {dst} read-only")
+    finally:
+        os.close(fd)
+
+
 def bind_targets(mnt: Path) -> list[str]:
-    """The paths, relative to MNT and to /, to bind: the trees, then each file under MNT/proc
-    (whatever the model provides there, so a new proc file needs no change here)."""
+    """The paths, relative to MNT and to /, to bind whole: the trees, then each file under
+    MNT/proc (whatever the model provides there, so a new proc file needs no change here)."""
     targets = list(BIND_DIRS)
     for dirpath, _dirs, files in sorted(os.walk(mnt / PROC_DIR)):
         rel = Path(dirpath).relative_to(mnt)
@@ -102,19 +155,24 @@ def bind_targets(mnt: Path) -> list[str]:
 
 
 def bind_model(mnt: Path) -> list[str]:
-    """In a fresh mount namespace, bind mnt's trees over the real paths; returns those bound.
-    A path the real system lacks (no /proc/sys/vm here) is left out."""
+    """In a fresh mount namespace, bind mnt's trees over the real paths, merge MERGE_DIRS;
+    returns the paths covered. A path the real system lacks (no /proc/sys/vm here) is left
+    out."""
     targets = bind_targets(mnt)    # before the binds, which might cover mnt's own parents
     libc = _libc()
     _enter_namespace(libc)
     # Keep our binds from propagating back to the parent namespace.
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
     bound = []
+    for rel, model_only in MERGE_DIRS.items():
+        if (mnt / rel).is_dir() and (Path("/") / rel).is_dir():
+            merge_dir(libc, mnt, rel, model_only)
+            bound.append(f"/{rel}")
     for rel in targets:
         src, dst = mnt / rel, Path("/") / rel
         if not os.path.lexists(src) or not dst.exists():
             continue
-        _check(libc.mount(bytes(src), bytes(dst), None, MS_BIND, None), f"binding {src} on {dst}")
+        _bind(libc, src, dst)
         bound.append(str(dst))
     return bound
 

@@ -9,6 +9,9 @@
 Each mount is a background `dnumafs mount` in its own mount point under tmp_path, with its pid
 file and log in tmp_path; at teardown it is unmounted and its daemon killed, whatever the test
 did (killed the daemon, left a file open, timed out).
+
+Every test that uses these fixtures (or runtime_dir, for tests that start daemons themselves)
+is marked `mount`, so `pytest -m "not mount"` runs the in-process tests alone.
 """
 from __future__ import annotations
 
@@ -34,6 +37,16 @@ if os.environ.get("CI") == "true":
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 CLI_TIMEOUT = 90  # seconds for one command (a mount boots a machine)
+
+# The fixtures that start daemons and mount: a test using any of them, directly or through
+# another fixture, is marked `mount` (registered in setup.cfg).
+MOUNT_FIXTURES = frozenset({"mount_dnumafs", "run_dnumafs", "runtime_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MOUNT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mount)
 
 
 def cli_env() -> dict[str, str]:
@@ -138,9 +151,10 @@ def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 
 def daemons_under(base: str) -> dict[int, str]:
-    """`dnumafs mount` processes this session started (pid -> argv): their mount point or
+    """`dnumafs mount` processes this test run started (pid -> argv): their mount point or
     their runtime directory (every test's is under tmp_path) is under base. Daemons of other
-    sessions on the machine are left alone."""
+    runs on the machine are left alone. A daemon runs `python -I -c CODE mount ...`, whose
+    CODE imports dnumafs."""
     found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
@@ -150,7 +164,7 @@ def daemons_under(base: str) -> dict[int, str]:
             env = (d / "environ").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "dnumafs" not in argv or "mount" not in argv:
+        if "mount" not in argv or not any("dnumafs" in a for a in argv[:4]):
             continue
         if any(a.startswith(base) for a in argv) or any(
                 e.startswith(f"DNUMAFS_RUNTIME_DIR={base}") for e in env):

@@ -1,5 +1,5 @@
 """Helpers for the file-tree tests: a small booted machine, and read/write through the tree as
-the FUSE adapter does (show at open, each write whole to store), without a mount."""
+the FUSE adapter does (Attr.read, each write whole to Attr.write), without a mount."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ MiB = 1 << 20
 ML = "/sys/kernel/debug/memlayout"
 NODE = "/sys/devices/system/node"
 CPU = "/sys/devices/system/cpu"
-BACKLOG_MAX = "/sys/module/memlayout/parameters/backlog_max"
+BACKLOG_MAX = "/sys/module/memlayout_debugfs/parameters/backlog_max"
 
 
 def boot(nodes: int = 2, mem: int = 64 * MiB, cpus: int = 4, possible_nodes: int = 4,
@@ -39,7 +39,7 @@ class Tree:
         node = self.node(path)
         assert isinstance(node, Attr), f"{path} is not a file"
         assert node.show is not None, f"{path} has no show"
-        return node.show()
+        return node.read().decode()
 
     def write(self, path: str, data: str | bytes) -> int | None:
         """None on success, else the errno the write would fail with."""
@@ -47,7 +47,7 @@ class Tree:
         assert isinstance(node, Attr), f"{path} is not a file"
         assert node.store is not None, f"{path} has no store"
         try:
-            node.store(data.encode() if isinstance(data, str) else data)
+            node.write(data.encode() if isinstance(data, str) else data)
         except OSError as e:
             return e.errno
         return None

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 import attrs
 import numpy as np
 
-from dnumafs.vfs.kstrtox import kstrtoull
-from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
+from dnumafs.lib.kstrtox import kstrtoull
+from dnumafs.vfs.tree import DEBUGFS, Attr, Dir, DynamicDir, Node, StaticDir, Symlink
 
 PAGE_SIZE = 4096
 
@@ -79,12 +79,12 @@ def _test_dir(st: AdapterState) -> Dir:
     return StaticDir({
         "big": Attr(show=big_text),
         "counter": Attr(show=show_counter),
-        "value": Attr(show=lambda: f"{st.value}\n", store=store_value, mode=0o644),
-        "secret": Attr(show=lambda: f"{st.value}\n", store=store_value, mode=0o600),
-        "readonly": Attr(show=lambda: "ro\n", mode=0o444),
-        "writeonly": Attr(store=store_log, mode=0o200),
+        "value": Attr(show=lambda: f"{st.value}\n", store=store_value),
+        "secret": Attr(show=lambda: f"{st.value}\n", store=store_value, fs=DEBUGFS),
+        "readonly": Attr(show=lambda: "ro\n"),
+        "writeonly": Attr(store=store_log),
         "writes": Attr(show=lambda: "".join(f"{w!r}\n" for w in st.writes)),
-        "nr_entries": Attr(show=lambda: f"{st.entries}\n", store=store_entries, mode=0o644),
+        "nr_entries": Attr(show=lambda: f"{st.entries}\n", store=store_entries),
         "entries": entries(),
         "link": Symlink(lambda: f"entries/item{st.entries - 1}"),
         "oserror_noerrno": Attr(show=raise_(OSError("no errno"))),
@@ -104,8 +104,9 @@ class ToyMachine:
                  cpus: int = 4, possible_nodes: int = 8) -> None:
         if not 1 <= nodes <= possible_nodes or not 1 <= cpus <= 256:
             raise ValueError(f"impossible machine: {nodes} nodes of {possible_nodes}, {cpus} cpus")
+        share = mem // PAGE_SIZE // nodes
         sizes = [m // PAGE_SIZE for m in node_mem] if node_mem else \
-            [mem // PAGE_SIZE // nodes] * (nodes - 1) + [mem // PAGE_SIZE - mem // PAGE_SIZE // nodes * (nodes - 1)]
+            [share] * (nodes - 1) + [mem // PAGE_SIZE - share * (nodes - 1)]
         self.lock = threading.Lock()
         self.max_pfn = sum(sizes)
         self.possible = possible_nodes
@@ -166,7 +167,7 @@ class ToyMachine:
 
 
 def _node_list(ids: Iterable[int]) -> str:
-    from dnumafs.bitmap import bitmap_list
+    from dnumafs.lib.bitmap import bitmap_list
     return bitmap_list(list(ids)) + "\n"
 
 
@@ -187,7 +188,7 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         m.add_range(kstrtoull(data))
 
     def layout_dir(lid: int) -> Dir:
-        ranges = {f"{s:05x}-{e:05x}": Attr(show=lambda nid=nid: f"{nid}\n", mode=0o400)
+        ranges = {f"{s:05x}-{e:05x}": Attr(show=lambda nid=nid: f"{nid}\n", fs=DEBUGFS)
                   for s, e, nid in m.layouts.get(lid, [])}
         return StaticDir(ranges)
 
@@ -202,13 +203,13 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         return None
 
     static: dict[str, Node] = {
-        "start": Attr(show=lambda: f"0x{m.start:016x}\n", store=set_pfn("start"), mode=0o600),
-        "end": Attr(show=lambda: f"0x{m.end:016x}\n", store=set_pfn("end"), mode=0o600),
-        "node": Attr(store=store_node, mode=0o200),
-        "commit": Attr(store=lambda data: m.commit(), mode=0o200),
-        "clear": Attr(store=lambda data: m.clear(), mode=0o200),
+        "start": Attr(show=lambda: f"0x{m.start:016x}\n", store=set_pfn("start"), fs=DEBUGFS),
+        "end": Attr(show=lambda: f"0x{m.end:016x}\n", store=set_pfn("end"), fs=DEBUGFS),
+        "node": Attr(store=store_node, fs=DEBUGFS),
+        "commit": Attr(store=lambda data: m.commit(), fs=DEBUGFS),
+        "clear": Attr(store=lambda data: m.clear(), fs=DEBUGFS),
         "current": Symlink(lambda: f"layout.{m.current}"),
-        "moved-pages": Attr(show=lambda: f"{m.moved}\n", mode=0o400),
+        "moved-pages": Attr(show=lambda: f"{m.moved}\n", fs=DEBUGFS),
     }
 
     def meminfo(nid: int) -> str:
@@ -248,7 +249,8 @@ def _machine_tree(m: ToyMachine) -> dict[str, Node]:
         out = []
         for nid in sorted(m.online):
             span = m.node_span(nid)
-            out.append(f"Node {nid}, zone   Normal\n  pages free     {m.node_pages(nid) * 9 // 10}\n")
+            free = m.node_pages(nid) * 9 // 10
+            out.append(f"Node {nid}, zone   Normal\n  pages free     {free}\n")
             out.append(f"        spanned  {span[1] - span[0] if span else 0}\n"
                        f"        present  {m.node_pages(nid)}\n")
             if span:

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, force_unmount
 
-from dnumafs import cli, daemon
-from dnumafs.bitmap import bitmap_list, bitmap_parselist
+from dnumafs import cli, client, daemon
+from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
 # --- argument parsing and pure functions --------------------------------------------------------
 
@@ -43,9 +43,9 @@ def test_node_lists_round_trip(text, ids):
 
 
 def test_stripe_ranges_cover_every_pfn_once_in_turn():
-    ranges = list(cli.stripe_ranges(1000, 1, 3, 256))
+    ranges = list(client.stripe_ranges(1000, 1, 3, 256))
     assert ranges == [(0, 255, 1), (256, 511, 2), (512, 767, 3), (768, 999, 1)]
-    ranges = list(cli.stripe_ranges(10, 2, 2, 1))
+    ranges = list(client.stripe_ranges(10, 2, 2, 1))
     assert [s for s, _, _ in ranges] == list(range(10)) and {n for _, _, n in ranges} == {2}
 
 
@@ -63,7 +63,8 @@ def test_machine_config_from_options():
 
 
 def test_usage_errors_exit_2(run_dnumafs):
-    for args in (["mount", "x", "--mem", "lots"], ["stripe", "x", "0", "1", "0"],
+    for args in (["mount", "x", "--mem", "lots"], ["mount", "x", "--timeout", "-1"],
+                 ["mount", "x", "--timeout", "nan"], ["stripe", "x", "0", "1", "0"],
                  ["all-to", "x", "-1"], ["frobnicate"], []):
         r = run_dnumafs(*args)
         assert r.returncode == 2, args
@@ -217,7 +218,7 @@ def test_commands_refuse_what_is_not_a_mount(run_dnumafs, tmp_path):
 
 
 def _layout(mnt: Path, name: str | None = None) -> list[tuple[int, int, int]]:
-    tree = cli.MountedTree(mnt)
+    tree = client.MountedTree(mnt)
     return tree.layout_ranges(name or tree.current_layout())
 
 
@@ -227,9 +228,9 @@ def test_stripe_writes_one_advancing_range_per_stripe(standin, run_dnumafs):
     assert r.returncode == 0, r.stderr
     assert "committed 17 ranges" in r.stdout and "layout.1" in r.stdout
     ranges = _layout(mnt)
-    assert ranges == list(cli.stripe_ranges(16384, 0, 2, 1000))
+    assert ranges == list(client.stripe_ranges(16384, 0, 2, 1000))
     assert ranges[-1] == (16000, 16383, 1)
-    assert cli.MountedTree(mnt).node_ids() == [0, 1, 2]       # node 2 came online
+    assert client.MountedTree(mnt).node_ids() == [0, 1, 2]       # node 2 came online
     r = run_dnumafs("status", mnt)
     assert "current layout: layout.1 (17 ranges)" in r.stdout and "... 1 more" in r.stdout
     assert "online nodes:   0-2" in r.stdout
@@ -270,9 +271,9 @@ def test_all_to_an_impossible_node(standin, run_dnumafs):
 def test_a_rejected_write_is_reported(standin, run_dnumafs):
     mnt = standin()
     ml = mnt / "sys/kernel/debug/memlayout"
-    with cli.MemlayoutWriter(cli.MountedTree(mnt)) as w:
+    with client.MemlayoutWriter(client.MountedTree(mnt)) as w:
         w.add_range(0, 9, 1)
-        with pytest.raises(cli.CliError, match="node: writing 1: File exists"):
+        with pytest.raises(client.ClientError, match="node: writing 1: File exists"):
             w.add_range(5, 20, 1)
         w.write("clear", 1)
     assert sorted(os.listdir(ml)).count("layout.1") == 0
@@ -333,12 +334,12 @@ def test_model_hardware_matches_numactl_through_commits(model_mount, run_dnumafs
 
 def test_model_stripe_all_to_and_status(model_mount, run_dnumafs):
     mnt = model_mount
-    tree = cli.MountedTree(mnt)
+    tree = client.MountedTree(mnt)
     max_pfn = tree.max_pfn()
     assert max_pfn == (256 << 20) // 4096
     r = run_dnumafs("stripe", mnt, "0", "3", "1024")
     assert r.returncode == 0, r.stderr
-    assert _layout(mnt) == list(cli.stripe_ranges(max_pfn, 0, 3, 1024))
+    assert _layout(mnt) == list(client.stripe_ranges(max_pfn, 0, 3, 1024))
     assert tree.node_ids() == [0, 1, 2, 3]
     r = run_dnumafs("all-to", mnt, "2")
     assert r.returncode == 0, r.stderr
@@ -357,3 +358,237 @@ def test_the_command_line_starts_no_thread():
                         "print(len(os.listdir('/proc/self/task')), 'numpy' in sys.modules)"],
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["1", "False"], r.stdout + r.stderr
+
+
+# --- hostile and careless use -----------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
+DNUMAFS_SCRIPT = Path(sys.executable).with_name("dnumafs")   # the installed console script
+
+
+def _no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+
+
+def test_the_daemon_never_imports_from_the_callers_directory(tmp_path, runtime_dir):
+    """Modules planted in the caller's working directory are not imported by the daemon,
+    and it leaves that directory for /."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    for name in ("attrs", "numpy", "dnumafs", "fuse"):
+        (planted / f"{name}.py").write_text(
+            f"open({str(planted / ('imported-' + name))!r}, 'w').close()\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        r = subprocess.run([DNUMAFS_SCRIPT, "mount", mnt, "--mem", "64M"], cwd=planted,
+                           env=cli_env(), capture_output=True, text=True, timeout=90,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        pid = daemon.daemon_pid(daemon.mountpoint_path(mnt))
+        assert pid is not None and os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert "MemTotal" in (mnt / "sys/devices/system/node/node0/meminfo").read_text()
+        assert sorted(p.name for p in planted.iterdir() if p.name.startswith("imported")) == []
+    finally:
+        force_unmount(mnt)
+
+
+@needs_root
+def test_umount_leaves_a_file_system_mounted_over_a_dnumafs_mount(standin, run_dnumafs):
+    mnt = standin()
+    mp = daemon.mountpoint_path(mnt)
+    pid = daemon.daemon_pid(mp)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], check=True,
+                   timeout=30)
+    try:
+        (mnt / "data").write_text("kept\n")
+        r = run_dnumafs("umount", mnt)
+        assert r.returncode == 1 and "tmpfs file system is mounted over" in r.stderr, r.stderr
+        r = run_dnumafs("umount", "--lazy", mnt)
+        assert r.returncode == 1 and "tmpfs" in r.stderr
+        assert (mnt / "data").read_text() == "kept\n"
+        assert daemon.process_alive(pid) and daemon.daemon_pid(mp) == pid
+    finally:
+        subprocess.run(["umount", mnt], check=True, timeout=30)
+    assert (mnt / "test/readonly").read_text() == "ro\n"          # served all along
+    r = run_dnumafs("umount", mnt)
+    assert r.returncode == 0, r.stderr
+    assert not daemon.is_mounted(mp) and daemon.wait_exit(pid, 10)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "loose mode", "other owner", "file"])
+def test_an_unsafe_runtime_directory_is_refused(plant, tmp_path, monkeypatch, run_dnumafs):
+    d = tmp_path / "rundir"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if plant == "symlink":
+        d.symlink_to(elsewhere)
+    elif plant == "loose mode":
+        d.mkdir()
+        d.chmod(0o755)
+    elif plant == "other owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a directory away")
+        d.mkdir(mode=0o700)
+        os.chown(d, 65534, 65534)
+    else:
+        d.write_text("")
+    monkeypatch.setenv("DNUMAFS_RUNTIME_DIR", str(d))
+    with pytest.raises(daemon.DaemonError, match="runtime directory"):
+        daemon.runtime_dir()
+    (tmp_path / "mnt").mkdir()
+    r = run_dnumafs("mount", tmp_path / "mnt", "--tree", "standin:build_root")
+    assert r.returncode == 1 and "the runtime directory" in r.stderr, r.stderr
+    _no_traceback(r)
+    assert list(elsewhere.iterdir()) == []
+    assert not daemon.is_mounted(daemon.mountpoint_path(tmp_path / "mnt"))
+
+
+def test_the_runtime_directory_is_made_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNUMAFS_RUNTIME_DIR", str(tmp_path / "new"))
+    d = daemon.runtime_dir()
+    st = os.lstat(d)
+    assert d == tmp_path / "new" and st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
+
+
+def _stop(pid: int) -> None:
+    """SIGSTOP pid, and wait past the kernel's attribute cache so a lookup would reach it."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while not daemon.process_stopped(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(1.5)                     # ATTR_TIMEOUT and ENTRY_TIMEOUT are 1 s
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_stopped_daemon_hangs_no_command(lazy, standin, run_dnumafs):
+    """Every command answers (each is bounded by a subprocess timeout); umount detaches the
+    mount and stops the daemon."""
+    mnt = standin()
+    mp = daemon.mountpoint_path(mnt)
+    pid = daemon.daemon_pid(mp)
+    _stop(pid)
+    try:
+        for cmd in ("status", "hardware", "stripe", "all-to"):
+            args = {"stripe": ["0", "1", "64"], "all-to": ["1"]}.get(cmd, [])
+            r = run_dnumafs(cmd, mnt, *args, timeout=20)
+            assert r.returncode == 1, r.stdout
+            assert f"its daemon (pid {pid}) does not answer (stopped)" in r.stderr, r.stderr
+        r = run_dnumafs("mount", mnt, "--tree", "standin:build_root", timeout=20)
+        assert r.returncode == 1 and "already mounted" in r.stderr, r.stderr
+        r = run_dnumafs("umount", *(["--lazy"] if lazy else []), mnt, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "did not answer" in r.stdout
+        assert not daemon.is_mounted(mp) and daemon.wait_exit(pid, 10)
+        assert not daemon.pidfile_path(mp).exists()
+        assert os.listdir(mnt) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_two_mounts_raced_on_one_path_leave_the_winner_alone(tmp_path, runtime_dir):
+    for attempt in range(3):
+        mnt = tmp_path / f"mnt{attempt}"
+        mnt.mkdir()
+        argv = [sys.executable, "-m", "dnumafs", "mount", mnt, "--tree", "standin:build_root"]
+        procs = [subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                 for _ in range(2)]
+        try:
+            outs = [p.communicate(timeout=90) for p in procs]
+            codes = sorted(p.returncode for p in procs)
+            assert codes == [0, 1], outs
+            out, err = next(o for o, p in zip(outs, procs) if p.returncode == 0)
+            loser = next(o for o, p in zip(outs, procs) if p.returncode == 1)[1]
+            _no_traceback(subprocess.CompletedProcess([], 1, "", loser))
+            assert "already mounted" in loser or "still running or mounting" in loser, loser
+            winner = int(out.split("daemon pid ")[1].split(",")[0])
+            mp = daemon.mountpoint_path(mnt)
+            assert daemon.daemon_pid(mp) == winner and daemon.answers(mp)
+            assert (mnt / "test/readonly").read_text() == "ro\n"
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            force_unmount(mnt)
+
+
+@needs_root
+def test_a_full_runtime_directory_is_reported(tmp_path, monkeypatch, run_dnumafs):
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", full], check=True,
+                   timeout=30)
+    try:
+        (full / "run").mkdir(mode=0o700)
+        with contextlib.suppress(OSError), open(full / "filler", "wb") as f:
+            f.write(b"x" * 65536)
+        monkeypatch.setenv("DNUMAFS_RUNTIME_DIR", str(full / "run"))
+        (tmp_path / "mnt").mkdir()
+        r = run_dnumafs("mount", tmp_path / "mnt", "--tree", "standin:build_root")
+        assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr
+        _no_traceback(r)
+        assert os.listdir(full / "run") == []                        # nothing left behind
+        assert not daemon.is_mounted(daemon.mountpoint_path(tmp_path / "mnt"))
+    finally:
+        subprocess.run(["umount", "-l", full], timeout=30)
+
+
+@pytest.mark.parametrize("foreground", [False, True])
+def test_a_log_in_a_missing_directory_is_reported(foreground, tmp_path, run_dnumafs):
+    (tmp_path / "mnt").mkdir()
+    r = run_dnumafs("mount", tmp_path / "mnt", "--tree", "standin:build_root",
+                    "--log", tmp_path / "missing/log", *(["-f"] if foreground else []))
+    assert r.returncode == 1 and "No such file or directory" in r.stderr, r.stderr
+    assert str(tmp_path / "missing/log") in r.stderr
+    _no_traceback(r)
+    assert not daemon.is_mounted(daemon.mountpoint_path(tmp_path / "mnt"))
+
+
+def test_a_machine_beyond_the_hosts_memory_is_refused_up_front(tmp_path, run_dnumafs,
+                                                                runtime_dir):
+    (tmp_path / "mnt").mkdir()
+    avail = daemon.host_mem_available()
+    assert avail is not None
+    mem = avail // daemon.MODEL_BYTES_PER_PAGE * daemon.PAGE_SIZE * 2   # twice what fits
+    r = run_dnumafs("mount", tmp_path / "mnt", "--mem", str(mem), "--nodes", "2", timeout=30)
+    assert r.returncode == 1, r.stderr
+    need = daemon.memory_needed(mem, 2) >> 20
+    assert f"needs about {need} MiB in the daemon" in r.stderr, r.stderr
+    said = int(r.stderr.split("the host has ")[1].split(" MiB available")[0])
+    assert abs(said - (avail >> 20)) < (avail >> 20) // 10      # MemAvailable moves a little
+    _no_traceback(r)
+    assert not daemon.is_mounted(daemon.mountpoint_path(tmp_path / "mnt"))
+    assert not runtime_dir.exists() or os.listdir(runtime_dir) == []
+
+
+def test_a_failed_background_mount_says_why_and_leaves_no_file(tmp_path, run_dnumafs,
+                                                                runtime_dir):
+    (tmp_path / "mnt").mkdir()
+    r = run_dnumafs("mount", tmp_path / "mnt", "--tree", "standin:build_root", "--nodes", "9")
+    assert r.returncode == 1, r.stderr
+    assert "mount failed: the daemon exited with status 1" in r.stderr
+    assert "impossible machine" in r.stderr.splitlines()[-1]          # the daemon's own word
+    _no_traceback(r)
+    assert os.listdir(runtime_dir) == []
+
+
+def test_status_reads_only_the_ranges_it_prints(standin, run_dnumafs):
+    mnt = standin("--mem", "64M")
+    assert run_dnumafs("stripe", mnt, "0", "2", "64").returncode == 0     # 256 ranges
+    reads: list[str] = []
+
+    class Counting(client.MountedTree):
+        def read(self, rel: str) -> str:
+            reads.append(rel)
+            return super().read(rel)
+
+    text = client.status_text(Counting(mnt))
+    assert "current layout: layout.1 (256 ranges)" in text and "... 240 more" in text
+    ranges = [r for r in reads if r.startswith(f"{client.MEMLAYOUT_DIR}/layout.")]
+    assert len(ranges) == client.STATUS_MAX_RANGES
+    printed = [line for line in text.splitlines() if " -> node " in line]
+    first = list(client.stripe_ranges(16384, 0, 2, 64))[:client.STATUS_MAX_RANGES]
+    assert printed == [f"  {s:#07x}-{e:#07x} -> node {n}" for s, e, n in first]

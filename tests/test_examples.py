@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from files_helpers import ML, NODE, Mounted, check_agreement, node_meminfo, proc_meminfo
 
-from dnumafs import cli
+from dnumafs import client
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
@@ -33,18 +33,18 @@ def example(fs: Mounted, name: str, *args: str) -> subprocess.CompletedProcess[s
 
 
 def current_ranges(fs: Mounted) -> list[tuple[int, int, int]]:
-    tree = cli.MountedTree(fs.mnt)
+    tree = client.MountedTree(fs.mnt)
     return tree.layout_ranges(tree.current_layout())
 
 
 def test_dnuma_test_stripes_and_moves_all(fs):
     total = proc_meminfo(fs.read("/proc/meminfo"))["MemTotal"]
-    max_pfn = cli.MountedTree(fs.mnt).max_pfn()
+    max_pfn = client.MountedTree(fs.mnt).max_pfn()
     assert max_pfn == 64 << 8
     r = example(fs, "dnuma-test", "stripe", "0", "2", "1000")
     assert r.returncode == 0, r.stderr
     # the pfn advances, stripes do not overlap, and the last one ends at the highest pfn
-    expected = list(cli.stripe_ranges(max_pfn, 0, 2, 1000))
+    expected = list(client.stripe_ranges(max_pfn, 0, 2, 1000))
     assert current_ranges(fs) == expected
     assert expected[-1][1] == max_pfn - 1 and len(expected) == 17
     moved = fs.read(f"{ML}/moved-pages").strip()
@@ -81,7 +81,7 @@ def test_numa_report_prints_what_numactl_prints(fs, run_dnumafs):
         r = example(fs, "numa-report")
         assert r.returncode == 0, r.stderr
         assert r.stdout == run_dnumafs("hardware", fs.mnt).stdout
-        for n in cli.MountedTree(fs.mnt).node_ids():
+        for n in client.MountedTree(fs.mnt).node_ids():
             info = node_meminfo(fs.read(f"{NODE}/node{n}/meminfo"))
             assert f"\nnode {n} size: {info['MemTotal'] // 1024} MB\n" in r.stdout
             assert f"\nnode {n} free: {info['MemFree'] // 1024} MB\n" in r.stdout
@@ -99,7 +99,7 @@ def test_examples_under_dnumafs_run(fs):
 
     r = run(str(EXAMPLES / "dnuma-test"), "stripe", "1", "2", "4096")
     assert r.returncode == 0, r.stderr
-    assert current_ranges(fs) == list(cli.stripe_ranges(1 << 14, 1, 2, 4096))
+    assert current_ranges(fs) == list(client.stripe_ranges(1 << 14, 1, 2, 4096))
     r = run(str(EXAMPLES / "numa-report"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == run("numactl", "--hardware").stdout

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from dnumafs.files.format import bitmap_list, bitmap_mask, meminfo_kb, parse_indexed_name
+from dnumafs.files.format import meminfo_kb, parse_indexed_name
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 
 
 @pytest.mark.parametrize("bits, text", [

@@ -156,8 +156,8 @@ def test_commit_moves_memory_and_counts(t):
     assert t.read(f"{ML}/layout.0/stats/moved-pages") == "0\n"
     assert int(t.read(f"{ML}/node_stats/1/moved-pages")) == moved
     assert t.read(f"{ML}/node_stats/0/moved-pages") == "0\n"
-    # layout.1 names node 1 only, but counted pages leaving node 0's free lists
-    assert t.ls(f"{ML}/layout.1/node_stats") == ["0", "1"]
+    # every possible node, as the kernel creates them (nr_node_ids)
+    assert t.ls(f"{ML}/layout.1/node_stats") == ["0", "1", "2", "3"]
     # free blocks moved at once, pages on per-CPU lists when the commit drained them
     removed = int(t.read(f"{ML}/layout.1/node_stats/0/transplant-from-freelist-remove"))
     on_free = int(t.read(f"{ML}/layout.1/node_stats/1/transplant-on-free"))
@@ -179,14 +179,24 @@ def test_commit_without_pending_is_a_noop(t):
     assert layouts(t) == ["layout.0"]
 
 
-@pytest.mark.parametrize("value", [b"", b"1", b"0\n", b"anything at all\n"])
-def test_commit_and_clear_take_any_value(t, value):
+@pytest.mark.parametrize("value", [b"1", b"0\n", b"0x10", b"+7"])
+def test_commit_and_clear_take_any_number(t, value):
     t.add_range(0x100, 0x1ff, 1)
     assert t.write(f"{ML}/clear", value) is None
     assert layouts(t) == ["layout.0"]
     t.add_range(0x100, 0x1ff, 1)
     assert t.write(f"{ML}/commit", value) is None
     assert t.readlink(f"{ML}/current") == "layout.2"
+
+
+@pytest.mark.parametrize("value", [b"", b"anything at all\n", b"-1", b"1 ", b"1\n\n"])
+def test_commit_and_clear_refuse_what_is_no_number(t, value):
+    """simple_attr_write parses them with kstrtoull, as every other debugfs file."""
+    t.add_range(0x100, 0x1ff, 1)
+    assert t.write(f"{ML}/clear", value) == errno.EINVAL
+    assert t.write(f"{ML}/commit", value) == errno.EINVAL
+    assert layouts(t) == ["layout.0", "layout.1"]
+    assert t.readlink(f"{ML}/current") == "layout.0"
 
 
 def test_clear_discards_the_pending_layout(t):
@@ -206,22 +216,22 @@ def test_stats_files(t):
         node = t.node(f"{ML}/stats/{name}")
         assert node.mode == 0o400 and node.store is None
         assert t.read(f"{ML}/stats/{name}") == f"{t.m.stats[name]}\n"
-    assert t.ls(f"{ML}/node_stats") == ["0", "1"]
+    assert t.ls(f"{ML}/node_stats") == ["0", "1", "2", "3"]     # every possible node
     assert t.ls(f"{ML}/node_stats/0") == list(STAT_NAMES)
-    assert t.ls(f"{ML}/layout.0/node_stats") == ["0", "1"]
-    for name in ("2", "00", "-1", "x"):
+    assert t.ls(f"{ML}/layout.0/node_stats") == ["0", "1", "2", "3"]
+    for name in ("4", "00", "-1", "x"):
         assert t.node(f"{ML}/node_stats/{name}") is None
 
 
 def test_per_node_and_per_layout_stats_agree(t):
     t.add_range(0x0, 0x3fff, 2)         # all memory to node 2
     assert t.write(f"{ML}/commit", "1") is None
-    # every online node (node 3, possible but never named, has none)
-    nids = ["0", "1", "2"]
+    # every possible node, counted or not, as the kernel's 0..nr_node_ids-1
+    nids = ["0", "1", "2", "3"]
     assert t.ls(f"{ML}/node_stats") == nids
-    # the layout's node, and those it counted for (examined pfns on 2, pages leaving 0, 1)
     assert t.ls(f"{ML}/layout.1/node_stats") == nids
-    assert t.node(f"{ML}/node_stats/3") is None
+    assert t.read(f"{ML}/node_stats/3/moved-pages") == "0\n"
+    assert t.node(f"{ML}/node_stats/4") is None
     for name in STAT_NAMES:
         total = int(t.read(f"{ML}/stats/{name}"))
         per_layout = sum(int(t.read(f"{ML}/layout.{n}/stats/{name}")) for n in (0, 1))
@@ -254,7 +264,7 @@ def test_backlog_max(t):
 
 @pytest.mark.parametrize("value, err", [
     (b"-1", errno.EINVAL), (b"", errno.EINVAL), (b"two", errno.EINVAL),
-    (b"4294967296", errno.ERANGE), (b"18446744073709551616", errno.ERANGE),
+    (b"18446744073709551616", errno.ERANGE),
 ])
 def test_backlog_max_rejects(t, value, err):
     assert t.write(BACKLOG_MAX, value) == err
@@ -271,9 +281,12 @@ def test_a_destroyed_layout_directory_disappears(t):
     layout_dir = t.node(f"{ML}/layout.1")
     assert t.write(f"{ML}/clear", "1") is None
     assert t.node(f"{ML}/layout.1") is None
-    # a directory handle taken before still lists what it had (the layout object is kept by
-    # the handle), but the path no longer finds it
-    assert "00100-001ff" in list(layout_dir.names())
+    # a directory handle taken before lists no range any more, and a file of it fails to
+    # read with EIO, as debugfs does for a file removed while open
+    assert list(layout_dir.names()) == ["stats", "node_stats"]
+    with pytest.raises(OSError) as e:
+        layout_dir.lookup("stats").lookup("moved-pages").read()
+    assert e.value.errno == errno.EIO
 
 
 def test_striped_layout_lookup(t):

@@ -3,10 +3,14 @@ debugfs interface as echo shows it, and all files agreeing through commits and t
 The real tools run against a mount are in test_tools.py."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
+import stat
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from files_helpers import (
@@ -115,20 +119,85 @@ def test_errnos_through_python(fs):
     assert fs.write(f"{ML}/start", b"99999999999999999999") == errno.ERANGE
     assert fs.read(f"{ML}/start") == "0x0000000000000010\n"
     assert fs.write(BACKLOG_MAX, "-1") == errno.EINVAL
-    assert fs.write(BACKLOG_MAX, "4294967296") == errno.ERANGE
+    assert fs.write(BACKLOG_MAX, "18446744073709551616") == errno.ERANGE
     assert fs.read(BACKLOG_MAX) == "8\n"
     assert fs.write(HP.format(0), "0x2") == errno.EINVAL
-    # files without a show cannot be read, files without a store cannot be written (root too)
-    for name in ("node", "commit", "clear"):
-        with pytest.raises(PermissionError):
-            fs.read(f"{ML}/{name}")
-    for path in (f"{NODE}/node0/meminfo", f"{ML}/moved-pages", "/proc/zoneinfo",
-                 f"{ML}/layout.0/00000-01fff"):
-        assert fs.write(path, "1") == errno.EACCES
     with pytest.raises(FileNotFoundError):
         fs.read(f"{NODE}/node2/distance")        # libnuma's probe one past the last node
     with pytest.raises(FileNotFoundError):
         fs.read(f"{ML}/layout.7/stats/moved-pages")
+
+
+def refused(path: Path, writing: bool) -> tuple[str, int] | None:
+    """Where a read (or a write) of path is refused, as root: ("open" or "read" or "write",
+    errno), or None."""
+    try:
+        fd = os.open(path, os.O_WRONLY if writing else os.O_RDONLY)
+    except OSError as e:
+        return "open", e.errno
+    try:
+        if writing:
+            os.write(fd, b"1\n")
+        else:
+            os.read(fd, 4096)
+    except OSError as e:
+        return ("write" if writing else "read"), e.errno
+    finally:
+        os.close(fd)
+    return None
+
+
+def test_files_without_show_or_store_fail_where_linux_fails(fs):
+    """Root too: sysfs and sysctls refuse the open (kernfs_fop_open, sysctl_perm); procfs
+    fails the write with EIO (proc_reg_write); debugfs fails the read or write with EACCES
+    (simple_attr_read/write), and nothing changes."""
+    before = fs.read("/proc/zoneinfo")
+    assert refused(fs.path(f"{NODE}/node0/meminfo"), writing=True) == ("open", errno.EACCES)
+    assert refused(fs.path(f"{NODE}/online"), writing=True) == ("open", errno.EACCES)
+    assert refused(fs.path("/proc/sys/vm/drop_caches"), writing=False) == ("open", errno.EACCES)
+    for name in ("zoneinfo", "meminfo", "vmstat", "buddyinfo"):
+        assert refused(fs.path(f"/proc/{name}"), writing=True) == ("write", errno.EIO)
+    for path in (f"{ML}/moved-pages", f"{ML}/layout.0/00000-01fff", f"{ML}/stats/split-pages"):
+        assert refused(fs.path(path), writing=True) == ("write", errno.EACCES)
+    for name in ("node", "commit", "clear"):
+        assert refused(fs.path(f"{ML}/{name}"), writing=False) == ("read", errno.EACCES)
+    # and as echo says it (bash opens with O_TRUNC: the truncate is no error of its own)
+    for path, error in (("/proc/meminfo", "write error: Input/output error"),
+                        (f"{ML}/moved-pages", "write error: Permission denied"),
+                        (f"{NODE}/online", "Permission denied")):
+        r = subprocess.run(["bash", "-c", f"echo 1 > {fs.path(path)}"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 1 and error in r.stderr, (path, r.stderr)
+    assert fs.read("/proc/zoneinfo") == before
+    assert fs.layouts() == ["layout.0"]
+
+
+def test_sizes_and_modes_as_linux(fs):
+    """st_size 4096 for sysfs, 0 for procfs and debugfs; debugfs's root is 0700."""
+    for path in (f"{NODE}/online", f"{NODE}/node0/meminfo", BACKLOG_MAX):
+        assert os.stat(fs.path(path)).st_size == 4096, path
+    for path in ("/proc/meminfo", "/proc/sys/vm/drop_caches", f"{ML}/start",
+                 f"{ML}/moved-pages", f"{ML}/layout.0/00000-01fff"):
+        assert os.stat(fs.path(path)).st_size == 0, path
+    assert stat.S_IMODE(os.stat(fs.path("/sys/kernel/debug")).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(fs.path("/sys/kernel")).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(fs.path(ML)).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(fs.path("/proc/sys/vm/drop_caches")).st_mode) == 0o200
+    assert stat.S_IMODE(os.stat(fs.path(BACKLOG_MAX)).st_mode) == 0o644
+
+
+def test_chmod_chown_utime_are_not_permitted(fs):
+    """EPERM, and the mode stays: what sysfs answers a user who does not own the file (root
+    may change them in Linux; see the README)."""
+    for path in (f"{NODE}/node0/meminfo", f"{ML}/start", "/proc/meminfo", f"{NODE}/node0"):
+        p = fs.path(path)
+        mode = os.stat(p).st_mode
+        for change, args in ((os.chmod, (0o777,)), (os.chown, (1, 1)), (os.utime, ((0, 0),)),
+                             (os.utime, ())):
+            with pytest.raises(PermissionError) as e:
+                change(p, *args)
+            assert e.value.errno == errno.EPERM, path
+        assert os.stat(p).st_mode == mode
 
 
 def test_echo_errors_for_the_other_files(fs):
@@ -272,3 +341,73 @@ def test_readers_see_consistent_snapshots_during_commits(fs):
     assert problems == []
     assert reads[0] > 0
     check_agreement(fs, total)
+
+
+class Dirent64(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+DT_DIR, DT_REG, DT_LNK = 4, 8, 10
+
+
+def dirent_types(path: Path) -> dict[str, int]:
+    """Each entry's d_type as readdir(3) returns it (Python's scandir would stat an entry
+    whose type is DT_UNKNOWN, hiding what readdir gave)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir64.argtypes = [ctypes.c_void_p]
+    libc.readdir64.restype = ctypes.POINTER(Dirent64)
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    d = libc.opendir(os.fsencode(path))
+    assert d, os.strerror(ctypes.get_errno())
+    types = {}
+    try:
+        while ent := libc.readdir64(d):
+            types[ent.contents.d_name.decode()] = ent.contents.d_type
+    finally:
+        libc.closedir(d)
+    return types
+
+
+def test_readdir_gives_each_entry_its_type(fs):
+    """d_type as sysfs gives it: irqbalance counts nodeN only when it is DT_DIR."""
+    node = dirent_types(fs.path(NODE))
+    assert node["node0"] == node["node1"] == node["."] == DT_DIR
+    assert node["online"] == DT_REG
+    node0 = dirent_types(fs.path(f"{NODE}/node0"))
+    assert (node0["cpu0"], node0["hugepages"], node0["meminfo"]) == (DT_LNK, DT_DIR, DT_REG)
+    ml = dirent_types(fs.path(ML))
+    assert (ml["current"], ml["layout.0"], ml["start"]) == (DT_LNK, DT_DIR, DT_REG)
+    layout = dirent_types(fs.path(f"{ML}/layout.0"))
+    assert (layout["stats"], layout["00000-01fff"]) == (DT_DIR, DT_REG)
+    # and Python's scandir agrees
+    entry = {e.name: e for e in os.scandir(fs.path(NODE))}["node0"]
+    assert entry.is_dir(follow_symlinks=False)
+
+
+def test_a_layout_of_thousands_of_ranges_lists_whole(fs):
+    """A listing longer than many readdir requests comes whole and once each, whatever the
+    buffer the reader lists with, and its ranges are found and read by name."""
+    ranges = [(pfn, pfn + 1, (pfn // 2) % 3) for pfn in range(0, 0x4000, 4)]    # 4096
+    ml = fs.path(ML)
+    fds = {name: os.open(ml / name, os.O_WRONLY) for name in ("start", "end", "node")}
+    try:
+        for start, end, nid in ranges:
+            for name, value in (("start", start), ("end", end), ("node", nid)):
+                os.write(fds[name], f"{value:#x}\n".encode())
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    names = [f"{s:05x}-{e:05x}" for s, e, _ in ranges]
+    listed = os.listdir(ml / "layout.1")
+    assert sorted(listed) == sorted([*names, "stats", "node_stats"])
+    assert len(listed) == len(set(listed))
+    types = dirent_types(ml / "layout.1")
+    assert types[names[-1]] == DT_REG and types["stats"] == DT_DIR
+    r = subprocess.run(["ls", "-l", ml / "layout.1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.count("\n-r-------- ") == len(names)
+    for (_, _, nid), name in list(zip(ranges, names))[::500]:
+        assert fs.read(f"{ML}/layout.1/{name}") == f"{nid}\n"

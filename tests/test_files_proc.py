@@ -120,6 +120,7 @@ def test_proc_vmstat(t):
     assert list(stat) == ["nr_free_pages", "numa_hit", "numa_miss", "numa_foreign",
                           "numa_interleave", "numa_local", "numa_other", "nr_hugetlb",
                           "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree",
+                          "drop_pagecache", "drop_slab",
                           "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail"]
     nodes = [key_values(t.read(f"{NODE}/node{n}/vmstat")) for n in (0, 1)]
     for name in nodes[0]:
@@ -137,13 +138,21 @@ def test_drop_caches_frees_the_boot_allocations(t):
     held = sum(1 << o for _, o in t.m.boot_allocations)
     free = t.m.total_free_pages()
     on_pcp = sum(z.pcp_pages for p in t.m.pgdat.values() for z in p.zones.values())
-    for bad in (b"0", b"5", b"x", b"", b"-1", b"0x1"):
+    # proc_dointvec_minmax: no `+`, nothing but whitespace around, 1..4
+    for bad in (b"0", b"5", b"x", b"", b"-1", b"+3", b"3 4", b"3x", b"0x10", b" \n",
+                b"1" * 21, b"3\0"):
         assert t.write("/proc/sys/vm/drop_caches", bad) == errno.EINVAL, bad
     assert t.m.boot_allocations and t.m.total_free_pages() == free
     assert t.write("/proc/sys/vm/drop_caches", b"4") is None     # only silences the message
     assert sum(1 << o for _, o in t.m.boot_allocations) == held
-    assert t.write("/proc/sys/vm/drop_caches", b"3\n") is None
+    assert t.read("/proc/vmstat").count("drop_pagecache 0\n") == 1
+    assert t.write("/proc/sys/vm/drop_caches", b" \t0x3 \n") is None   # base 0, spaces around
     assert t.m.boot_allocations == []
+    vmstat = key_values(t.read("/proc/vmstat"))
+    assert (vmstat["drop_pagecache"], vmstat["drop_slab"]) == (1, 1)
+    assert t.write("/proc/sys/vm/drop_caches", b"02") is None            # octal 2: slab only
+    vmstat = key_values(t.read("/proc/vmstat"))
+    assert (vmstat["drop_pagecache"], vmstat["drop_slab"]) == (1, 2)
     t.m.drain_pcp()
     assert t.m.total_free_pages() == free + on_pcp + held
 
@@ -154,7 +163,7 @@ def test_cpu_lists_and_links(t):
     assert t.read(f"{CPU}/present") == "0-3\n"
     assert t.read(f"{CPU}/offline") == "\n"
     assert [n for n in t.ls(CPU) if n.startswith("cpu")] == ["cpu0", "cpu1", "cpu2", "cpu3"]
-    assert t.ls(f"{CPU}/cpu2") == ["node1", "topology"]
+    assert t.ls(f"{CPU}/cpu2") == ["node1", "topology", "cache"]
     assert t.readlink(f"{CPU}/cpu2/node1") == "../../node/node1"
     assert t.node(f"{CPU}/cpu4") is None
 

@@ -30,13 +30,13 @@ from hypothesis import strategies as st
 from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixture)
 
 from dnumafs import daemon
-from dnumafs.vfs.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtoull
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
 CHECK = "/sys/kernel/debug/dnumafs/check"
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
-BACKLOG_MAX = "/sys/module/memlayout/parameters/backlog_max"
+BACKLOG_MAX = "/sys/module/memlayout_debugfs/parameters/backlog_max"
 SMALL = ("--nodes", "2", "--mem", "64M", "--cpus", "4", "--possible-nodes", "4")
 
 
@@ -87,6 +87,12 @@ WORKER = textwrap.dedent(r'''
                         text = f.read().decode()
                 except FileNotFoundError:
                     done["vanished"] += 1      # a layout.N destroyed under the walk
+                    continue
+                except OSError as e:
+                    # destroyed between the open and the read: EIO, as debugfs says
+                    if e.errno != errno.EIO or "/layout." not in p:
+                        raise
+                    done["vanished"] += 1
                     continue
                 done["reads"] += 1
                 if name == "check" and text:
@@ -171,7 +177,7 @@ def test_load_then_nothing_is_lost(fs):
 
 def writable_files(mnt: Path) -> list[str]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(mnt):
+    for dirpath, _, filenames in os.walk(mnt):
         for name in filenames:
             p = Path(dirpath, name)
             if os.lstat(p).st_mode & 0o222:
@@ -245,25 +251,33 @@ def test_fuzz_every_writable_file(fs):
 # --- access --------------------------------------------------------------------------------
 
 @needs_setpriv
-def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_dnumafs):
+def test_other_users_read_node_files_and_cannot_write_debugfs(public_dir, mount_dnumafs):  # noqa: F811
     (public_dir / "mnt").mkdir()
     mnt = mount_dnumafs(*SMALL, "--allow-other", mnt=public_dir / "mnt")
     n, ml = mnt / NODE.lstrip("/"), mnt / ML.lstrip("/")
-    r = _as_nobody(f"cat {n}/online {n}/node0/meminfo {mnt}/proc/meminfo; ls {ml}")
+    r = _as_nobody(f"cat {n}/online {n}/node0/meminfo {mnt}/proc/meminfo")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("0-1\nNode 0 MemTotal:") and "layout.0\n" in r.stdout
-    for script in (f"echo 0x10 > {ml}/start", f"echo 1 > {ml}/commit", f"cat {ml}/start",
+    assert r.stdout.startswith("0-1\nNode 0 MemTotal:")
+    # debugfs is root's alone, as /sys/kernel/debug (0700): not even its names are listed
+    for script in (f"ls {mnt}/sys/kernel/debug", f"ls {ml}", f"cat {ml}/moved-pages",
+                   f"echo 0x10 > {ml}/start", f"echo 1 > {ml}/commit", f"cat {ml}/start",
                    f"cat {mnt}/sys/kernel/debug/dnumafs/check",
                    f"echo 4 > {n}/node0/hugepages/hugepages-2048kB/nr_hugepages",
-                   f"echo 1 > {mnt}/sys/module/memlayout/parameters/backlog_max"):
+                   f"echo 1 > {mnt}/sys/module/memlayout_debugfs/parameters/backlog_max"):
         r = _as_nobody(script)
         assert r.returncode != 0 and "Permission denied" in r.stderr, script
+    # changing modes, owners or times of files one does not own: EPERM, as sysfs
+    for script in (f"chmod 777 {n}/online", f"chown nobody {n}/online",
+                   f"touch -c -d 2000-01-01 {n}/online", f"chmod 777 {mnt}/proc/meminfo"):
+        r = _as_nobody(script)
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (script, r.stderr)
     assert (ml / "start").read_text() == "0x0000000000000000\n"
     assert os.readlink(ml / "current") == "layout.0"
+    assert stat.S_IMODE((n / "online").stat().st_mode) == 0o444
 
 
 @needs_setpriv
-def test_other_users_cannot_see_a_model_mount_without_allow_other(public_dir, mount_dnumafs):
+def test_other_users_cannot_see_a_model_mount_without_allow_other(public_dir, mount_dnumafs):  # noqa: F811
     (public_dir / "mnt").mkdir()
     mnt = mount_dnumafs(*SMALL, mnt=public_dir / "mnt")
     r = _as_nobody(f"cat {mnt}/sys/devices/system/node/online; ls {mnt}")
@@ -314,7 +328,7 @@ def test_kill_9_then_umount_then_a_new_mount_works(mount_dnumafs, run_dnumafs, t
 def test_memory_stays_flat_over_thousands_of_commits(fs):
     """2,500 commits through the files: after a warm-up of 500, the daemon's RSS grows by
     less than 8 MiB over the next 2,000, and the backlog never holds more than backlog_max."""
-    from dnumafs.cli import MemlayoutWriter, MountedTree
+    from dnumafs.client import MemlayoutWriter, MountedTree
     tree = MountedTree(fs.mnt)
     max_pfn = tree.max_pfn()
     pid = daemon_pid(fs)
@@ -342,5 +356,105 @@ def test_check_file_is_root_only_and_reads_empty(fs):
     st_ = os.stat(fs.path(CHECK))
     assert stat.S_IMODE(st_.st_mode) == 0o400
     assert fs.read(CHECK) == ""
-    with pytest.raises(PermissionError):
-        os.open(fs.path(CHECK), os.O_WRONLY)
+    assert fs.write(CHECK, "1") == errno.EACCES     # at write, as simple_attr_write
+
+
+# --- bounds --------------------------------------------------------------------------------
+
+def test_many_opens_of_a_big_file_hold_one_text(mount_dnumafs):
+    """Readers that each read a piece of /proc/zoneinfo and keep it open: the daemon keeps one
+    shared text for them all (the model did not change between their reads), not one each,
+    and every one of them still reads one whole consistent text."""
+    mnt = Mounted(mount_dnumafs("--nodes", "32", "--cpus", "128", "--possible-nodes", "32",
+                                "--mem", "2G"))
+    path = mnt.path("/proc/zoneinfo")
+    whole = path.read_bytes()
+    assert len(whole) > 300_000
+    pid = daemon_pid(mnt)
+    before = rss_kib(pid)
+    fds = []
+    try:
+        for _ in range(500):
+            fd = os.open(path, os.O_RDONLY)
+            fds.append(fd)
+            assert os.read(fd, 4096) == whole[:4096]
+        grown_mib = (rss_kib(pid) - before) / 1024
+        # 500 copies would be 200 MiB; one shared copy and the open files' tables, a few
+        assert grown_mib < 40, f"daemon grew {grown_mib:.0f} MiB for 500 open files"
+        for fd in fds[::50]:
+            rest = b""
+            while chunk := os.read(fd, 65536):
+                rest += chunk
+            assert whole[:4096] + rest == whole
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert mnt.read(CHECK) == ""
+
+
+# --- names and the log ---------------------------------------------------------------------
+
+def test_names_that_are_not_utf8_are_not_found_and_leave_no_log(mount_dnumafs, tmp_path):
+    mnt = mount_dnumafs(*SMALL)
+    log = tmp_path / f"{mnt.name}.log"
+    size = log.stat().st_size
+    base = os.fsencode(mnt / "sys/devices/system/node")
+    for name in (b"\xff", b"node\xc3", b"\xed\xa0\x80", b"node0\xff/meminfo"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(base + b"/" + name)
+    for i in range(2000):
+        with pytest.raises(FileNotFoundError):
+            os.stat(base + b"/\xff" + str(i).encode())
+    assert os.path.isdir(base + b"/node0")
+    assert log.stat().st_size - size < 2000, log.read_text()[-2000:]
+
+
+def test_a_failing_request_cannot_flood_the_log(standin, tmp_path):
+    """A show that fails unexpectedly (a bug) is logged with its traceback, but at most a few
+    times every few seconds however often it is asked for."""
+    mnt = standin()
+    log = tmp_path / f"{mnt.name}.log"
+    f = mnt / "test/runtime_error"
+    for _ in range(1000):
+        with pytest.raises(OSError) as e:
+            f.read_bytes()
+        assert e.value.errno == errno.EIO
+    text = log.read_text()
+    assert 1 <= text.count("RuntimeError: bug") <= 20, text[-3000:]
+    assert len(text) < 50_000
+
+
+# --- write lengths -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, value", [
+    (f"{ML}/start", b"20"), (f"{ML}/node", b"1"), (f"{ML}/commit", b"1"), (BACKLOG_MAX, b"3"),
+    (HP.format(0), b"2"), ("/proc/sys/vm/drop_caches", b"3"),
+])
+@pytest.mark.parametrize("length", [4097, 200_000, 1 << 20])
+def test_a_write_longer_than_any_value_is_refused_whole(fs, path, value, length):
+    """One write(2) of length bytes, a number behind leading zeros that kstrtoull would take
+    whole (the kernel hands FUSE those over 128 KiB as several writes, each a number of its
+    own): EINVAL, and nothing changes, not even by a piece of it."""
+    before = {p: fs.read(p) for p in ("/proc/zoneinfo", f"{ML}/start", BACKLOG_MAX)}
+    data = b"0" * (length - len(value) - 1) + value + b"\n"
+    assert fs.write(path, data) == errno.EINVAL
+    assert {p: fs.read(p) for p in before} == before
+    assert fs.layouts() == ["layout.0"]
+    assert fs.read(CHECK) == ""
+
+
+def test_debugfs_takes_23_bytes_and_a_nul_ends_a_value(fs):
+    """simple_attr_write copies at most 23 bytes and parses them as a C string: a longer
+    write is refused here (the kernel would parse its first 23 bytes); a NUL ends the value,
+    in debugfs and sysfs alike."""
+    start = f"{ML}/start"
+    assert fs.write(start, b"0x" + b"0" * 20 + b"1") is None              # 23 bytes
+    assert fs.read(start) == "0x0000000000000001\n"
+    assert fs.write(start, b"0x" + b"0" * 21 + b"2") == errno.EINVAL      # 24 bytes
+    assert fs.read(start) == "0x0000000000000001\n"
+    assert fs.write(start, b"0x20\0garbage") is None
+    assert fs.read(start) == "0x0000000000000020\n"
+    assert fs.write(BACKLOG_MAX, b"5\0x") is None
+    assert fs.read(BACKLOG_MAX) == "5\n"
+    # a sysctl sees the NUL as a stray character, as proc_dointvec does
+    assert fs.write("/proc/sys/vm/drop_caches", b"3\0") == errno.EINVAL

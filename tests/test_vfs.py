@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from standin import big_text
 
+from dnumafs.lib.kstrtox import ULLONG_MAX, kstrtoull
 from dnumafs.vfs import fuse_ops
-from dnumafs.vfs.kstrtox import ULLONG_MAX, kstrtoull
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
 
 # --- tree ------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def _ops() -> tuple[fuse_ops.TreeOperations, list[bytes]]:
     stored: list[bytes] = []
     root = StaticDir({
         "ro": Attr(show=lambda: "hello\n"),
-        "rw": Attr(show=lambda: "rw\n", store=stored.append, mode=0o644),
-        "wo": Attr(store=stored.append, mode=0o200),
+        "rw": Attr(show=lambda: "rw\n", store=stored.append),
+        "wo": Attr(store=stored.append),
         "dir": StaticDir({}),
         "link": Symlink(lambda: "ro"),
         "bug": Attr(show=lambda: 1 / 0),
@@ -168,7 +168,12 @@ def test_ops_truncate_getattr_readdir_readlink():
     assert ops("getattr", "/dir")["st_mode"] == stat.S_IFDIR | 0o755
     assert ops("getattr", "/dir")["st_nlink"] == 2
     assert ops("getattr", "/link")["st_mode"] == stat.S_IFLNK | 0o777
-    assert ops("readdir", "/", None) == [".", "..", "ro", "rw", "wo", "dir", "link", "bug"]
+    entries = list(ops("readdir", "/", None))
+    assert [name for name, _, _ in entries] == [".", "..", "ro", "rw", "wo", "dir", "link", "bug"]
+    # each entry's type, for d_type: DT_DIR, DT_REG, DT_LNK
+    assert [mode for _, mode, _ in entries] == [
+        stat.S_IFDIR, stat.S_IFDIR, stat.S_IFREG, stat.S_IFREG, stat.S_IFREG, stat.S_IFDIR,
+        stat.S_IFLNK, stat.S_IFREG]
     assert _errno(ops, "readdir", "/ro", None) == errno.ENOTDIR
     assert ops("readlink", "/link") == "ro"
     assert _errno(ops, "readlink", "/ro") == errno.EINVAL
@@ -181,13 +186,64 @@ def test_ops_let_only_errnos_out(exc):
     def show():
         raise exc
     ops = fuse_ops.TreeOperations(StaticDir({"f": Attr(show=show)}))
-    assert _errno(ops, "open", "/f", _fi(os.O_RDONLY)) == errno.EIO
+    fi = _fi(os.O_RDONLY)
+    ops("open", "/f", fi)
+    assert _errno(ops, "read", "/f", 4096, 0, fi) == errno.EIO
+
+
+def test_held_texts_are_shared_and_bounded():
+    held = fuse_ops.HeldTexts(limit=10)
+    a = held.hold(b"x" * 6)
+    assert held.hold(bytes(b"x" * 6)) is a and held.total == 6      # identical: one copy
+    with pytest.raises(OSError) as e:
+        held.hold(b"y" * 6)
+    assert e.value.errno == errno.ENOMEM
+    held.release(a)
+    assert held.total == 6
+    held.release(a)
+    assert held.total == 0
+    assert held.hold(b"y" * 6) == b"y" * 6
+
+
+def test_ops_keep_a_text_only_while_a_reader_needs_it():
+    ops = fuse_ops.TreeOperations(StaticDir({"f": Attr(show=lambda: "0123456789")}))
+    fi = _fi(os.O_RDONLY)
+    ops("open", "/f", fi)
+    assert ops("read", "/f", 4, 0, fi) == b"0123"
+    assert ops._held.total == 10                  # kept for the rest
+    assert ops("read", "/f", 100, 4, fi) == b"456789"
+    assert ops._held.total == 0                   # the reader reached the end
+    assert ops("read", "/f", 100, 10, fi) == b""
+    ops("release", "/f", fi)
+
+
+def test_ops_readdir_serves_a_listing_in_pieces():
+    names = [f"f{i:03d}" for i in range(300)]
+    ops = fuse_ops.TreeOperations(StaticDir({n: Attr(show=str) for n in names}))
+    fh = ops("opendir", "/")
+    first = []
+    for entry in ops("readdir", "/", fh, 0):    # a request whose buffer takes 10 entries
+        first.append(entry)
+        if len(first) == 10:
+            break
+    assert ops._held.total > 0                   # the listing is kept for the next request
+    rest = list(ops("readdir", "/", fh, first[-1][2]))
+    listed = [name for name, _, _ in first + rest]
+    assert listed == [".", "..", *names]
+    assert ops._held.total == 0                  # served whole
+    assert list(ops("readdir", "/", fh, first[-1][2])) == rest   # listed anew, same place
+    assert ops("releasedir", "/", fh) == 0
+    assert _errno(ops, "opendir", "/f000") == errno.ENOTDIR
 
 
 def test_ops_unneeded_operations_are_unregistered():
     ops, _ = _ops()
-    for name in ("access", "chmod", "flush", "getxattr", "opendir", "statfs", "utimens"):
+    for name in ("access", "flush", "getxattr", "statfs"):
         assert getattr(ops, name) is None
+    # as sysfs: changing modes, owners or times is not permitted
+    assert _errno(ops, "chmod", "/rw", 0o600) == errno.EPERM
+    assert _errno(ops, "chown", "/rw", 0, 0) == errno.EPERM
+    assert _errno(ops, "utimens", "/rw", None) == errno.EPERM
     opts = fuse_ops.fuse_options()
     assert opts["default_permissions"] is True and opts["negative_timeout"] == 0
     assert opts["fsname"] == opts["subtype"] == "dnumafs"

@@ -2,37 +2,64 @@
 of the mount can be bound over the real one and HWLOC_FSROOT=MNT works.
 
 One module per area, each a set of small show/store functions over the model:
-  memlayout  sys/kernel/debug/memlayout/, sys/module/memlayout/parameters/
+  memlayout  sys/kernel/debug/memlayout/, sys/module/memlayout_debugfs/parameters/
   node       sys/devices/system/node/
   cpu        sys/devices/system/cpu/
+  cache      sys/devices/system/cpu/cpuK/cache/
+  bus        sys/bus/
   proc       proc/
+  proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
 """
 from __future__ import annotations
 
-from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Dir, StaticDir
+from typing import Any
 
+from dnumafs.mm import Machine
+from dnumafs.vfs.tree import Dir, StaticDir, union
+
+from .bus import bus_dir
+from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
 from .proc import proc_dir
+from .proc_cpu import proc_cpu_dir
+
+# Directories made between the subtrees take 0755, but debugfs's root is root-only, as
+# /sys/kernel/debug is (0700).
+DIR_MODES = {"sys/kernel/debug": 0o700}
 
 
 def build_root(machine: Machine) -> Dir:
-    """The mount's root directory."""
-    return StaticDir({
-        "sys": StaticDir({
-            "kernel": StaticDir({"debug": StaticDir({
-                "memlayout": memlayout_dir(machine),
-                "dnumafs": debug_dir(machine),
-            })}),
-            "module": StaticDir({"memlayout": module_dir(machine)}),
-            "devices": StaticDir({"system": StaticDir({
-                "node": node_root(machine),
-                "cpu": cpu_root(machine),
-            })}),
-        }),
-        "proc": proc_dir(machine),
+    """The mount's root directory: each subtree at its path, one line each."""
+    return mount_tree({
+        "sys/kernel/debug/memlayout": memlayout_dir(machine),
+        "sys/kernel/debug/dnumafs": debug_dir(machine),
+        "sys/module/memlayout_debugfs": module_dir(machine),
+        "sys/devices/system/node": node_root(machine),
+        "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),
+        "sys/bus": bus_dir(machine),
+        "proc": union(proc_dir(machine), proc_cpu_dir(machine)),
     })
+
+
+def mount_tree(subtrees: dict[str, Dir]) -> Dir:
+    """A root holding each subtree at its path, with the directories between made as needed
+    (listed in the order first named, with their DIR_MODES mode or 0755)."""
+    root: dict[str, Any] = {}
+    for path, sub in subtrees.items():
+        *parents, name = path.split("/")
+        d = root
+        for part in parents:
+            d = d.setdefault(part, {})
+        d[name] = sub
+    return _static_dir(root, "")
+
+
+def _static_dir(children: dict[str, Any], path: str) -> StaticDir:
+    return StaticDir({name: _static_dir(child, f"{path}/{name}".lstrip("/"))
+                      if isinstance(child, dict) else child
+                      for name, child in children.items()},
+                     mode=DIR_MODES.get(path, 0o755))

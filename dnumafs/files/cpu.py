@@ -8,20 +8,16 @@ where the CPU reports no cluster.
 """
 from __future__ import annotations
 
-from functools import partial
-
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir, Symlink
-
-from .format import bitmap_list, bitmap_mask
+from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, StaticDir
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 
 
 def cpu_list_show(m: Machine) -> str:
     """online, possible, present: every modelled CPU is all three."""
-    with m.lock:
-        return bitmap_list(range(m.nr_cpus)) + "\n"
+    return bitmap_list(range(m.nr_cpus)) + "\n"
 
 
 def offline_show(m: Machine) -> str:
@@ -32,13 +28,11 @@ def offline_show(m: Machine) -> str:
 
 def package_cpus(m: Machine, cpu: int) -> list[int]:
     """A package per node: the CPUs of this CPU's node."""
-    with m.lock:
-        return m.node_cpus(m.cpu_node[cpu])
+    return m.node_cpus(m.cpu_node[cpu])
 
 
 def physical_package_id_show(m: Machine, cpu: int) -> str:
-    with m.lock:
-        return f"{m.cpu_node[cpu]}\n"
+    return f"{m.cpu_node[cpu]}\n"
 
 
 def core_id_show(m: Machine, cpu: int) -> str:
@@ -55,8 +49,7 @@ def cluster_id_show(m: Machine, cpu: int) -> str:
 
 
 def mask_show(m: Machine, cpus: list[int]) -> str:
-    with m.lock:
-        return bitmap_mask(cpus, m.nr_cpus) + "\n"
+    return bitmap_mask(cpus, m.nr_cpus) + "\n"
 
 
 def package_cpus_show(m: Machine, cpu: int) -> str:
@@ -76,44 +69,52 @@ def core_cpus_list_show(m: Machine, cpu: int) -> str:
     return f"{cpu}\n"
 
 
-def topology_dir(m: Machine, cpu: int) -> Dir:
-    """cpuK/topology/: the package-wide masks under all their names (package, die and
-    core_siblings are one set here), the core-wide ones likewise (core, cluster, thread)."""
-    package = (partial(package_cpus_show, m, cpu), partial(package_cpus_list_show, m, cpu))
-    core = (partial(core_cpus_show, m, cpu), partial(core_cpus_list_show, m, cpu))
-    children: dict[str, Node] = {
-        "physical_package_id": Attr(show=partial(physical_package_id_show, m, cpu)),
-        "die_id": Attr(show=partial(die_id_show, m, cpu)),
-        "cluster_id": Attr(show=partial(cluster_id_show, m, cpu)),
-        "core_id": Attr(show=partial(core_id_show, m, cpu)),
-    }
-    for name, (mask, cpulist) in {"package_cpus": package, "die_cpus": package,
-                                  "core_siblings": package, "core_cpus": core,
-                                  "cluster_cpus": core, "thread_siblings": core}.items():
-        children[name] = Attr(show=mask)
-        children[f"{name}_list"] = Attr(show=cpulist)
-    return StaticDir(children)
+# The package-wide masks under all their names (package, die and core_siblings are one set
+# here), the core-wide ones likewise (core, cluster, thread).
+TOPOLOGY_MASKS = {
+    "package_cpus": (package_cpus_show, package_cpus_list_show),
+    "die_cpus": (package_cpus_show, package_cpus_list_show),
+    "core_siblings": (package_cpus_show, package_cpus_list_show),
+    "core_cpus": (core_cpus_show, core_cpus_list_show),
+    "cluster_cpus": (core_cpus_show, core_cpus_list_show),
+    "thread_siblings": (core_cpus_show, core_cpus_list_show),
+}
+
+TOPOLOGY_ATTRS = {
+    "physical_package_id": RO(physical_package_id_show),
+    "die_id": RO(die_id_show),
+    "cluster_id": RO(cluster_id_show),
+    "core_id": RO(core_id_show),
+    **{name + suffix: RO(show) for name, shows in TOPOLOGY_MASKS.items()
+       for suffix, show in zip(("", "_list"), shows)},
+}
+
+CPU_LIST_ATTRS = {
+    "online": RO(cpu_list_show),
+    "possible": RO(cpu_list_show),
+    "present": RO(cpu_list_show),
+    "offline": RO(offline_show),
+}
+
+
+def node_link_target(nid: int) -> str:
+    return f"../../node/node{nid}"
 
 
 def cpu_dir(m: Machine, cpu: int) -> Dir:
     """cpuK/: its node link (../../node/nodeN, as register_cpu_under_node() makes) and
     topology/."""
-    with m.lock:
-        nid = m.cpu_node[cpu]
+    files = FileSet(SYSFS, m.lock)
+    nid = m.cpu_node[cpu]
     return StaticDir({
-        f"node{nid}": Symlink(partial(str, f"../../node/node{nid}")),
-        "topology": topology_dir(m, cpu),
+        f"node{nid}": files.symlink(node_link_target, nid),
+        "topology": StaticDir(files.attrs(TOPOLOGY_ATTRS, m, cpu)),
     })
 
 
 def cpu_root(m: Machine) -> Dir:
     """sys/devices/system/cpu/."""
-    children: dict[str, Node] = {
-        "online": Attr(show=partial(cpu_list_show, m)),
-        "possible": Attr(show=partial(cpu_list_show, m)),
-        "present": Attr(show=partial(cpu_list_show, m)),
-        "offline": Attr(show=partial(offline_show, m)),
-    }
+    children = FileSet(SYSFS, m.lock).attrs(CPU_LIST_ATTRS, m)
     for cpu in range(m.nr_cpus):
         children[f"cpu{cpu}"] = cpu_dir(m, cpu)
     return StaticDir(children)

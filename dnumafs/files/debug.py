@@ -1,6 +1,6 @@
 """MNT/sys/kernel/debug/dnumafs/: the model's own debug files (not Linux's).
 
-`check` runs the model's invariant checker (Machine.check()) when opened and prints one
+`check` runs the model's invariant checker (Machine.check()) when read and prints one
 violation per line, or nothing. A running daemon's model lives in another process, so this is
 the only way a test or a user can ask the model itself whether any page was lost, duplicated
 or misfiled after a load; sums read from the node files catch less (a page on two free lists
@@ -9,10 +9,8 @@ CONFIG_DEBUG_VM checks would.
 """
 from __future__ import annotations
 
-from functools import partial
-
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Attr, Dir, StaticDir
+from dnumafs.vfs.tree import DEBUGFS, RO, Dir, FileSet, StaticDir
 
 
 def check_show(m: Machine) -> str:
@@ -20,6 +18,9 @@ def check_show(m: Machine) -> str:
     return "".join(f"{err}\n" for err in m.check())
 
 
+DEBUG_ATTRS = {"check": RO(check_show)}
+
+
 def debug_dir(m: Machine) -> Dir:
     """sys/kernel/debug/dnumafs/."""
-    return StaticDir({"check": Attr(show=partial(check_show, m), mode=0o400)})
+    return StaticDir(FileSet(DEBUGFS, m.lock).attrs(DEBUG_ATTRS, m))

@@ -1,14 +1,13 @@
-"""Formats shared by several files: the kernel's bitmap printers and meminfo lines.
+"""Formats shared by several files: meminfo lines and indexed names.
 
-Kept in one place so that node lists, CPU lists, masks and sizes look the same in every file
-that prints them, as they do in Linux where all go through `%*pbl`, `%*pb` and show_val_kb().
+Kept in one place so that sizes look the same in every file that prints them, as they do in
+Linux where all go through show_val_kb(); node and CPU lists and masks are the kernel's bitmap
+formats, in dnumafs.lib.bitmap.
 """
 from __future__ import annotations
 
-from dnumafs.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm.constants import PAGE_SIZE
 
-__all__ = ["bitmap_list", "bitmap_mask", "meminfo_kb", "parse_indexed_name"]
 
 def meminfo_kb(key: str, pages: int) -> str:
     """`%-16s%8lu kB` of a size in pages: a /proc/meminfo line, and a nodeN/meminfo line

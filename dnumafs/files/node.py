@@ -1,20 +1,23 @@
 """MNT/sys/devices/system/node: node state lists and one nodeN/ per online node.
 
-As drivers/base/node.c: one show (or store) function per attribute, each computing its figures
-from the model under the machine lock when the file is opened, so every file agrees with the
-model and with the others at that moment (the seed's "sysfs not updated" bug, fixed).
+As drivers/base/node.c: a table of attributes per directory, one show (or store) function per
+attribute, each computing its figures from the model when the file is read (the tree takes the
+machine lock around it), so every file agrees with the model and with the others at that
+moment (the seed's "sysfs not updated" bug, fixed).
 """
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterable
 from functools import partial
 
+from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import Machine, Pgdat
 from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
-from dnumafs.vfs.kstrtox import kstrtoull
-from dnumafs.vfs.tree import Attr, Dir, DynamicDir, Node, StaticDir, Symlink
+from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir
 
-from .format import bitmap_list, bitmap_mask, meminfo_kb, parse_indexed_name
+from .format import meminfo_kb, parse_indexed_name
 
 # vmstat names (Linux's numa_stat_name()) of the model's per-node NUMA counters, which
 # nodeN/numastat shows under their own names.
@@ -32,34 +35,23 @@ HUGEPAGES_DIR = f"hugepages-{HPAGE_SIZE_KB}kB"
 
 # --- node state lists (node_state_attr in Linux) -------------------------------------------
 
-def possible_show(m: Machine) -> str:
-    with m.lock:
-        return bitmap_list(range(m.possible_nodes)) + "\n"
+def node_state_show(state: Callable[[Machine], Iterable[int]], m: Machine) -> str:
+    """One node state list (Linux's show_node_state()), whichever state it is."""
+    return bitmap_list(state(m)) + "\n"
 
 
-def online_show(m: Machine) -> str:
-    with m.lock:
-        return bitmap_list(m.online_nodes()) + "\n"
+def possible_nodes(m: Machine) -> range:
+    return range(m.possible_nodes)
 
 
-def has_memory_show(m: Machine) -> str:
-    """N_MEMORY: nodes with present pages now; a node that gains memory by a commit appears.
-    Also has_normal_memory: on x86-64 (no highmem) every zone is normal memory."""
-    with m.lock:
-        return bitmap_list(m.nodes_with_memory()) + "\n"
-
-
-def has_cpu_show(m: Machine) -> str:
-    with m.lock:
-        return bitmap_list(m.nodes_with_cpus()) + "\n"
-
-
-STATE_FILES = {
-    "possible": possible_show,
-    "online": online_show,
-    "has_memory": has_memory_show,
-    "has_normal_memory": has_memory_show,
-    "has_cpu": has_cpu_show,
+# N_NORMAL_MEMORY is N_MEMORY on x86-64 (no highmem): every zone is normal memory. A node that
+# gains memory by a commit appears in both.
+STATE_ATTRS = {
+    "possible": RO(partial(node_state_show, possible_nodes)),
+    "online": RO(partial(node_state_show, Machine.online_nodes)),
+    "has_memory": RO(partial(node_state_show, Machine.nodes_with_memory)),
+    "has_normal_memory": RO(partial(node_state_show, Machine.nodes_with_memory)),
+    "has_cpu": RO(partial(node_state_show, Machine.nodes_with_cpus)),
 }
 
 
@@ -72,10 +64,9 @@ def node_read_meminfo(m: Machine, nid: int) -> str:
     si_meminfo_node() and NR_FREE_PAGES (pages on per-CPU lists are not free there either).
     Hugepages are taken from the buddy allocator, so they are in MemUsed.
     """
-    with m.lock:
-        pgdat = m.pgdat[nid]
-        total, free = pgdat.managed_pages, pgdat.free_pages
-        hp_total, hp_free, hp_surp = m.hugepages(nid)
+    pgdat = m.pgdat[nid]
+    total, free = pgdat.managed_pages, pgdat.free_pages
+    hp_total, hp_free, hp_surp = m.hugepages(nid)
     lines = [
         f"Node {nid} {meminfo_kb('MemTotal', total)}",
         f"Node {nid} {meminfo_kb('MemFree', free)}",
@@ -90,8 +81,7 @@ def node_read_meminfo(m: Machine, nid: int) -> str:
 def node_read_numastat(m: Machine, nid: int) -> str:
     """nodeN/numastat: the six allocator counters (allocations, not pages, as Linux counts
     them), under their numastat names."""
-    with m.lock:
-        counts = dict(m.pgdat[nid].numastat)
+    counts = dict(m.pgdat[nid].numastat)
     return "".join(f"{name} {value}\n" for name, value in counts.items())
 
 
@@ -105,32 +95,27 @@ def node_vmstat_items(pgdat: Pgdat) -> dict[str, int]:
 
 
 def node_read_vmstat(m: Machine, nid: int) -> str:
-    with m.lock:
-        items = node_vmstat_items(m.pgdat[nid])
+    items = node_vmstat_items(m.pgdat[nid])
     return "".join(f"{name} {value}\n" for name, value in items.items())
 
 
 def node_read_distance(m: Machine, nid: int) -> str:
     """nodeN/distance: to every online node, ascending, as libnuma parses it."""
-    with m.lock:
-        return " ".join(str(m.node_distance(nid, other)) for other in m.online_nodes()) + "\n"
+    return " ".join(str(m.node_distance(nid, other)) for other in m.online_nodes()) + "\n"
 
 
 def node_read_cpumap(m: Machine, nid: int) -> str:
-    with m.lock:
-        return bitmap_mask(m.node_cpus(nid), m.nr_cpus) + "\n"
+    return bitmap_mask(m.node_cpus(nid), m.nr_cpus) + "\n"
 
 
 def node_read_cpulist(m: Machine, nid: int) -> str:
-    with m.lock:
-        return bitmap_list(m.node_cpus(nid)) + "\n"
+    return bitmap_list(m.node_cpus(nid)) + "\n"
 
 
 # --- nodeN/hugepages/hugepages-2048kB/ (mm/hugetlb.c's per-node hstate attributes) ----------
 
 def nr_hugepages_show(m: Machine, nid: int) -> str:
-    with m.lock:
-        return f"{m.hugepages(nid)[0]}\n"
+    return f"{m.hugepages(nid)[0]}\n"
 
 
 def nr_hugepages_store(m: Machine, nid: int, buf: bytes) -> None:
@@ -144,70 +129,73 @@ def nr_hugepages_store(m: Machine, nid: int, buf: bytes) -> None:
 
 
 def free_hugepages_show(m: Machine, nid: int) -> str:
-    with m.lock:
-        return f"{m.hugepages(nid)[1]}\n"
+    return f"{m.hugepages(nid)[1]}\n"
 
 
 def surplus_hugepages_show(m: Machine, nid: int) -> str:
-    with m.lock:
-        return f"{m.hugepages(nid)[2]}\n"
+    return f"{m.hugepages(nid)[2]}\n"
 
 
 # --- the directories -----------------------------------------------------------------------
 
-def hugepages_dir(m: Machine, nid: int) -> Dir:
-    return StaticDir({HUGEPAGES_DIR: StaticDir({
-        "nr_hugepages": Attr(show=partial(nr_hugepages_show, m, nid),
-                             store=partial(nr_hugepages_store, m, nid), mode=0o644),
-        "free_hugepages": Attr(show=partial(free_hugepages_show, m, nid)),
-        "surplus_hugepages": Attr(show=partial(surplus_hugepages_show, m, nid)),
-    })})
+HUGEPAGES_ATTRS = {
+    "nr_hugepages": RW(nr_hugepages_show, nr_hugepages_store),
+    "free_hugepages": RO(free_hugepages_show),
+    "surplus_hugepages": RO(surplus_hugepages_show),
+}
+
+NODE_ATTRS = {
+    "meminfo": RO(node_read_meminfo),
+    "numastat": RO(node_read_numastat),
+    "vmstat": RO(node_read_vmstat),
+    "distance": RO(node_read_distance),
+    "cpumap": RO(node_read_cpumap),
+    "cpulist": RO(node_read_cpulist),
+}
+
+
+def cpu_link_target(cpu: int) -> str:
+    return f"../../cpu/cpu{cpu}"
 
 
 def node_dir(m: Machine, nid: int) -> Dir:
-    """nodeN/: fixed attributes, and a cpuK link for each of the node's CPUs."""
-    children: dict[str, Node] = {
-        "meminfo": Attr(show=partial(node_read_meminfo, m, nid)),
-        "numastat": Attr(show=partial(node_read_numastat, m, nid)),
-        "vmstat": Attr(show=partial(node_read_vmstat, m, nid)),
-        "distance": Attr(show=partial(node_read_distance, m, nid)),
-        "cpumap": Attr(show=partial(node_read_cpumap, m, nid)),
-        "cpulist": Attr(show=partial(node_read_cpulist, m, nid)),
-        "hugepages": hugepages_dir(m, nid),
-    }
-    with m.lock:
-        cpus = m.node_cpus(nid)
-    for cpu in cpus:
-        children[f"cpu{cpu}"] = Symlink(partial(str, f"../../cpu/cpu{cpu}"))
+    """nodeN/: fixed attributes, hugepages/, and a cpuK link for each of the node's CPUs."""
+    files = FileSet(SYSFS, m.lock)
+    children = files.attrs(NODE_ATTRS, m, nid)
+    children["hugepages"] = StaticDir({HUGEPAGES_DIR: StaticDir(
+        files.attrs(HUGEPAGES_ATTRS, m, nid))})
+    for cpu in m.node_cpus(nid):
+        children[f"cpu{cpu}"] = files.symlink(cpu_link_target, cpu)
     return StaticDir(children)
 
 
-def node_names(m: Machine) -> list[str]:
-    with m.lock:
-        nids = m.online_nodes()
-    return [*STATE_FILES, *(f"node{nid}" for nid in nids)]
+def node_names(m: Machine, states: dict[str, Node]) -> list[str]:
+    return [*states, *(f"node{nid}" for nid in m.online_nodes())]
 
 
-def node_lookup(m: Machine, made: dict[int, Dir], name: str) -> Node | None:
+def node_lookup(m: Machine, states: dict[str, Node], made: dict[int, Dir],
+                name: str) -> Node | None:
     """A state list, or nodeN/ if node N is online (libnuma finds nodes by this lookup).
 
     Every open walks here, so a node's directory is built once and kept in made: a node, once
     online, stays online, and its CPUs never move (the cpu->node map is fixed at boot, as the
-    patch set leaves it), so the directory never changes; its files compute at open.
+    patch set leaves it), so the directory never changes; its files compute at each read.
     """
-    if name in STATE_FILES:
-        return Attr(show=partial(STATE_FILES[name], m))
+    if name in states:
+        return states[name]
     nid = parse_indexed_name(name, "node")
-    with m.lock:
-        if nid is None or nid not in m.pgdat:
-            return None
-        d = made.get(nid)
-        if d is None:
-            d = made[nid] = node_dir(m, nid)
-        return d
+    if nid is None or nid not in m.online_nodes():
+        return None
+    d = made.get(nid)
+    if d is None:
+        d = made[nid] = node_dir(m, nid)
+    return d
 
 
 def node_root(m: Machine) -> Dir:
     """sys/devices/system/node/: nodeN/ comes with online nodes, at every lookup."""
+    files = FileSet(SYSFS, m.lock)
+    states = files.attrs(STATE_ATTRS, m)
     made: dict[int, Dir] = {}
-    return DynamicDir(names=partial(node_names, m), lookup=partial(node_lookup, m, made))
+    return files.dynamic_dir(partial(node_names, m, states),
+                             partial(node_lookup, m, states, made))

@@ -1,24 +1,23 @@
 """MNT/proc: meminfo, buddyinfo, zoneinfo, vmstat, over the whole machine.
 
-Figures are the model's own counts, taken under the machine lock when the file is opened, in
-Linux's formats (fs/proc/meminfo.c, mm/vmstat.c) with only the lines the model has figures for.
+Figures are the model's own counts, taken when the file is read (under the machine lock, which
+the tree takes), in Linux's formats (fs/proc/meminfo.c, mm/vmstat.c) with only the lines the
+model has figures for.
 """
 from __future__ import annotations
 
-import errno
-from functools import partial
-
+from dnumafs.lib.sysctl import proc_dointvec_minmax
 from dnumafs.mm import HPAGE_ORDER, Machine, ZoneType
 from dnumafs.mm.constants import HPAGE_SIZE_KB
 from dnumafs.mm.machine import PCP_BATCH, PCP_HIGH
-from dnumafs.vfs.kstrtox import kstrtoull
-from dnumafs.vfs.tree import Attr, Dir, StaticDir
+from dnumafs.vfs.tree import PROCFS, RO, SYSCTL, WO, Dir, FileSet, StaticDir
 
 from .format import meminfo_kb
 from .node import node_vmstat_items
 
 # /proc/vmstat's event counters (vm_event_item.h) in Linux's order; the model counts these.
-VM_EVENT_ORDER = ("pgfree", "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail")
+VM_EVENT_ORDER = ("pgfree", "drop_pagecache", "drop_slab", "htlb_buddy_alloc_success",
+                  "htlb_buddy_alloc_fail")
 
 
 def totalreserve_pages(m: Machine) -> int:
@@ -35,10 +34,9 @@ def meminfo_show(m: Machine) -> str:
     pages above the zones' reserves, never below 0. Hugepages come out of MemFree; no process
     maps them, so none are reserved and all are free.
     """
-    with m.lock:
-        total, free = m.total_managed_pages(), m.total_free_pages()
-        available = max(0, free - totalreserve_pages(m))
-        pools = [m.hugepages(nid) for nid in m.online_nodes()]
+    total, free = m.total_managed_pages(), m.total_free_pages()
+    available = max(0, free - totalreserve_pages(m))
+    pools = [m.hugepages(nid) for nid in m.online_nodes()]
     hp_total, hp_free, hp_surp = (sum(col) for col in zip(*pools))
     lines = [
         meminfo_kb("MemTotal", total),
@@ -57,11 +55,10 @@ def meminfo_show(m: Machine) -> str:
 def buddyinfo_show(m: Machine) -> str:
     """/proc/buddyinfo: free blocks per order, populated zones only (frag_show_print())."""
     out = []
-    with m.lock:
-        for nid in m.online_nodes():
-            for zone in m.pgdat[nid].populated_zones():
-                counts = "".join(f"{n:6d} " for n in zone.nr_free)
-                out.append(f"Node {nid}, zone {zone.name:>8s} {counts}\n")
+    for nid in m.online_nodes():
+        for zone in m.pgdat[nid].populated_zones():
+            counts = "".join(f"{n:6d} " for n in zone.nr_free)
+            out.append(f"Node {nid}, zone {zone.name:>8s} {counts}\n")
     return "".join(out)
 
 
@@ -102,43 +99,45 @@ def zoneinfo_zone(m: Machine, nid: int, ztype: ZoneType) -> str:
 
 def zoneinfo_show(m: Machine) -> str:
     """/proc/zoneinfo: every zone of every online node, populated or not."""
-    with m.lock:
-        return "".join(zoneinfo_zone(m, nid, ztype)
-                       for nid in m.online_nodes() for ztype in ZoneType)
+    return "".join(zoneinfo_zone(m, nid, ztype)
+                   for nid in m.online_nodes() for ztype in ZoneType)
 
 
 def vmstat_show(m: Machine) -> str:
     """/proc/vmstat: the node counters summed over nodes (the same items as nodeN/vmstat, so
     they add up), then the allocator's events."""
-    with m.lock:
-        items: dict[str, int] = {}
-        for pgdat in m.pgdat.values():
-            for name, value in node_vmstat_items(pgdat).items():
-                items[name] = items.get(name, 0) + value
-        items.update((f"pgalloc_{ztype.label.lower()}", m.pgalloc(ztype)) for ztype in ZoneType)
-        items.update((name, m.vm_events[name]) for name in VM_EVENT_ORDER)
+    items: dict[str, int] = {}
+    for pgdat in m.pgdat.values():
+        for name, value in node_vmstat_items(pgdat).items():
+            items[name] = items.get(name, 0) + value
+    items.update((f"pgalloc_{ztype.label.lower()}", m.pgalloc(ztype)) for ztype in ZoneType)
+    items.update((name, m.vm_events.get(name, 0)) for name in VM_EVENT_ORDER)
     return "".join(f"{name} {value}\n" for name, value in items.items())
 
 
 def drop_caches_store(m: Machine, buf: bytes) -> None:
-    """/proc/sys/vm/drop_caches: 1..4 as Linux accepts. The pages boot allocated stand for
-    the page cache and slab a running machine holds; dropping them frees them, so pages that
-    a layout marked are transplanted as they are freed."""
-    value = kstrtoull(buf, 10)
-    if not 1 <= value <= 4:
-        raise OSError(errno.EINVAL, "drop_caches takes 1 to 4")
-    if value & 3:                   # 1 page cache, 2 slab; 4 only silences Linux's message
-        m.free_boot_allocations()
+    """/proc/sys/vm/drop_caches, a sysctl taking 1 to 4 (drop_caches_sysctl_handler): 1 frees
+    the page cache, 2 slab, 3 both, 4 only silences Linux's message. The pages boot allocated
+    stand for the page cache and slab a running machine holds; dropping them frees them, so
+    pages that a layout marked are transplanted as they are freed."""
+    m.drop_caches(proc_dointvec_minmax(buf, 1, 4))
+
+
+PROC_ATTRS = {
+    "meminfo": RO(meminfo_show),
+    "buddyinfo": RO(buddyinfo_show),
+    "zoneinfo": RO(zoneinfo_show),
+    "vmstat": RO(vmstat_show),
+}
+
+SYSCTL_VM_ATTRS = {
+    "drop_caches": WO(drop_caches_store),
+}
 
 
 def proc_dir(m: Machine) -> Dir:
     """proc/."""
-    return StaticDir({
-        "meminfo": Attr(show=partial(meminfo_show, m)),
-        "buddyinfo": Attr(show=partial(buddyinfo_show, m)),
-        "zoneinfo": Attr(show=partial(zoneinfo_show, m)),
-        "vmstat": Attr(show=partial(vmstat_show, m)),
-        "sys": StaticDir({"vm": StaticDir({
-            "drop_caches": Attr(store=partial(drop_caches_store, m), mode=0o200),
-        })}),
-    })
+    children = FileSet(PROCFS, m.lock).attrs(PROC_ATTRS, m)
+    children["sys"] = StaticDir({"vm": StaticDir(
+        FileSet(SYSCTL, m.lock).attrs(SYSCTL_VM_ATTRS, m))})
+    return StaticDir(children)

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import daemon
-from .bench import SEED_MINUTES, Row
-from .cli import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
-from .vfs.fuse_ops import ENTRY_TIMEOUT
+from dnumafs import daemon
+from dnumafs.client import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
+from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
+
+from .report import SEED_MINUTES, Row, median_range
 
 RUNS = 5            # runs of each measure; the median is reported, the range beside it
 READS = 1000        # open/read/close cycles per run of a read measure
@@ -31,17 +32,19 @@ SEED_SECONDS = SEED_MINUTES * 60
 MEMINFO = "sys/devices/system/node/node0/meminfo"
 
 
-def median_range(values: list[float]) -> tuple[float, float, float]:
-    return statistics.median(values), min(values), max(values)
+def checkout_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH, for the processes started."""
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
+    return env
 
 
-def cli(*args: str | os.PathLike[str], timeout: float = 300
+def cli(*args: str | int | os.PathLike[str], timeout: float = 300
         ) -> subprocess.CompletedProcess[str]:
     """`python -m dnumafs ARGS` with this checkout first on the path."""
-    env = dict(os.environ)
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "dnumafs", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, "-m", "dnumafs", *map(str, args)],
+                          env=checkout_env(),
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -289,7 +292,7 @@ def bench_reads(mounts: Mounts, notes: list[str]) -> list[Row]:
             sources["real sysfs node0/meminfo"] = "/" + MEMINFO
         sources["real /proc/meminfo"] = "/proc/meminfo"
         warm: dict[str, list[float]] = collections.defaultdict(list)
-        for name, path in sources.items():
+        for path in sources.values():
             read_cycle(path, 50)                           # warm every cache first
         for _ in range(RUNS):                              # interleaved: fair under noise
             for name, path in sources.items():
@@ -335,12 +338,10 @@ def fuse_requests_per_read(notes: list[str]) -> list[Row]:
     code = ("import sys\nfrom dnumafs.files import build_root\n"
             "from dnumafs.mm import Machine, MachineConfig\nfrom dnumafs.vfs import fuse_ops\n"
             "fuse_ops.serve(build_root(Machine.boot(MachineConfig())), sys.argv[1], debug=True)\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                      env.get("PYTHONPATH")]))
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-c", code, str(mnt)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stdin=subprocess.DEVNULL, env=checkout_env(),
+                            start_new_session=True)
     path = str(mnt / MEMINFO)
 
     def marker(tag: str) -> None:
@@ -515,8 +516,8 @@ def profile_reads(mounts: Mounts, notes: list[str], seconds: float = 4.0) -> Non
                  f"{reads} reads of node0/meminfo): Python ran in {total} of {slots} samples "
                  f"({total * 100 / slots:.1f}%), the rest is waiting on the kernel's round "
                  f"trips; % of those samples in the function or below / in it alone:")
-    for f, n in incl.most_common(14):
-        notes.append(f"  {n * 100 / total:5.1f}% / {own[f] * 100 / total:5.1f}%  {f}")
+    for f, count in incl.most_common(14):
+        notes.append(f"  {count * 100 / total:5.1f}% / {own[f] * 100 / total:5.1f}%  {f}")
 
 
 def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:

@@ -1,34 +1,19 @@
-"""`make bench`: the model's speed and memory, and the file system's through a real mount,
-measured, with the aims beside them.
+"""The model's rows: Machine calls timed in this process."""
 
-The model rows time Machine calls in this process. The file-system rows mount dnumafs with
-`dnumafs mount` (a daemon in its own process, as a user runs it) and drive it only through its
-files, as the seed's dnuma-test script drove the debugfs files; reads are compared with LXCFS's
-/proc/meminfo (the established FUSE daemon for such files, mounted here in a temp dir) and the
-real sysfs file in the same run, as ratios, since absolute times depend on the machine (a FUSE
-request is a round trip between two processes). Figures are medians of several runs.
-"""
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-import attrs
+from dnumafs.client import stripe_ranges
+from dnumafs.mm import Machine, MachineConfig
 
-from .cli import stripe_ranges
-from .mm import Machine, MachineConfig
+from .report import Row
 
-SEED_MINUTES = 9    # the original patch set's report for the seed scenario
-
-
-@attrs.define
-class Row:
-    what: str
-    value: str
-    aim: str
-    met: bool | None = None
+T = TypeVar("T")
 
 
 def rss_bytes() -> int:
@@ -45,7 +30,7 @@ def stage_stripes(m: Machine, first: int, last: int, pfns: int) -> int:
     return n
 
 
-def timed(fn, *args) -> tuple[float, object]:
+def timed(fn: Callable[..., T], *args: object) -> tuple[float, T]:
     t = time.perf_counter()
     out = fn(*args)
     return time.perf_counter() - t, out
@@ -86,7 +71,11 @@ def bench_big(gib: int = 64) -> list[Row]:
 
 def transplant_rate(pages: int) -> float:
     m = Machine.boot(MachineConfig(nodes=2, mem=4 << 30, cpus=4, boot_alloc_percent=0))
-    held = [m.alloc_pages(0, nid=0) for _ in range(pages)]
+    held = []
+    for _ in range(pages):
+        pfn = m.alloc_pages(0, nid=0)
+        assert pfn is not None, "the machine ran out of pages"
+        held.append(pfn)
     m.memlayout_add_range(0, m.max_pfn - 1, 2)
     m.memlayout_commit()
     t0 = time.perf_counter()
@@ -104,36 +93,3 @@ def bench_transplant(pages: int = 200_000, runs: int = 3) -> list[Row]:
     return [Row(f"free {pages} marked order-0 pages, median of {runs} "
                 f"({rates[0]:,.0f}..{rates[-1]:,.0f})", f"{rate:,.0f} pages/s",
                 "> 200,000 pages/s", rate > 200_000)]
-
-
-def table(rows: list[Row]) -> str:
-    head = ("measure", "result", "aim", "met")
-    cells = [head] + [(r.what, r.value, r.aim, "" if r.met is None else "yes" if r.met else "NO")
-                      for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(4)]
-    lines = ["| " + " | ".join(c[i].ljust(widths[i]) for i in range(4)) + " |" for c in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnumafs.bench", description=__doc__)
-    parser.add_argument("--gib", type=int, default=64, help="size of the big machine")
-    parser.add_argument("--model-only", action="store_true",
-                        help="only the model rows (no mount, no LXCFS)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile the daemon's read path with py-spy (bench extra)")
-    args = parser.parse_args(argv)
-    rows = bench_seed() + bench_big(args.gib) + bench_transplant()
-    notes: list[str] = []
-    if not args.model_only:
-        from . import benchfs
-        rows += benchfs.run_all(args.gib, notes, profile=args.profile)
-    print(table(rows))
-    for note in notes:
-        print(note)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

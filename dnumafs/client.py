@@ -1,0 +1,260 @@
+"""A client of the mounted files: what a script on a dnuma kernel reads and writes, as code.
+
+MountedTree reads the node sysfs, /proc/zoneinfo and the debugfs memlayout directory of one
+mount (or of a real kernel's /); MemlayoutWriter stages and commits layouts through the
+debugfs files. The command line, the bench and the tests use them; they know nothing of how
+the mount was made.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
+
+NODE_DIR = "sys/devices/system/node"
+MEMLAYOUT_DIR = "sys/kernel/debug/memlayout"
+ZONEINFO = "proc/zoneinfo"
+
+_RANGE_NAME = re.compile(r"([0-9a-f]+)-([0-9a-f]+)")
+
+
+class ClientError(Exception):
+    """A file that could not be read or written, or did not hold what it should; the message
+    names the file and says why."""
+
+
+class MountedTree:
+    """The files of one mounted dnumafs (or of a real kernel's /, for the readers)."""
+
+    def __init__(self, mnt: str | os.PathLike[str]) -> None:
+        self.root = Path(mnt)
+        try:
+            (self.root / NODE_DIR).stat()
+        except OSError as e:
+            raise ClientError(f"{mnt}: not a mounted dnumafs file system "
+                              f"({NODE_DIR}: {e.strerror})") from None
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def read(self, rel: str) -> str:
+        try:
+            return self.path(rel).read_text()
+        except OSError as e:
+            raise ClientError(f"{self.path(rel)}: {e.strerror}") from None
+
+    def read_int(self, rel: str) -> int:
+        text = self.read(rel)
+        try:
+            return int(text)
+        except ValueError:
+            raise ClientError(f"{self.path(rel)}: not a number: {text.strip()!r}") from None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return os.listdir(self.path(rel))
+        except OSError as e:
+            raise ClientError(f"{self.path(rel)}: {e.strerror}") from None
+
+    def _numbered(self, rel: str, pattern: str) -> list[int]:
+        """The numbers of the entries of rel named by pattern (one group), ascending."""
+        return sorted(int(m.group(1)) for n in self.listdir(rel)
+                      if (m := re.fullmatch(pattern, n)))
+
+    def node_ids(self) -> list[int]:
+        """Nodes with a nodeN directory, as libnuma finds them (the online ones)."""
+        return self._numbered(NODE_DIR, r"node(\d+)")
+
+    def node_meminfo(self, nid: int) -> dict[str, int]:
+        """nodeN/meminfo as key -> value (kB, or a count for HugePages_*)."""
+        info = {}
+        for line in self.read(f"{NODE_DIR}/node{nid}/meminfo").splitlines():
+            fields = line.split()    # Node 0 MemTotal: 1048576 kB
+            if len(fields) >= 4 and fields[2].endswith(":"):
+                info[fields[2][:-1]] = int(fields[3])
+        return info
+
+    def node_cpus(self, nid: int) -> list[int]:
+        """The cpus in nodeN/cpumap (comma-separated 32-bit hex words), as libnuma reads."""
+        words = self.read(f"{NODE_DIR}/node{nid}/cpumap").strip().replace(",", "")
+        mask = int(words or "0", 16)
+        return [cpu for cpu in range(mask.bit_length()) if mask >> cpu & 1]
+
+    def node_distances(self, nid: int) -> list[int]:
+        return [int(v) for v in self.read(f"{NODE_DIR}/node{nid}/distance").split()]
+
+    def possible_nodes(self) -> list[int]:
+        return bitmap_parselist(self.read(f"{NODE_DIR}/possible"))
+
+    def max_pfn(self) -> int:
+        """One past the highest pfn: the highest end (start_pfn + spanned) of a populated zone
+        in /proc/zoneinfo. Every page lies in the span of its node's zone, so this covers all
+        memory whatever the layout, and it is what a real kernel shows too."""
+        top = 0
+        start = spanned = None
+        # A zone's lines run from its "Node N, zone Z" line to the next (or a last sentinel).
+        for line in self.read(ZONEINFO).splitlines() + ["Node"]:
+            fields = line.split()
+            if fields[:1] == ["Node"]:
+                if start is not None and spanned is not None:
+                    top = max(top, start + spanned)
+                start = spanned = None
+            elif fields[:1] == ["spanned"] and len(fields) == 2:
+                spanned = int(fields[1])
+            elif fields[:1] == ["start_pfn:"] and len(fields) == 2:
+                start = int(fields[1])
+        if top == 0:
+            raise ClientError(f"{self.path(ZONEINFO)}: no populated zone, cannot tell the "
+                              f"highest pfn")
+        return top
+
+    def current_layout(self) -> str:
+        try:
+            return os.readlink(self.path(f"{MEMLAYOUT_DIR}/current"))
+        except OSError as e:
+            raise ClientError(f"{self.path(MEMLAYOUT_DIR)}/current: {e.strerror}") from None
+
+    def layout_ids(self) -> list[int]:
+        return self._numbered(MEMLAYOUT_DIR, r"layout\.(\d+)")
+
+    def moved_pages(self) -> int:
+        return self.read_int(f"{MEMLAYOUT_DIR}/moved-pages")
+
+    def layout_range_files(self, name: str) -> list[tuple[int, int, str]]:
+        """(start, end, file name) of each range of layout `name`, ascending, from the names
+        of its SSSSS-EEEEE files alone: one readdir, whatever the number of ranges."""
+        return sorted((int(m.group(1), 16), int(m.group(2), 16), n)
+                      for n in self.listdir(f"{MEMLAYOUT_DIR}/{name}")
+                      if (m := _RANGE_NAME.fullmatch(n)))
+
+    def range_node(self, name: str, file: str) -> int:
+        """The node of one range of layout `name`: its file's value."""
+        return self.read_int(f"{MEMLAYOUT_DIR}/{name}/{file}")
+
+    def layout_ranges(self, name: str) -> list[tuple[int, int, int]]:
+        """(start, end, nid) of each range of layout `name` (one read per range)."""
+        return [(s, e, self.range_node(name, f)) for s, e, f in self.layout_range_files(name)]
+
+
+class MemlayoutWriter:
+    """The debugfs memlayout files, opened once: each write(2) is one whole value, as debugfs
+    attributes take them, so one open file serves any number of values."""
+
+    FILES = ("start", "end", "node", "commit", "clear")
+
+    def __init__(self, tree: MountedTree) -> None:
+        self.fds: dict[str, int] = {}
+        try:
+            for name in self.FILES:
+                path = tree.path(f"{MEMLAYOUT_DIR}/{name}")
+                self.fds[name] = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            self.close()
+            raise ClientError(f"{e.filename}: {e.strerror}") from None
+        self.tree = tree
+
+    def write(self, name: str, value: int) -> None:
+        text = f"{value:#x}\n" if name in ("start", "end") else f"{value}\n"
+        try:
+            os.write(self.fds[name], text.encode())
+        except OSError as e:
+            raise ClientError(f"{self.tree.path(MEMLAYOUT_DIR)}/{name}: writing "
+                              f"{text.strip()}: {e.strerror}") from None
+
+    def add_range(self, start: int, end: int, nid: int) -> None:
+        self.write("start", start)
+        self.write("end", end)
+        self.write("node", nid)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> MemlayoutWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stripe_ranges(max_pfn: int, first: int, last: int, pfns: int
+                  ) -> Iterator[tuple[int, int, int]]:
+    """(start, end, nid): pfns 0..max_pfn-1 in stripes of `pfns` pages, nodes first..last in
+    turn. (The seed's dnuma-test never advanced its pfn; this does.)"""
+    nid = first
+    for start in range(0, max_pfn, pfns):
+        yield start, min(start + pfns, max_pfn) - 1, nid
+        nid = first if nid == last else nid + 1
+
+
+def commit_layout(tree: MountedTree, ranges: Iterable[tuple[int, int, int]]) -> int:
+    """Replace any pending layout by `ranges` and commit it; returns the number of ranges."""
+    with MemlayoutWriter(tree) as w:
+        w.write("clear", 1)
+        count = 0
+        for start, end, nid in ranges:
+            w.add_range(start, end, nid)
+            count += 1
+        w.write("commit", 1)
+    return count
+
+
+def check_possible(tree: MountedTree, nid: int) -> None:
+    possible = tree.possible_nodes()
+    if nid not in possible:
+        raise ClientError(f"node {nid} is not possible (possible nodes: "
+                          f"{bitmap_list(possible)})")
+
+
+STATUS_MAX_RANGES = 16
+
+
+def status_text(tree: MountedTree) -> str:
+    """Nodes, sizes, free memory, the current layout (its first ranges), pages moved. Only the
+    ranges printed are read, so a layout of any size costs one readdir and a few reads."""
+    max_pfn = tree.max_pfn()
+    out = [f"possible nodes: {bitmap_list(tree.possible_nodes())}",
+           f"online nodes:   {bitmap_list(tree.node_ids())}",
+           f"pages:          {max_pfn} (pfn 0-{max_pfn - 1:#x})"]
+    for nid in tree.node_ids():
+        info = tree.node_meminfo(nid)
+        cpus = bitmap_list(tree.node_cpus(nid)) or "none"
+        out.append(f"node {nid}: {info.get('MemTotal', 0) // 1024} MB, "
+                   f"{info.get('MemFree', 0) // 1024} MB free, cpus {cpus}")
+    current = tree.current_layout()
+    files = tree.layout_range_files(current)
+    out.append(f"current layout: {current} "
+               f"({len(files)} range{'s' if len(files) != 1 else ''})")
+    for start, end, file in files[:STATUS_MAX_RANGES]:
+        out.append(f"  {start:#07x}-{end:#07x} -> node {tree.range_node(current, file)}")
+    if len(files) > STATUS_MAX_RANGES:
+        out.append(f"  ... {len(files) - STATUS_MAX_RANGES} more")
+    current_id = int(current.rpartition(".")[2])
+    pending = [i for i in tree.layout_ids() if i > current_id]
+    out.append("pending layout: " + (", ".join(f"layout.{i}" for i in pending) or "none"))
+    out.append(f"moved pages:    {tree.moved_pages()}")
+    return "\n".join(out) + "\n"
+
+
+def hardware_text(tree: MountedTree) -> str:
+    """What `numactl --hardware` prints, from the node files libnuma reads (node directories,
+    nodeN/cpumap, nodeN/meminfo, nodeN/distance)."""
+    nodes = tree.node_ids()
+    out = [f"available: {len(nodes)} nodes ({bitmap_list(nodes)})"]
+    for nid in nodes:
+        out.append(f"node {nid} cpus:" + "".join(f" {c}" for c in tree.node_cpus(nid)))
+        info = tree.node_meminfo(nid)
+        out.append(f"node {nid} size: {info.get('MemTotal', 0) * 1024 >> 20} MB")
+        out.append(f"node {nid} free: {info.get('MemFree', 0) * 1024 >> 20} MB")
+    # nodeN/distance lists one value per online node, ascending. libnuma indexes it by node id,
+    # which is only right for nodes 0..n-1; this pairs the values with the online nodes.
+    out.append("node distances:")
+    out.append("node " + "".join(f"{nid:3d} " for nid in nodes))
+    for nid in nodes:
+        dist = tree.node_distances(nid)
+        out.append(f"{nid:3d}: " + "".join(f"{d:3d} " for d in dist[:len(nodes)]))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,66 @@
+"""Machines to boot the model as: snapshots of real machines and the synthetic one.
+
+    with open_snapshot(PATH) as snap:       # a directory, a .tar[.gz|.bz2], or "/"
+        desc = describe(snap)               # MachineDescription; snap.root has sys/, proc/
+        check_host_memory(desc)
+    desc = synthetic(nodes=4, cpus=16, mem=8 << 30)
+
+Every problem is a MachineError whose message names the file and why.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .description import (
+    MAX_CPUS,
+    MAX_NUMNODES,
+    PAGE_KB,
+    CacheDescription,
+    CpuDescription,
+    MachineDescription,
+    MachineError,
+    NodeDescription,
+)
+from .snapshot import Snapshot, describe, open_snapshot
+from .synthetic import synthetic
+
+__all__ = [
+    "MAX_CPUS", "MAX_NUMNODES", "MODEL_BYTES_PER_PAGE", "CacheDescription", "CpuDescription",
+    "MachineDescription", "MachineError", "NodeDescription", "Snapshot", "check_host_memory",
+    "describe", "load", "open_snapshot", "synthetic",
+]
+
+# What the model keeps per 4 KiB page (its page metadata arrays and the lists over them), at
+# most: the bound a machine's size is checked against before booting.
+MODEL_BYTES_PER_PAGE = 5
+
+
+def host_available_bytes(meminfo: str | os.PathLike[str] = "/proc/meminfo") -> int:
+    """MemAvailable of the machine dnumafs runs on."""
+    text = Path(meminfo).read_text()
+    m = re.search(r"^MemAvailable:\s+(\d+) kB$", text, re.MULTILINE)
+    if m is None:
+        raise MachineError(f"{meminfo}: no MemAvailable line")
+    return int(m.group(1)) * 1024
+
+
+def check_host_memory(desc: MachineDescription, available: int | None = None) -> None:
+    """Refuse a machine whose model would not fit this host's available memory."""
+    pages = desc.memory_kb // PAGE_KB
+    need = pages * MODEL_BYTES_PER_PAGE
+    have = host_available_bytes() if available is None else available
+    if need > have:
+        raise MachineError(f"{desc.source}: {desc.memory_kb >> 20} GiB of memory needs about "
+                           f"{need >> 20} MiB for the model's pages, and this host has "
+                           f"{have >> 20} MiB available")
+
+
+def load(path: str | os.PathLike[str]) -> MachineDescription:
+    """The description of the snapshot at path, checked against this host's memory; nothing
+    of an extracted archive is left behind."""
+    with open_snapshot(path) as snap:
+        desc = describe(snap)
+    check_host_memory(desc)
+    return desc
