@@ -263,31 +263,6 @@ class Machine:
         with self.lock:
             return sorted(self.layouts)
 
-    def layout(self, lid: int) -> Memlayout | None:
-        """The pending, current or backlog layout numbered lid, or None."""
-        with self.lock:
-            return self.layouts.get(lid)
-
-    def layout_ids(self) -> list[int]:
-        """The ids of the pending, current and backlog layouts, ascending."""
-        with self.lock:
-            return sorted(self.layouts)
-
-    def stat_nids(self) -> list[int]:
-        """The nodes node_stats/ lists: every possible node, as the kernel creates them."""
-        return list(range(self.possible_nodes))
-
-    def drop_caches(self, mode: int) -> None:
-        """vm.drop_caches: 1 frees the page cache, 2 slab, 3 both (the boot allocations
-        stand for both), counted as drop_pagecache and drop_slab events."""
-        with self.lock:
-            if mode & 3:
-                self.free_boot_allocations()
-            if mode & 1:
-                self.vm_events["drop_pagecache"] = self.vm_events.get("drop_pagecache", 0) + 1
-            if mode & 2:
-                self.vm_events["drop_slab"] = self.vm_events.get("drop_slab", 0) + 1
-
     def set_backlog_max(self, n: int) -> None:
         """How many retired layouts to keep (an unsigned long); fewer destroys the oldest."""
         if not 0 <= n <= ULONG_MAX:
