@@ -16,7 +16,7 @@ from functools import partial
 import attrs
 
 from dnumafs.lib.kstrtox import kstrtoull
-from dnumafs.mm import STAT_NAMES, DnumaStats, Machine, Memlayout, SummedStats
+from dnumafs.mm import STAT_NAMES, DnumaStats, Machine, Memlayout
 from dnumafs.vfs.tree import (
     DEBUGFS,
     RO,
@@ -111,7 +111,7 @@ def layout_of(m: Machine, lid: int) -> Memlayout:
 
 
 def counters(m: Machine, lid: int | None, nid: int | None
-             ) -> DnumaStats | SummedStats | None:
+             ) -> DnumaStats | None:
     """What a stats/ directory counts: the machine's (lid None) or one layout's, over every
     node (nid None) or one."""
     if lid is None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dnumafs.lib.sysctl import proc_dointvec_minmax
 from dnumafs.mm import HPAGE_ORDER, Machine, ZoneType
-from dnumafs.mm.constants import HPAGE_SIZE_KB
-from dnumafs.mm.machine import PCP_BATCH, PCP_HIGH
+from dnumafs.mm.constants import HPAGE_SIZE_KB, PCP_BATCH, PCP_HIGH
 from dnumafs.vfs.tree import PROCFS, RO, SYSCTL, WO, Dir, FileSet, StaticDir
 
 from .format import meminfo_kb

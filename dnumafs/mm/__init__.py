@@ -2,12 +2,12 @@
 from .constants import HPAGE_ORDER, MAX_ORDER, PAGE_SIZE, ZoneType
 from .machine import Machine
 from .memlayout import Memlayout, MemlayoutError
-from .stats import NUMASTAT_NAMES, STAT_NAMES, DnumaStats, NumaStat, SummedStats, VmEvents
+from .stats import NUMASTAT_NAMES, STAT_NAMES, DnumaStats, NumaStat, VmEvents
 from .topology import MachineConfig
 from .zone import Pgdat, Watermarks, Zone
 
 __all__ = [
     "HPAGE_ORDER", "MAX_ORDER", "PAGE_SIZE", "ZoneType", "Machine", "MachineConfig",
     "Memlayout", "MemlayoutError", "STAT_NAMES", "DnumaStats", "NUMASTAT_NAMES", "NumaStat",
-    "Pgdat", "SummedStats", "VmEvents", "Watermarks", "Zone",
+    "Pgdat", "VmEvents", "Watermarks", "Zone",
 ]

@@ -17,8 +17,6 @@ import numpy as np
 from . import boot, dnuma, hugetlb, page_alloc, topology
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
-from .constants import PCP_BATCH as PCP_BATCH  # noqa: F401 (dnumafs.files.proc imports them here)
-from .constants import PCP_HIGH as PCP_HIGH  # noqa: F401
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents

@@ -86,8 +86,6 @@ class DnumaStats(Counters):
 
 STAT_NAMES: tuple[str, ...] = DnumaStats.names()
 
-# What Machine.stats and Memlayout.stats return, under the name dnumafs.files imports.
-SummedStats = DnumaStats
 
 
 def sum_stats(parts: Iterable[DnumaStats]) -> DnumaStats:
