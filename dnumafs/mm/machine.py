@@ -14,7 +14,7 @@ import threading
 import attrs
 import numpy as np
 
-from . import boot, dnuma, hugetlb, page_alloc, topology
+from . import boot, dnuma, hugetlb, memory_hotplug, page_alloc, topology
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
 from .memlayout import Memlayout, MemlayoutError
@@ -56,6 +56,7 @@ class Machine:
     next_layout_id: int = attrs.field(init=False)
     retired: RetiredStats = attrs.field(factory=RetiredStats)
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
+    blocks: memory_hotplug.MemoryBlocks = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -63,6 +64,7 @@ class Machine:
         self.cpu_node = self.config.cpu_nodes()
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
+        self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
@@ -303,6 +305,14 @@ class Machine:
     def node_stats(self) -> NodeStats:
         """node_stat() of every node stat_nids() names, each read when looked up."""
         return NodeStats(range(self.possible_nodes), self.node_stat)
+
+    # ------------------------------------------------------------ memory blocks
+
+    def memory_block_set_state(self, bid: int, how: memory_hotplug.OnlineType) -> bool:
+        """Online or offline memory block bid; False if it already was (nothing done).
+        Raises memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return memory_hotplug.set_state(self, bid, how)
 
     # ---------------------------------------------------------------------- check
 

@@ -20,7 +20,7 @@ from .constants import (
     PG_HEAD,
     PG_LOOKUP_NODE,
     PG_PCP,
-    zone_idx,
+    page_zonenum,
 )
 from .zone import Zone, zone_watermarks
 
@@ -64,7 +64,8 @@ class MemMap:
 
 def page_zone(m: Machine, pfn: int) -> Zone:
     """The zone the page belongs to now: its node's zone of its type."""
-    return m.pgdat[m.mem_map.node[pfn]].zones[zone_idx(pfn)]
+    mm = m.mem_map
+    return m.pgdat[mm.node[pfn]].zones[page_zonenum(mm.flags[pfn], pfn)]
 
 
 # --- the free lists --------------------------------------------------------------------------
