@@ -15,9 +15,10 @@ from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import Machine, Pgdat
 from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
-from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir
+from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir, union
 
 from .format import meminfo_kb, parse_indexed_name
+from .memory import node_memory_links
 
 # vmstat names (Linux's numa_stat_name()) of the model's per-node NUMA counters, which
 # nodeN/numastat shows under their own names.
@@ -159,14 +160,15 @@ def cpu_link_target(cpu: int) -> str:
 
 
 def node_dir(m: Machine, nid: int) -> Dir:
-    """nodeN/: fixed attributes, hugepages/, and a cpuK link for each of the node's CPUs."""
+    """nodeN/: fixed attributes, hugepages/, a cpuK link for each of the node's CPUs, and a
+    memoryM link for each memory block with pages on the node (these change with layouts)."""
     files = FileSet(SYSFS, m.lock)
     children = files.attrs(NODE_ATTRS, m, nid)
     children["hugepages"] = StaticDir({HUGEPAGES_DIR: StaticDir(
         files.attrs(HUGEPAGES_ATTRS, m, nid))})
     for cpu in m.node_cpus(nid):
         children[f"cpu{cpu}"] = files.symlink(cpu_link_target, cpu)
-    return StaticDir(children)
+    return union(StaticDir(children), node_memory_links(m, nid))
 
 
 def node_names(m: Machine, states: dict[str, Node]) -> list[str]:

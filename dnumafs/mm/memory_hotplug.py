@@ -8,21 +8,19 @@ Every function expects the caller to hold the machine lock; an error changes not
 """
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
 
-from . import page_alloc, topology
+from . import boot, page_alloc, topology
 from .constants import (
     MAX_ORDER,
-    PAGE_ALLOC_COSTLY_ORDER,
     PAGE_SHIFT,
     PG_BUDDY,
     PG_HEAD,
-    PG_HUGETLB,
     PG_LOOKUP_NODE,
     PG_MOVABLE_ZONE,
     PG_OFFLINE,
@@ -120,10 +118,11 @@ def page_zonenums(m: Machine, start: int, end: int) -> np.ndarray:
 
 def page_is_movable(m: Machine, pfn: int) -> bool:
     """Whether the allocated block whose head is pfn can be migrated. Until pages have kinds,
-    the split of the boot allocations holds: blocks above PAGE_ALLOC_COSTLY_ORDER stand for
-    page cache (movable), smaller ones for slab (not); hugepages are not migrated."""
-    return (not m.mem_map.flags[pfn] & PG_HUGETLB
-            and m.mem_map.order[pfn] > PAGE_ALLOC_COSTLY_ORDER)
+    the boot allocations' split holds (boot.is_slab()): page cache moves, slab does not. Any
+    other allocation is held by its pfn (the caller frees it by that pfn), so it is pinned;
+    hugepages are not migrated."""
+    order = m.boot_allocs.get(pfn)
+    return order is not None and not boot.is_slab(order)
 
 
 def block_nodes(m: Machine, bid: int) -> list[int]:
