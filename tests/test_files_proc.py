@@ -79,8 +79,8 @@ def test_buddyinfo(t):
 
 def test_zoneinfo(t):
     zones = zoneinfo(t.read("/proc/zoneinfo"))
-    # every zone of every online node, populated or not
-    assert list(zones) == [(n, z) for n in (0, 1) for z in ("DMA", "DMA32", "Normal")]
+    # every zone of every online node, populated or not (Movable too, as Linux prints it)
+    assert list(zones) == [(n, z) for n in (0, 1) for z in ("DMA", "DMA32", "Normal", "Movable")]
     for (nid, name), z in zones.items():
         zone = next(zz for zz in t.m.pgdat[nid].zones.values() if zz.name == name)
         wm = t.m.watermarks(zone)
@@ -119,7 +119,8 @@ def test_proc_vmstat(t):
     stat = key_values(t.read("/proc/vmstat"))
     assert list(stat) == ["nr_free_pages", "numa_hit", "numa_miss", "numa_foreign",
                           "numa_interleave", "numa_local", "numa_other", "nr_hugetlb",
-                          "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree",
+                          "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgalloc_movable",
+                          "pgfree",
                           "drop_pagecache", "drop_slab",
                           "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail"]
     nodes = [key_values(t.read(f"{NODE}/node{n}/vmstat")) for n in (0, 1)]
