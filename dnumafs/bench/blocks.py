@@ -73,8 +73,8 @@ def bench_blocks(mounts: Mounts, notes: list[str]) -> list[Row]:
     mounts.umount(mnt)
     for what, times in (("offline", offline), ("online", online)):
         med, lo, hi = median_range(times)
-        rows.append(Row(f"{BLOCKS_GIB} GiB: {what} a free {BLOCK_SIZE} block through memoryN/state, "
-                        f"median of {len(times)}",
+        rows.append(Row(f"{BLOCKS_GIB} GiB: {what} a free {BLOCK_SIZE} block through "
+                        f"memoryN/state, median of {len(times)}",
                         f"{med * 1e3:.1f} ms ({lo * 1e3:.1f}..{hi * 1e3:.1f})", "< 10 ms",
                         med < 0.01))
     if refused:

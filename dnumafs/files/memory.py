@@ -7,10 +7,11 @@ import errno
 from collections.abc import Iterable
 from functools import partial
 
+from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import Machine
 from dnumafs.mm import memory_hotplug as mh
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
-from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, NodeKind, StaticDir, Symlink
+from dnumafs.vfs.tree import RO, RW, SYSFS, WO, Dir, FileSet, Node, NodeKind, StaticDir, Symlink
 
 from .format import parse_indexed_name
 
@@ -134,9 +135,18 @@ def auto_online_blocks_store(m: Machine, buf: bytes) -> None:
     m.blocks.auto_online = online_type_from_str(buf)
 
 
+def probe_store(m: Machine, buf: bytes) -> None:
+    """probe (x86's CONFIG_ARCH_MEMORY_PROBE): the physical address of a block to add."""
+    try:
+        m.memory_probe(kstrtoull(buf, 0))
+    except HotplugError as e:
+        raise OSError(e.errno, str(e)) from e
+
+
 MEMORY_ATTRS = {
     "block_size_bytes": RO(block_size_bytes_show),
     "auto_online_blocks": RW(auto_online_blocks_show, auto_online_blocks_store),
+    "probe": WO(probe_store),
 }
 
 

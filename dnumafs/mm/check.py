@@ -98,9 +98,9 @@ def check(m: Machine) -> list[str]:
     _check_blocks(m, errs, offline)
     total = m.total_managed_pages()
     nr_offline = int(np.count_nonzero(offline))
-    if total != m.managed_at_boot - nr_offline:
-        errs.append(f"managed pages {total} != {m.managed_at_boot} at boot less "
-                    f"{nr_offline} offline")
+    if total != m.managed_at_boot + m.blocks.hot_added_pages - nr_offline:
+        errs.append(f"managed pages {total} != {m.managed_at_boot} at boot and "
+                    f"{m.blocks.hot_added_pages} added, less {nr_offline} offline")
     return errs
 
 

@@ -314,6 +314,12 @@ class Machine:
         with self.lock:
             return memory_hotplug.set_state(self, bid, how)
 
+    def memory_probe(self, phys_addr: int) -> int:
+        """Hot-add a memory block at phys_addr (x86's probe file); returns its block id.
+        Raises memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return memory_hotplug.add_memory(self, phys_addr)
+
     # ---------------------------------------------------------------------- check
 
     def check(self) -> list[str]:

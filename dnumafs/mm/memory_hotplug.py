@@ -84,6 +84,7 @@ class MemoryBlocks:
     block_pages: int
     online: bytearray                   # 1 per online block, by block id
     auto_online: OnlineType = OnlineType.OFFLINE    # auto_online_blocks (for hot-added ones)
+    hot_added_pages: int = 0            # pages added since boot, online or not
 
     @classmethod
     def create(cls, max_pfn: int, block_size: int | None) -> MemoryBlocks:
@@ -341,6 +342,45 @@ def move_offline_pages(m: Machine, target: np.ndarray) -> None:
     offline = (m.page_flags & PG_OFFLINE) != 0
     if offline.any():
         m.page_node[offline] = target[offline]
+
+
+# --- hot-add -----------------------------------------------------------------------------------
+
+def add_memory(m: Machine, phys_addr: int) -> int:
+    """Add one block of memory at phys_addr (x86's probe_store() and __add_memory()); returns
+    its block id. Its node is memory_add_physaddr_to_nid()'s: the current layout's node for the
+    address if a range names it, else the node of the last page below it. It comes offline,
+    then online if auto_online_blocks says so. The model's memory has no holes, so a block is
+    added only where memory ends (EINVAL elsewhere, EEXIST over memory that exists)."""
+    blocks = m.blocks
+    size = blocks.block_size_bytes
+    if phys_addr % size:
+        raise HotplugError(errno.EINVAL, f"{phys_addr:#x} is not aligned to {size:#x}")
+    pfn = phys_addr >> PAGE_SHIFT
+    if pfn < m.max_pfn:
+        raise HotplugError(errno.EEXIST, f"memory at {phys_addr:#x} exists")
+    if pfn != m.max_pfn:
+        raise HotplugError(errno.EINVAL, f"memory ends at {m.max_pfn << PAGE_SHIFT:#x}: "
+                           "a block is added only there")
+    nid = int(m.current.node_map(m.page_node[pfn - 1:pfn], pfn)[0])
+    if nid >= m.possible_nodes:
+        raise HotplugError(errno.EINVAL, f"node {nid} is not possible")
+    mm = page_alloc.MemMap.alloc(pfn + blocks.block_pages)
+    for old, new in ((m.mem_map.node, mm.node), (m.mem_map.flags, mm.flags),
+                     (m.mem_map.order, mm.order)):
+        new[:pfn] = old
+    mm.page_node[pfn:] = nid
+    mm.page_flags[pfn:] = PG_OFFLINE
+    m.mem_map, m.max_pfn = mm, mm.max_pfn
+    bid = len(blocks.online)
+    blocks.online.append(0)
+    blocks.hot_added_pages += blocks.block_pages
+    topology.online_node(m, nid)
+    if blocks.auto_online != OnlineType.OFFLINE:
+        online_pages(m, bid, blocks.auto_online)
+    else:
+        topology.rebuild_zonelists(m)
+    return bid
 
 
 # --- the state and online files' semantics ---------------------------------------------------
