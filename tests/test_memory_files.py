@@ -251,3 +251,38 @@ def test_chmem_offlines_and_onlines(pair):
         else "online"))
     check_lsmem(fs, m)
     assert fs.read("/sys/kernel/debug/dnumafs/check") == ""
+
+
+@needs_lsmem
+def test_probe_hot_adds_a_block(pair, run_dnumafs):
+    fs, m = pair
+    size = m.blocks.block_size_bytes
+    end = m.max_pfn << PAGE_SHIFT
+    total = mem_total_kb(fs)
+    assert oct(os.stat(fs.path(f"{MEM}/probe")).st_mode & 0o777) == "0o200"
+    for bad, err in ((hex(end + 4096), errno.EINVAL), (hex(end + size), errno.EINVAL),
+                     (hex(size), errno.EEXIST), ("x", errno.EINVAL)):
+        assert fs.write(f"{MEM}/probe", bad) == err, bad
+    assert fs.write(f"{MEM}/probe", hex(end)) is None
+    bid = m.memory_probe(end)
+    assert fs.read(f"{MEM}/memory{bid}/state") == "offline\n"
+    assert mem_total_kb(fs) == total
+    check_lsmem(fs, m)
+    assert fs.write(f"{MEM}/memory{bid}/online", "1") is None
+    m.memory_block_set_state(bid, OnlineType.ONLINE)
+    assert mem_total_kb(fs) == total + size // 1024
+    # on a new node the layout names, online at once as auto_online_blocks says
+    end = m.max_pfn << PAGE_SHIFT
+    r = run_dnumafs("all-to", fs.mnt, "2")
+    assert r.returncode == 0, r.stderr
+    m.memlayout_add_range(0, m.max_pfn - 1, 2)
+    m.memlayout_commit()
+    assert fs.write(f"{MEM}/auto_online_blocks", "online_movable\n") is None
+    m.blocks.auto_online = OnlineType.ONLINE_MOVABLE
+    assert fs.write(f"{MEM}/probe", f"{end:#x}\n") is None
+    bid = m.memory_probe(end)
+    assert fs.read(f"{MEM}/memory{bid}/valid_zones") == "Movable\n"
+    assert mh.block_nodes(m, bid) == [2]
+    check_lsmem(fs, m)
+    check_links(fs, m)
+    assert fs.read("/sys/kernel/debug/dnumafs/check") == ""

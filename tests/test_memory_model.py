@@ -6,7 +6,7 @@ import errno
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 from model_helpers import MiB, alloc, boot
@@ -221,6 +221,47 @@ def test_a_commit_moves_an_offline_blocks_pages_while_offline():
     assert m.pgdat[2].zones[ZoneType.DMA].present_pages >= BLOCK_PAGES
 
 
+# --- hot-add -----------------------------------------------------------------------------------
+
+def test_hot_add_comes_offline_then_onlines():
+    m = small(boot_alloc_percent=0)
+    managed, end = m.total_managed_pages(), m.max_pfn
+    bid = m.memory_probe(end << PAGE_SHIFT)
+    assert bid == 64 * MiB // BLOCK and m.max_pfn == end + BLOCK_PAGES
+    assert not m.blocks.online[bid] and m.total_managed_pages() == managed
+    assert mh.block_nodes(m, bid) == [1] and m.check() == []       # the node below it
+    assert m.memory_block_set_state(bid, OnlineType.ONLINE)
+    assert m.total_managed_pages() == managed + BLOCK_PAGES and m.check() == []
+    assert m.pgdat[1].zones[ZoneType.DMA32].zone_end_pfn == m.max_pfn
+
+
+def test_hot_add_on_a_new_node_named_by_the_layout_and_auto_online():
+    m = small(boot_alloc_percent=0)
+    m.memlayout_add_range(m.max_pfn, 2 * m.max_pfn, 3)
+    m.memlayout_commit()
+    assert 3 in m.pgdat and m.pgdat[3].present_pages == 0
+    m.blocks.auto_online = OnlineType.ONLINE_MOVABLE
+    bid = m.memory_probe(m.max_pfn << PAGE_SHIFT)
+    assert m.blocks.online[bid] and mh.block_nodes(m, bid) == [3]
+    movable = m.pgdat[3].zones[ZoneType.MOVABLE]
+    assert movable.free_pages == movable.managed_pages == BLOCK_PAGES
+    assert m.zonelists[3][0] is movable and m.check() == []
+    assert alloc(m, 0, nid=3, thisnode=True) >= bid * BLOCK_PAGES
+
+
+@pytest.mark.parametrize("where, err", [
+    (lambda m: m.max_pfn + BLOCK_PAGES, errno.EINVAL),      # past the end: a hole between
+    (lambda m: m.max_pfn + 1, errno.EINVAL),                # not aligned
+    (lambda m: BLOCK_PAGES, errno.EEXIST),                  # memory already there
+])
+def test_hot_add_refused_changes_nothing(where, err):
+    m = small(boot_alloc_percent=0)
+    before = state(m)
+    with pytest.raises(HotplugError) as e:
+        m.memory_probe(where(m) << PAGE_SHIFT)
+    assert e.value.errno == err and state(m) == before
+
+
 # --- the state machine -------------------------------------------------------------------------
 
 class BlocksModel(RuleBasedStateMachine):
@@ -250,10 +291,10 @@ class BlocksModel(RuleBasedStateMachine):
             assert self.m.page_order[pfn] == order and self.m.page_flags[pfn] & PG_HEAD
             self.m.free_pages(pfn)
 
-    @rule(limit=st.sampled_from([1, 64, None]))
-    def free_boot(self, limit):
+    @rule(limit=st.sampled_from([1, 64, None]), slab=st.sampled_from([None, True]))
+    def free_boot(self, limit, slab):
         before = boot_pages(self.m)
-        freed = self.m.free_boot_allocations(limit)
+        freed = self.m.free_boot_allocations(limit, slab=slab)
         self.boot_pages -= freed
         assert boot_pages(self.m) == before - freed
 
@@ -270,9 +311,23 @@ class BlocksModel(RuleBasedStateMachine):
     def drain(self):
         self.m.drain_pcp()
 
-    @rule(bid=st.integers(0, 15))
+    @rule(how=st.sampled_from(list(OnlineType)))
+    def hot_add(self, how):
+        m = self.m
+        if m.blocks.count >= 20:
+            return
+        m.blocks.auto_online = how
+        managed = m.total_managed_pages()
+        bid = m.memory_probe(m.max_pfn << PAGE_SHIFT)
+        self.boot_managed += BLOCK_PAGES
+        assert bool(m.blocks.online[bid]) == (how != OnlineType.OFFLINE)
+        assert m.total_managed_pages() == managed + (BLOCK_PAGES if m.blocks.online[bid] else 0)
+
+    @rule(bid=st.integers(0, 19))
     def offline(self, bid):
         m = self.m
+        if bid >= m.blocks.count:
+            return
         was_online = m.blocks.online[bid]
         clean, moving = is_clean(m, bid), movable_boot_pages(m, bid)
         before = state(m)
@@ -283,15 +338,20 @@ class BlocksModel(RuleBasedStateMachine):
             assert e.errno == errno.EBUSY and was_online
             assert not clean or moving, "a block of only free pages must go offline"
             assert state(m) == before
+            event("offline refused")
             return
+        event("offline done, pages migrated" if changed and moving else
+              "offline done" if changed else "offline of an offline block")
         assert clean or not was_online
         assert changed == bool(was_online)
         assert m.total_managed_pages() == managed - (BLOCK_PAGES if changed else 0)
 
-    @rule(bid=st.integers(0, 15), how=st.sampled_from(
+    @rule(bid=st.integers(0, 19), how=st.sampled_from(
         [OnlineType.ONLINE, OnlineType.ONLINE_KERNEL, OnlineType.ONLINE_MOVABLE]))
     def online(self, bid, how):
         m = self.m
+        if bid >= m.blocks.count:
+            return
         was_online = m.blocks.online[bid]
         managed = m.total_managed_pages()
         assert m.memory_block_set_state(bid, how) == (not was_online)
