@@ -191,6 +191,25 @@ def test_online_movable_makes_zone_movable_and_online_kernel_the_pfns_zone():
     assert mh.valid_zones(m, bid) == ["DMA32"] and m.check() == []
 
 
+def test_checker_knows_the_offline_state():
+    m = small(boot_alloc_percent=0)
+    m.memory_block_set_state(5, OnlineType.OFFLINE)
+    start, _ = mh.block_range(m, 5)
+    m.blocks.online[5] = 1                      # the block says online, its pages offline
+    assert any("memory5 is online" in e for e in m.check())
+    m.blocks.online[5] = 0
+    m.page_flags[start] |= PG_RESERVED          # an offline page with another owner
+    errs = m.check()
+    assert any("offline pages with other flags" in e for e in errs)
+    assert any("2 owners" in e for e in errs)
+    m.page_flags[start] = PG_OFFLINE
+    zone = m.pgdat[0].zones[ZoneType.DMA32]
+    zone.present_pages += 1                     # offline pages counted as present
+    assert any("present" in e for e in m.check())
+    zone.present_pages -= 1
+    assert m.check() == []
+
+
 # --- blocks and dnuma --------------------------------------------------------------------------
 
 def test_a_striped_block_links_to_each_node():

@@ -121,7 +121,7 @@ def _check_zones(m: Machine, errs: list[str]) -> None:
     present = key >= 0
     reserved = (m.page_flags & PG_RESERVED) != 0
     counts = np.bincount(key[present], minlength=m.possible_nodes * nz)
-    rcounts = np.bincount(key[reserved], minlength=m.possible_nodes * nz)
+    rcounts = np.bincount(key[reserved & present], minlength=m.possible_nodes * nz)
     keys, first = np.unique(key, return_index=True)
     rkeys, rlast = np.unique(key[::-1], return_index=True)
     firsts = dict(zip(keys.tolist(), first.tolist()))
