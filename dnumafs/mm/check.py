@@ -116,7 +116,7 @@ def _check_zones(m: Machine, errs: list[str]) -> None:
     """present/managed agree with the page arrays (offline pages are in no zone); spans cover
     every page of the zone."""
     nz = len(ZoneType)
-    key = m.page_node.astype(np.int64) * nz + page_zonenums(m, 0, m.max_pfn)
+    key = m.page_node.astype(np.int16) * nz + page_zonenums(m, 0, m.max_pfn)
     key[(m.page_flags & PG_OFFLINE) != 0] = -1
     present = key >= 0
     reserved = (m.page_flags & PG_RESERVED) != 0

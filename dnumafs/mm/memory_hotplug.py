@@ -110,9 +110,9 @@ def block_range(m: Machine, bid: int) -> tuple[int, int]:
 
 def page_zonenums(m: Machine, start: int, end: int) -> np.ndarray:
     """page_zonenum() of every pfn in [start, end), as an int8 array."""
-    pfns = np.arange(start, end, dtype=np.int64)
-    out = np.searchsorted(np.array([ZONE_END_PFN[ZoneType.DMA], ZONE_END_PFN[ZoneType.DMA32]]),
-                          pfns, side="right").astype(np.int8)
+    out = np.full(end - start, ZoneType.NORMAL, dtype=np.int8)
+    for ztype in (ZoneType.DMA32, ZoneType.DMA):
+        out[:max(0, min(ZONE_END_PFN[ztype], end) - start)] = ztype
     out[(m.page_flags[start:end] & PG_MOVABLE_ZONE) != 0] = ZoneType.MOVABLE
     return out
 
