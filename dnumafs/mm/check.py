@@ -17,6 +17,7 @@ from .constants import (
     zone_idx,
     zone_type_bounds,
 )
+from .kinds import check_kinds
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -91,6 +92,7 @@ def check(m: Machine) -> list[str]:
     _check_zones(m, errs)
     _check_layout(m, errs, owners_alloc=allocated > 0)
     _check_hugepages(m, errs)
+    errs += check_kinds(m)
     total = m.total_managed_pages()
     if total != m.managed_at_boot:
         errs.append(f"managed pages {total} != {m.managed_at_boot} at boot")

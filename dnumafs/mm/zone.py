@@ -27,6 +27,7 @@ class Zone:
     free_area: list[dict[int, None]] = attrs.field(factory=lambda: [{} for _ in range(MAX_ORDER)])
     pcp: dict[int, list[int]] = attrs.field(factory=dict)
     pgalloc: int = 0            # pages allocated from this zone (vmstat pgalloc_*)
+    numastat: NumaStat = attrs.field(factory=NumaStat)     # zone_statistics() counts here
 
     @property
     def name(self) -> str:
@@ -83,7 +84,6 @@ class Pgdat:
 
     nid: int
     zones: dict[int, Zone]              # by zone type (a ZoneType, or its int: zone_idx())
-    numastat: NumaStat = attrs.field(factory=NumaStat)
     hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
 
     @classmethod
@@ -116,6 +116,14 @@ class Pgdat:
     @property
     def free_pages(self) -> int:
         return sum(z.free_pages for z in self.zones.values())
+
+    @property
+    def numastat(self) -> NumaStat:
+        """The node's allocation statistics: its zones' (Linux's sum_zone_numa_event_state())."""
+        out = NumaStat()
+        for zone in self.zones.values():
+            out.add(zone.numastat)
+        return out
 
     @property
     def nr_hugepages(self) -> int:
