@@ -134,3 +134,29 @@ def check_kinds(m: Machine) -> list[str]:
         errs.append(f"node {nid} zone {ZoneType(ztype).label}: {Kind(kind).name} counts "
                     f"{have[i]} pages, its blocks hold {int(want[i])}")
     return errs
+
+
+# The kernel's counters each kind adds its pages to (node_stat_item; a zone keeps only the LRU
+# lists, as NR_ZONE_*). Shmem is page cache (file pages) that lives on the anonymous LRU.
+NODE_ITEMS: dict[str, tuple[Kind, ...]] = {
+    "nr_inactive_anon": (Kind.INACTIVE_ANON, Kind.SHMEM),
+    "nr_active_anon": (Kind.ACTIVE_ANON,),
+    "nr_inactive_file": (Kind.INACTIVE_FILE,),
+    "nr_active_file": (Kind.ACTIVE_FILE,),
+    "nr_slab_reclaimable": (Kind.SLAB_RECLAIMABLE,),
+    "nr_slab_unreclaimable": (Kind.SLAB_UNRECLAIMABLE,),
+    "nr_anon_pages": (Kind.ACTIVE_ANON, Kind.INACTIVE_ANON),
+    "nr_file_pages": (Kind.ACTIVE_FILE, Kind.INACTIVE_FILE, Kind.SHMEM),
+    "nr_shmem": (Kind.SHMEM,),
+    "nr_kernel_stack": (Kind.KERNEL_STACK,),        # pages here; Linux prints it in kB
+    "nr_page_table_pages": (Kind.PAGETABLE,),
+}
+ZONE_ITEMS: dict[str, tuple[Kind, ...]] = {
+    f"nr_zone_{lru}": NODE_ITEMS[f"nr_{lru}"]
+    for lru in ("inactive_anon", "active_anon", "inactive_file", "active_file")
+}
+
+
+def page_state(items: dict[str, tuple[Kind, ...]], counts: list[int]) -> dict[str, int]:
+    """Each counter of items, in pages, from the pages of each kind."""
+    return {name: sum(counts[k] for k in kinds) for name, kinds in items.items()}
