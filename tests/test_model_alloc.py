@@ -19,7 +19,6 @@ from model_helpers import (
 )
 
 from dnumafs.mm import ZoneType
-from dnumafs.mm.kinds import Kind
 from dnumafs.mm.constants import (
     HPAGE_ORDER,
     MAX_ORDER,
@@ -28,6 +27,7 @@ from dnumafs.mm.constants import (
     PG_PCP,
     PG_RESERVED,
 )
+from dnumafs.mm.kinds import Kind
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 
