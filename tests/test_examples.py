@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from files_helpers import ML, NODE, Mounted, check_agreement, node_meminfo, proc_meminfo
+from files_helpers import (
+    KEPT_BY_DROP_CACHES,
+    ML,
+    NODE,
+    Mounted,
+    check_agreement,
+    node_meminfo,
+    proc_meminfo,
+)
 
 from dnumafs import client
 
@@ -155,8 +163,7 @@ def test_vm_walkthrough(fs):
     assert int(c4[3]) > int(c3[3])
     # the last figures are the files' now
     info = check_agreement(fs, total)
-    kept = sum(info[1][k] for k in ("AnonPages", "Shmem", "SUnreclaim", "PageTables",
-                                    "KernelStack"))
+    kept = sum(info[1][k] for k in KEPT_BY_DROP_CACHES)
     assert info[1]["Active(file)"] == info[1]["Inactive(file)"] == info[1]["SReclaimable"] == 0
     assert dropped[1] == (kept, 0, 0) and dropped[2][0] == boot[1][0] - kept
     assert dropped == {n: (i["MemTotal"], i["MemFree"], i["HugePages_Total"])
