@@ -24,7 +24,6 @@ from .vmstat import (
     zone_stat_items,
 )
 
-PAGE_KB = PAGE_SIZE // 1024
 OVERCOMMIT_RATIO = 50                   # vm.overcommit_ratio
 VMALLOC_TOTAL_KB = ((32 << 40) - 1) >> 10   # x86-64, 4-level page tables: 32 TiB
 PMD_SIZE, PUD_SIZE = 2 << 20, 1 << 30

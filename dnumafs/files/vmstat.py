@@ -15,7 +15,7 @@ from dnumafs.mm.kinds import NODE_ITEMS, ZONE_ITEMS, page_state
 from dnumafs.mm.zone import MAX_NR_ZONES, lowmem_reserve
 
 PAGEBLOCK_ORDER = HPAGE_ORDER           # x86-64: a pageblock is a 2 MiB hugepage
-KERNEL_STACK_KB = PAGE_SIZE // 1024     # nr_kernel_stack counts kB
+PAGE_KB = PAGE_SIZE // 1024
 VM_DIRTY_RATIO, VM_DIRTY_BACKGROUND_RATIO = 20, 10      # vm.dirty_ratio, dirty_background_ratio
 
 # Zone names past the model's zone types, which Linux lists though they are empty here.
@@ -120,7 +120,7 @@ def node_stat_items(m: Machine, pgdat: Pgdat) -> dict[str, int]:
     """A node's node_stat_item counters, in Linux's order, in pages (kernel stacks in kB)."""
     items = dict.fromkeys(NODE_STAT_NAMES, 0)
     items.update(page_state(NODE_ITEMS, m.kind_pages(pgdat.nid)))
-    items["nr_kernel_stack"] *= KERNEL_STACK_KB
+    items["nr_kernel_stack"] *= PAGE_KB         # Linux counts kernel stacks in kB
     items["nr_hugetlb"] = pgdat.nr_hugepages << HPAGE_ORDER
     return items
 
@@ -206,42 +206,51 @@ def global_vmstat_items(m: Machine) -> dict[str, int]:
     return items
 
 
+# The meminfo keys nodeN/meminfo and /proc/meminfo share, each the sum of vmstat counters.
+# NFS_Unstable (no longer counted since Linux 5.9), Bounce (x86-64 bounces nothing) and
+# WritebackTmp (the model has no FUSE writeback) have none, and read 0.
+MEMINFO_ITEMS: dict[str, tuple[str, ...]] = {
+    "SwapCached": ("nr_swapcached",),
+    "Active": ("nr_active_anon", "nr_active_file"),
+    "Inactive": ("nr_inactive_anon", "nr_inactive_file"),
+    "Active(anon)": ("nr_active_anon",),
+    "Inactive(anon)": ("nr_inactive_anon",),
+    "Active(file)": ("nr_active_file",),
+    "Inactive(file)": ("nr_inactive_file",),
+    "Unevictable": ("nr_unevictable",),
+    "Mlocked": ("nr_mlock",),
+    "Dirty": ("nr_dirty",),
+    "Writeback": ("nr_writeback",),
+    "FilePages": ("nr_file_pages",),
+    "Mapped": ("nr_mapped",),
+    "AnonPages": ("nr_anon_pages",),
+    "Shmem": ("nr_shmem",),
+    "KernelStack": ("nr_kernel_stack",),
+    "PageTables": ("nr_page_table_pages",),
+    "SecPageTables": ("nr_sec_page_table_pages",),
+    "NFS_Unstable": (),
+    "Bounce": (),
+    "WritebackTmp": (),
+    "KReclaimable": ("nr_slab_reclaimable", "nr_kernel_misc_reclaimable"),
+    "Slab": ("nr_slab_reclaimable", "nr_slab_unreclaimable"),
+    "SReclaimable": ("nr_slab_reclaimable",),
+    "SUnreclaim": ("nr_slab_unreclaimable",),
+    "AnonHugePages": ("nr_anon_transparent_hugepages",),
+    "ShmemHugePages": ("nr_shmem_hugepages",),
+    "ShmemPmdMapped": ("nr_shmem_pmdmapped",),
+    "FileHugePages": ("nr_file_hugepages",),
+    "FilePmdMapped": ("nr_file_pmdmapped",),
+    "Balloon": ("nr_balloon_pages",),
+}
+# kB per unit of a counter: pages, but kernel stacks are counted in kB and the THP counters
+# in hugepages.
+KB_PER_UNIT = {"KernelStack": 1, **dict.fromkeys(
+    ("AnonHugePages", "ShmemHugePages", "ShmemPmdMapped", "FileHugePages", "FilePmdMapped"),
+    PAGE_KB << HPAGE_ORDER)}
+
+
 def meminfo_figures(items: dict[str, int]) -> dict[str, int]:
     """The meminfo keys, in kB, that nodeN/meminfo and /proc/meminfo both derive from the
     vmstat counters (of a node or of the machine); each file takes them in its own order."""
-    kb = PAGE_SIZE // 1024
-    thp = kb << HPAGE_ORDER                 # the THP counters count hugepages
-    sreclaimable, sunreclaim = items["nr_slab_reclaimable"], items["nr_slab_unreclaimable"]
-    return {
-        "SwapCached": items["nr_swapcached"] * kb,
-        "Active": (items["nr_active_anon"] + items["nr_active_file"]) * kb,
-        "Inactive": (items["nr_inactive_anon"] + items["nr_inactive_file"]) * kb,
-        "Active(anon)": items["nr_active_anon"] * kb,
-        "Inactive(anon)": items["nr_inactive_anon"] * kb,
-        "Active(file)": items["nr_active_file"] * kb,
-        "Inactive(file)": items["nr_inactive_file"] * kb,
-        "Unevictable": items["nr_unevictable"] * kb,
-        "Mlocked": items["nr_mlock"] * kb,
-        "Dirty": items["nr_dirty"] * kb,
-        "Writeback": items["nr_writeback"] * kb,
-        "FilePages": items["nr_file_pages"] * kb,
-        "Mapped": items["nr_mapped"] * kb,
-        "AnonPages": items["nr_anon_pages"] * kb,
-        "Shmem": items["nr_shmem"] * kb,
-        "KernelStack": items["nr_kernel_stack"],
-        "PageTables": items["nr_page_table_pages"] * kb,
-        "SecPageTables": items["nr_sec_page_table_pages"] * kb,
-        "NFS_Unstable": 0,                  # no longer counted since Linux 5.9
-        "Bounce": 0,                        # x86-64 bounces nothing
-        "WritebackTmp": 0,                  # no FUSE writeback in the model
-        "KReclaimable": (sreclaimable + items["nr_kernel_misc_reclaimable"]) * kb,
-        "Slab": (sreclaimable + sunreclaim) * kb,
-        "SReclaimable": sreclaimable * kb,
-        "SUnreclaim": sunreclaim * kb,
-        "AnonHugePages": items["nr_anon_transparent_hugepages"] * thp,
-        "ShmemHugePages": items["nr_shmem_hugepages"] * thp,
-        "ShmemPmdMapped": items["nr_shmem_pmdmapped"] * thp,
-        "FileHugePages": items["nr_file_hugepages"] * thp,
-        "FilePmdMapped": items["nr_file_pmdmapped"] * thp,
-        "Balloon": items["nr_balloon_pages"] * kb,
-    }
+    return {key: sum(items[name] for name in names) * KB_PER_UNIT.get(key, PAGE_KB)
+            for key, names in MEMINFO_ITEMS.items()}
