@@ -119,8 +119,8 @@ def zoneinfo_numbers(out: list[str], items: dict[str, int]) -> None:
     out.extend(f"      {name:<12s} {value}" for name, value in items.items())
 
 
-def zoneinfo_head(out: list[str], nid: int, name: str, free: int, wmark: Watermarks,
-                  sizes: tuple[int, int, int], protection: list[int]) -> None:
+def zoneinfo_head(out: list[str], free: int, wmark: Watermarks, sizes: tuple[int, int, int],
+                  protection: list[int]) -> None:
     """The lines every zone has, populated or not: free pages, watermarks, sizes, and its
     lowmem_reserve[] as protection."""
     spanned, present, managed = sizes
@@ -156,7 +156,7 @@ def zoneinfo_zone(m: Machine, nid: int, ztype: ZoneType) -> str:
     if populated and populated[0] is zone:
         out.append("  per-node stats")
         zoneinfo_numbers(out, node_stat_items(m, pgdat))
-    zoneinfo_head(out, nid, zone.name, zone.free_pages, m.watermarks(zone),
+    zoneinfo_head(out, zone.free_pages, m.watermarks(zone),
                   (zone.spanned_pages, zone.present_pages, zone.managed_pages),
                   lowmem_reserve(pgdat, ztype))
     if zone.populated:
@@ -185,8 +185,7 @@ def zoneinfo_empty_zone(nid: int, name: str) -> str:
     has SWAP_CLUSTER_MAX for each watermark, a Device zone none."""
     mark = SWAP_CLUSTER_MAX if name == "Movable" else 0
     out = [f"Node {nid}, zone {name:>8s}"]
-    zoneinfo_head(out, nid, name, 0, Watermarks(mark, mark, mark, mark), (0, 0, 0),
-                  [0] * MAX_NR_ZONES)
+    zoneinfo_head(out, 0, Watermarks(mark, mark, mark, mark), (0, 0, 0), [0] * MAX_NR_ZONES)
     return "\n".join(out) + "\n"
 
 

@@ -125,48 +125,41 @@ def node_stat_items(m: Machine, pgdat: Pgdat) -> dict[str, int]:
     return items
 
 
-def add_items(total: dict[str, int], items: dict[str, int]) -> dict[str, int]:
-    for name, value in items.items():
-        total[name] = total.get(name, 0) + value
-    return total
-
-
 def node_vmstat_items(m: Machine, pgdat: Pgdat) -> dict[str, int]:
-    """nodeN/vmstat: the zone counters over the node's zones, its NUMA events, its node
-    counters (node_read_vmstat())."""
-    items: dict[str, int] = {}
-    for zone in pgdat.zones.values():
-        add_items(items, zone_stat_items(m, zone))
+    """nodeN/vmstat: the zone counters over the node's zones (the same figures as
+    zone_stat_items(), summed), its NUMA events, its node counters (node_read_vmstat())."""
+    items = dict.fromkeys(ZONE_STAT_NAMES, 0)
+    items["nr_free_pages"] = pgdat.free_pages
+    items["nr_free_pages_blocks"] = sum(zone_free_pages_blocks(z) for z in pgdat.zones.values())
+    items.update(page_state(ZONE_ITEMS, m.kind_pages(pgdat.nid)))
     items.update((NUMA_EVENT_NAMES[name], value) for name, value in pgdat.numastat.items())
     items.update(node_stat_items(m, pgdat))
     return items
 
 
-def global_stat(m: Machine, name: str) -> int:
-    """One counter summed over the online nodes (global_node_page_state() and the like)."""
-    return sum(node_vmstat_items(m, m.pgdat[nid])[name] for nid in m.online_nodes())
+def zone_reserves(m: Machine) -> tuple[int, int]:
+    """(totalreserve_pages, the low watermarks of every zone) over the online nodes.
 
-
-def total_lowmem_reserve_and_high(m: Machine) -> int:
-    """calculate_totalreserve_pages(): what each zone keeps back, its largest lowmem_reserve
-    and its high watermark, at most its managed pages."""
-    return sum(min(max(lowmem_reserve(pgdat, zone.type)[zone.type:]) + m.watermarks(zone).high,
-                   zone.managed_pages)
-               for pgdat in m.pgdat.values() for zone in pgdat.zones.values())
-
-
-def total_low_wmark(m: Machine) -> int:
-    """The low watermarks of every zone of every online node, an empty ZONE_MOVABLE's too."""
-    return sum(m.watermarks(zone).low for pgdat in m.pgdat.values()
-               for zone in pgdat.zones.values()) + SWAP_CLUSTER_MAX * len(m.pgdat)
+    calculate_totalreserve_pages(): each zone keeps back its largest lowmem_reserve and its
+    high watermark, at most its managed pages. si_mem_available() sums the low watermarks of
+    every zone, an empty ZONE_MOVABLE's too."""
+    reserve = low = 0
+    for pgdat in m.pgdat.values():
+        for zone in pgdat.zones.values():
+            wmark = m.watermarks(zone)
+            reserve += min(max(lowmem_reserve(pgdat, zone.type)) + wmark.high,
+                           zone.managed_pages)
+            low += wmark.low
+        low += SWAP_CLUSTER_MAX
+    return reserve, low
 
 
 def si_mem_available(m: Machine, totals: dict[str, int]) -> int:
     """si_mem_available(): free pages above the reserves, plus the page cache and the
     reclaimable slab, each less the part that must stay (half of it, or the low watermarks,
     whichever is less). totals are the global vmstat counters."""
-    wmark_low = total_low_wmark(m)
-    available = totals["nr_free_pages"] - total_lowmem_reserve_and_high(m)
+    reserve, wmark_low = zone_reserves(m)
+    available = totals["nr_free_pages"] - reserve
     pagecache = totals["nr_active_file"] + totals["nr_inactive_file"]
     available += pagecache - min(pagecache // 2, wmark_low)
     reclaimable = totals["nr_slab_reclaimable"] + totals["nr_kernel_misc_reclaimable"]
@@ -178,7 +171,7 @@ def dirty_thresholds(m: Machine, totals: dict[str, int]) -> tuple[int, int]:
     """global_dirty_limits(): vm.dirty_ratio and dirty_background_ratio of the dirtyable
     memory (free pages above the reserves, and the file LRU), with the kernel's rounding."""
     free = totals["nr_free_pages"]
-    dirtyable = free - min(free, total_lowmem_reserve_and_high(m))
+    dirtyable = free - min(free, zone_reserves(m)[0])
     dirtyable += totals["nr_active_file"] + totals["nr_inactive_file"]
     thresh = VM_DIRTY_RATIO * PAGE_SIZE // 100 * dirtyable // PAGE_SIZE
     bg = VM_DIRTY_BACKGROUND_RATIO * PAGE_SIZE // 100 * dirtyable // PAGE_SIZE
@@ -193,9 +186,9 @@ def memmap_boot_pages(m: Machine) -> int:
 def global_vmstat_items(m: Machine) -> dict[str, int]:
     """/proc/vmstat: the node files' counters summed over nodes, the global ones, then the
     events."""
-    items: dict[str, int] = {}
-    for nid in m.online_nodes():
-        add_items(items, node_vmstat_items(m, m.pgdat[nid]))
+    # every node's items have the same names, in the same order
+    nodes = [node_vmstat_items(m, m.pgdat[nid]) for nid in m.online_nodes()]
+    items = dict(zip(nodes[0], map(sum, zip(*(node.values() for node in nodes)))))
     thresh, bg = dirty_thresholds(m, items)
     items.update(nr_dirty_threshold=thresh, nr_dirty_background_threshold=bg,
                  nr_memmap_pages=0, nr_memmap_boot_pages=memmap_boot_pages(m))

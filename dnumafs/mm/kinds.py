@@ -109,7 +109,7 @@ def uncharge(m: Machine, pfn: int, order: int) -> None:
 def allocations_of(m: Machine, wanted: frozenset[Kind]) -> list[tuple[int, int]]:
     """(pfn, order) of every allocated block holding one of the wanted kinds, by pfn."""
     heads = np.flatnonzero(np.isin(m.kinds.page_kind, np.array(sorted(wanted), np.uint8)))
-    return [(int(p), int(m.mem_map.order[p])) for p in heads]
+    return [(p, m.mem_map.order[p]) for p in heads.tolist()]
 
 
 def check_kinds(m: Machine) -> list[str]:

@@ -230,12 +230,9 @@ class Machine:
                 self._free_kinds(RECLAIMABLE_SLAB)
                 self.vm_events.drop_slab += 1
 
-    def _free_kinds(self, wanted: frozenset[Kind]) -> int:
-        freed = 0
-        for pfn, order in kinds.allocations_of(self, wanted):
+    def _free_kinds(self, wanted: frozenset[Kind]) -> None:
+        for pfn, _ in kinds.allocations_of(self, wanted):
             page_alloc.free_pages(self, pfn, 0)
-            freed += 1 << order
-        return freed
 
     def set_nr_hugepages(self, nid: int, count: int) -> int:
         """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""

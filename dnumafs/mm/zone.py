@@ -152,14 +152,12 @@ def lowmem_reserve(pgdat: Pgdat, ztype: int) -> list[int]:
     """zone->lowmem_reserve[] of pgdat's zone of type ztype (setup_per_zone_lowmem_reserve()):
     what an allocation that could use a higher zone j must leave of this one, the managed
     pages of the zones above it up to j over the zone's ratio; nothing in an empty zone."""
-    managed = [pgdat.zones[t].managed_pages if t < len(ZoneType) else 0
-               for t in range(MAX_NR_ZONES)]
-    ratio = LOWMEM_RESERVE_RATIO[ztype]
     out = [0] * MAX_NR_ZONES
-    if not ratio or not managed[ztype]:
+    ratio = LOWMEM_RESERVE_RATIO[ztype]
+    if not ratio or not pgdat.zones[ztype].managed_pages:
         return out
     above = 0
     for j in range(ztype + 1, MAX_NR_ZONES):
-        above += managed[j]
+        above += pgdat.zones[j].managed_pages if j in pgdat.zones else 0
         out[j] = above // ratio
     return out
