@@ -445,7 +445,8 @@ OPS = st.one_of(
     st.tuples(st.just("commit")),
     st.tuples(st.just("clear")),
     st.tuples(st.just("free"), st.integers(1, 512)),
-    st.tuples(st.just("alloc"), st.integers(0, 9), st.integers(0, 3)),
+    st.tuples(st.just("alloc"), st.integers(0, 9), st.integers(0, 3), st.sampled_from(Kind)),
+    st.tuples(st.just("drop_caches"), st.integers(1, 3)),
     st.tuples(st.just("hugepages"), st.integers(0, 3), st.integers(0, 4)),
 )
 
@@ -466,7 +467,9 @@ def test_files_agree_after_any_operations(ops):
         elif op[0] == "free":
             t.m.free_boot_allocations(limit=op[1])
         elif op[0] == "alloc":
-            t.m.alloc_pages(op[1], cpu=op[2])
+            t.m.alloc_pages(op[1], cpu=op[2], kind=op[3])
+        elif op[0] == "drop_caches":
+            assert t.write("/proc/sys/vm/drop_caches", str(op[1])) is None
         elif op[0] == "hugepages":
             _, nid, n = op
             path = f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages"
