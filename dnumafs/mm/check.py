@@ -17,6 +17,7 @@ from .constants import (
     ZoneType,
     page_zonenum,
 )
+from .kinds import check_kinds
 from .memory_hotplug import page_zonenums
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ def check(m: Machine) -> list[str]:
     _check_layout(m, errs, owners_alloc=allocated > 0)
     _check_hugepages(m, errs)
     _check_blocks(m, errs, offline)
+    errs += check_kinds(m)
     total = m.total_managed_pages()
     nr_offline = int(np.count_nonzero(offline))
     if total != m.managed_at_boot + m.blocks.hot_added_pages - nr_offline:

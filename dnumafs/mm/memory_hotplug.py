@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 import numpy as np
 
-from . import boot, page_alloc, topology
+from . import kinds, page_alloc, topology
 from .constants import (
     MAX_ORDER,
     PAGE_SHIFT,
@@ -118,12 +118,11 @@ def page_zonenums(m: Machine, start: int, end: int) -> np.ndarray:
 
 
 def page_is_movable(m: Machine, pfn: int) -> bool:
-    """Whether the allocated block whose head is pfn can be migrated. Until pages have kinds,
-    the boot allocations' split holds (boot.is_slab()): page cache moves, slab does not. Any
-    other allocation is held by its pfn (the caller frees it by that pfn), so it is pinned;
-    hugepages are not migrated."""
-    order = m.boot_allocs.get(pfn)
-    return order is not None and not boot.is_slab(order)
+    """Whether the allocated block whose head is pfn can be migrated: pages on the LRU (page
+    cache, anonymous memory, shmem) move, slab, page tables and kernel stacks do not. Only
+    boot's allocations are known by the model itself; any other is held by its pfn (the
+    caller frees it by that pfn), so it is pinned; hugepages are not migrated."""
+    return pfn in m.boot_allocs and m.kinds.kind[pfn] in kinds.MOVABLE
 
 
 def block_nodes(m: Machine, bid: int) -> list[int]:
@@ -282,7 +281,10 @@ def migrate_pages(m: Machine, heads: list[int], targets: list[tuple[Zone, int, i
     mm = m.mem_map
     moved: dict[int, int] = {}
     for pfn, (zone, new, order) in zip(heads, targets):
+        kind = kinds.Kind(m.kinds.kind[pfn])
         page_alloc.prep_new_page(mm, zone, new, order)
+        kinds.uncharge(m, pfn, order)
+        kinds.charge(m, new, order, kind)
         mm.flags[pfn] &= ~PG_HEAD & 0xFF
         moved[pfn] = new
     if moved and any(pfn in m.boot_allocs for pfn in moved):
