@@ -15,6 +15,7 @@ import attrs
 import numpy as np
 
 from . import boot, dnuma, hugetlb, page_alloc, topology
+from .changes import LAYOUTS, PAGES, ChangeHook
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
 from .memlayout import Memlayout, MemlayoutError
@@ -56,6 +57,7 @@ class Machine:
     next_layout_id: int = attrs.field(init=False)
     retired: RetiredStats = attrs.field(factory=RetiredStats)
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
+    changes: ChangeHook = attrs.field(factory=ChangeHook)    # told of every change below
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -162,8 +164,10 @@ class Machine:
             pref = self.cpu_node[cpu] if nid is None else nid
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
-            return page_alloc.get_page_from_freelist(self, order, pref, cpu, interleave,
-                                                     thisnode)
+            pfn = page_alloc.get_page_from_freelist(self, order, pref, cpu, interleave,
+                                                    thisnode)
+            self.changes.changed([PAGES])
+            return pfn
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
         """Free the allocated block whose head is pfn (its order is the allocation's)."""
@@ -178,11 +182,14 @@ class Machine:
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
             page_alloc.free_pages(self, pfn, cpu)
+            self.changes.changed([PAGES])
 
     def drain_pcp(self) -> int:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""
         with self.lock:
-            return page_alloc.drain_all_pages(self)
+            drained = page_alloc.drain_all_pages(self)
+            self.changes.changed([PAGES])
+            return drained
 
     @property
     def boot_allocations(self) -> list[tuple[int, int]]:
@@ -202,6 +209,7 @@ class Machine:
                 if slab is None or boot.is_slab(order) == slab:
                     freed += 1 << order
                     page_alloc.free_pages(self, pfn, 0)
+            self.changes.changed([PAGES])
             return freed
 
     def drop_caches(self, mode: int) -> None:
@@ -217,6 +225,7 @@ class Machine:
             if mode & DROP_SLAB:
                 self.free_boot_allocations(slab=True)
                 self.vm_events.drop_slab += 1
+            self.changes.changed([PAGES])
 
     def set_nr_hugepages(self, nid: int, count: int) -> int:
         """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""
@@ -225,7 +234,10 @@ class Machine:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
-            return hugetlb.set_max_huge_pages(self, nid, count)
+            try:
+                return hugetlb.set_max_huge_pages(self, nid, count)
+            finally:
+                self.changes.changed([PAGES])
 
     # ------------------------------------------------------------------ memlayout
 
@@ -236,20 +248,25 @@ class Machine:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
             if self.pending is not None:
                 self.pending.add_range(start, end, nid)
-                return
-            layout = Memlayout(self.next_layout_id)
-            layout.add_range(start, end, nid)       # raises before it changes anything
-            self.pending = dnuma.memlayout_register(self, layout)
+            else:
+                layout = Memlayout(self.next_layout_id)
+                layout.add_range(start, end, nid)       # raises before it changes anything
+                self.pending = dnuma.memlayout_register(self, layout)
+            self.changes.changed([LAYOUTS])
 
     def memlayout_clear(self) -> None:
         with self.lock:
             if self.pending is not None:
                 dnuma.memlayout_destroy(self, self.pending)
                 self.pending = None
+                self.changes.changed([LAYOUTS])
 
     def memlayout_commit(self) -> Memlayout | None:
         with self.lock:
-            return dnuma.memlayout_commit(self)
+            try:
+                return dnuma.memlayout_commit(self)
+            finally:
+                self.changes.changed()      # pages, nodes, layouts and their statistics
 
     def layout(self, lid: int) -> Memlayout | None:
         """The pending, current or backlog layout numbered lid, or None."""
@@ -268,6 +285,7 @@ class Machine:
         with self.lock:
             self.backlog_max = n
             dnuma.ml_backlog_trim(self)
+            self.changes.changed([LAYOUTS])
 
     # ------------------------------------------------------------------ statistics
 

@@ -1,0 +1,266 @@
+"""Reads from the kernel's page cache: what the daemon keeps of the texts the kernel caches, and
+the invalidation of the ones a change of the model touched.
+
+The kernel (with FUSE_NO_OPEN_SUPPORT, Linux 4.19+, once open answers ENOSYS) sends no open or
+release and keeps each file's pages and attributes; it asks the daemon only for what it does
+not hold. So the daemon keeps, for every path the kernel has asked about, the text it gave (and
+its length, the file's st_size). After each change of the model it makes those texts again,
+compares, and tells the kernel to drop exactly the ones that differ (their pages and
+attributes) and the entries that are gone, through libfuse's low-level notify calls, before the
+writer whose write made the change gets its answer. A new text is made first and the kernel
+told second, so a read that reaches the daemon after the notice gets the new text.
+
+The notices go out from a thread of their own: the kernel holds a page locked while the daemon
+fills it, so a notice sent from a thread that serves requests could wait for itself.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable
+
+import attrs
+
+from .tree import Attr, Depends, Dir, Node, Symlink, resolve
+
+log = logging.getLogger(__name__)
+
+# How long a writer waits for its change's notices: a bound, so that a wedged kernel or
+# daemon cannot hang the writer for ever (the notices are then late, never lost).
+SYNC_TIMEOUT = 10.0
+
+FUSE_ROOT_ID = 1
+
+
+def kernel_has_no_open(release: str | None = None) -> bool:
+    """Whether this kernel keeps page cache with no open (FUSE_NO_OPEN_SUPPORT, Linux 4.19)."""
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (4, 19)
+
+
+class Notifier:
+    """libfuse 2's low-level invalidation calls over the mount's channel (captured at init,
+    from the thread that runs libfuse's init callback)."""
+
+    def __init__(self) -> None:
+        from fuse import _libfuse  # the libfuse fusepy loaded (it carries the session)
+
+        self._lib = _libfuse
+        self._lib.fuse_get_session.restype = ctypes.c_void_p
+        self._lib.fuse_get_session.argtypes = [ctypes.c_void_p]
+        self._lib.fuse_session_next_chan.restype = ctypes.c_void_p
+        self._lib.fuse_session_next_chan.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._lib.fuse_lowlevel_notify_inval_inode.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
+        self._lib.fuse_lowlevel_notify_inval_entry.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        self._chan: int | None = None
+
+    def capture(self) -> None:
+        """Take the channel from the current request's context (call from init)."""
+        fuse = self._lib.fuse_get_context().contents.fuse
+        self._chan = self._lib.fuse_session_next_chan(self._lib.fuse_get_session(fuse), None)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._chan)
+
+    def inval_inode(self, ino: int) -> int:
+        """Drop the inode's cached pages and attributes (0, or -ENOENT if the kernel has
+        forgotten it)."""
+        return int(self._lib.fuse_lowlevel_notify_inval_inode(self._chan, ino, 0, 0))
+
+    def inval_entry(self, parent: int, name: bytes) -> int:
+        return int(self._lib.fuse_lowlevel_notify_inval_entry(self._chan, parent, name,
+                                                              len(name)))
+
+
+@attrs.define
+class Known:
+    """A path the kernel has asked about, and what the daemon gave it: a file's text (None
+    for a file without show), a symlink's target, nothing for a directory."""
+
+    kind: type[Attr] | type[Symlink] | type[Dir]
+    text: bytes | None
+    depends: Depends
+    volatile: bool
+    changed_ns: int
+
+
+def render(node: Node) -> bytes | None:
+    """What the kernel may cache of node now."""
+    if isinstance(node, Attr):
+        if node.show is None:
+            return None
+        try:
+            return node.read()
+        except OSError:
+            return None
+    if isinstance(node, Symlink):
+        return node.target().encode()
+    return None
+
+
+def _kind(node: Node) -> type[Attr] | type[Symlink] | type[Dir]:
+    return Dir if isinstance(node, Dir) else type(node)
+
+
+@attrs.define(eq=False)
+class Refresh:
+    """One batch of work for the notifying thread: the topics changed (None: anything), the
+    paths written (always dropped: the kernel put the written bytes in their pages), and the
+    event a waiting writer waits on."""
+
+    topics: Depends
+    written: tuple[str, ...] = ()
+    done: threading.Event | None = None
+
+
+@attrs.define(eq=False)
+class PageCache:
+    """The texts the kernel may hold, and the thread that keeps them in step with the model."""
+
+    root: Dir
+    mountpoint: str
+    notifier: Notifier = attrs.field(factory=Notifier)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _known: dict[str, Known] = attrs.field(factory=dict)
+    _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
+    _thread: threading.Thread | None = None
+    # Counts, for the tests and the bench: texts made again, inodes and entries dropped.
+    remade: int = 0
+    dropped: int = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dnumafs-inval", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=SYNC_TIMEOUT)
+
+    # --- what requests ask --------------------------------------------------------------
+
+    def known(self, path: str, node: Node) -> Known:
+        """The text the kernel gets for path: the one it was given, unless the file's text
+        changes with the clock and was read since."""
+        with self._lock:
+            k = self._known.get(path)
+        if k is not None and k.kind is _kind(node):
+            return k
+        text = render(node)         # outside the lock: it takes the model's
+        depends = node.depends if isinstance(node, Attr) else None
+        volatile = isinstance(node, Attr) and node.volatile
+        k = Known(_kind(node), text, depends, volatile, time.time_ns())
+        with self._lock:
+            return self._known.setdefault(path, k)
+
+    def read_done(self, path: str) -> None:
+        """After a read of a file whose text changes with the clock: forget its text, and
+        have the kernel drop it, so that the next read asks again."""
+        with self._lock:
+            k = self._known.get(path)
+            if k is None or not k.volatile:
+                return
+            del self._known[path]
+        self._queue.put(Refresh(topics=frozenset(), written=(path,)))
+
+    # --- changes ------------------------------------------------------------------------
+
+    def changed(self, topics: Depends) -> None:
+        """The model changed (a listener of its hook, called with the model's lock held):
+        queue the work; the writer, if any, waits for it with sync()."""
+        self._queue.put(Refresh(topics))
+
+    def sync(self, written: Iterable[str], topics: Depends) -> None:
+        """Remake and drop whatever topics touched, and the written paths, before returning."""
+        done = threading.Event()
+        self._queue.put(Refresh(topics, tuple(written), done))
+        if not done.wait(SYNC_TIMEOUT):
+            log.warning("page cache: notices still pending after %.0f s", SYNC_TIMEOUT)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while not self._queue.empty():      # coalesce what came meanwhile
+                batch.append(self._queue.get())
+            work = [r for r in batch if r is not None]
+            try:
+                if work:
+                    self._apply(work)
+            except Exception:
+                log.error("page cache: invalidation failed", exc_info=True)
+            finally:
+                for r in work:
+                    if r.done is not None:
+                        r.done.set()
+            if len(work) < len(batch):
+                return
+
+    def _apply(self, work: list[Refresh]) -> None:
+        topics: Depends = frozenset()
+        written: set[str] = set()
+        for r in work:
+            topics = None if topics is None or r.topics is None else topics | r.topics
+            written.update(r.written)
+        changed, gone = self.remake(topics)
+        self._notify(sorted(set(changed) | written), gone)
+
+    def remake(self, topics: Depends) -> tuple[list[str], list[str]]:
+        """Make again every known text that topics may touch; the paths whose text changed
+        and the highest paths gone (their descendants forgotten with them)."""
+        with self._lock:
+            items = [(p, k) for p, k in self._known.items()
+                     if k.depends is None or topics is None or k.depends & topics]
+        changed: list[str] = []
+        gone: list[str] = []
+        now = time.time_ns()
+        for path, k in sorted(items):
+            if any(path.startswith(g + "/") for g in gone[-1:]):
+                continue
+            node = resolve(self.root, path)
+            if node is None or _kind(node) is not k.kind:
+                gone.append(path)
+                continue
+            if k.kind is Dir:
+                continue
+            text = render(node)
+            self.remade += 1
+            if text != k.text:
+                with self._lock:
+                    k.text, k.changed_ns = text, now
+                changed.append(path)
+        with self._lock:
+            for g in gone:
+                for p in [p for p in self._known if p == g or p.startswith(g + "/")]:
+                    del self._known[p]
+        return changed, gone
+
+    def _ino(self, path: str) -> int | None:
+        if path == "/":
+            return FUSE_ROOT_ID
+        try:        # st_ino is libfuse's node id (no use_ino); cached, it asks nothing
+            return os.lstat(self.mountpoint + path).st_ino
+        except OSError:
+            return None
+
+    def _notify(self, changed: list[str], gone: list[str]) -> None:
+        if not self.notifier.ready:
+            return
+        for path in changed:
+            ino = self._ino(path)
+            if ino is not None and self.notifier.inval_inode(ino) == 0:
+                self.dropped += 1
+        for path in gone:
+            parent, _, name = path.rpartition("/")
+            ino = self._ino(parent or "/")
+            if ino is not None and self.notifier.inval_entry(
+                    ino, name.encode("utf-8", "surrogateescape")) == 0:
+                self.dropped += 1
+
