@@ -413,8 +413,9 @@ class CachedOperations(TreeOperations):
         text = self.cache.known(path, node).text
         if text is None:                       # the show failed (a layout destroyed)
             text = node.read()
-        self.cache.read_done(path)
-        return text[offset:offset + size]
+        data = text[offset:offset + size]
+        self.cache.filled(path, offset, len(data))
+        return data
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         if self.changes is not None:
@@ -423,6 +424,9 @@ class CachedOperations(TreeOperations):
         try:
             self._attr(path).write(data)
             ok = True
+            whole = -offset % PAGE_SIZE         # the pages the kernel filled whole
+            self.cache.filled(path, offset + whole,
+                              (len(data) - whole) // PAGE_SIZE * PAGE_SIZE)
         finally:
             announced = self.changes.take_announced() if self.changes is not None else None
             # A store that announced nothing may still have changed something (a new file's

@@ -11,22 +11,28 @@ writer whose write made the change gets its answer. A new text is made first and
 told second, so a read that reaches the daemon after the notice gets the new text.
 
 The notices go out from a thread of their own: the kernel holds a page locked while the daemon
-fills it, so a notice sent from a thread that serves requests could wait for itself.
+fills it, so a notice sent from a thread that serves requests could wait for itself. For the
+same reason a notice drops only the pages the kernel holds up to date, the ones the daemon
+served (or a write filled whole), and the attributes: a write to a page the kernel did not
+hold keeps that page locked, and not up to date, until the write is answered, and the
+writer waits for its notices.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import attrs
 
-from .tree import Attr, Depends, Dir, Node, Symlink, resolve
+from .tree import PAGE_SIZE, Attr, Depends, Dir, Node, Symlink, resolve
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +76,12 @@ class Notifier:
     def ready(self) -> bool:
         return bool(self._chan)
 
-    def inval_inode(self, ino: int) -> int:
-        """Drop the inode's cached pages and attributes (0, or -ENOENT if the kernel has
-        forgotten it)."""
-        return int(self._lib.fuse_lowlevel_notify_inval_inode(self._chan, ino, 0, 0))
+    def inval_inode(self, ino: int, pages: range) -> int:
+        """Drop the inode's attributes and its cached pages in the range (none if empty): 0,
+        or -ENOENT if the kernel has forgotten the inode."""
+        off, length = ((pages.start * PAGE_SIZE, len(pages) * PAGE_SIZE) if pages
+                       else (-1, 0))
+        return int(self._lib.fuse_lowlevel_notify_inval_inode(self._chan, ino, off, length))
 
     def inval_entry(self, parent: int, name: bytes) -> int:
         return int(self._lib.fuse_lowlevel_notify_inval_entry(self._chan, parent, name,
@@ -130,6 +138,9 @@ class PageCache:
     notifier: Notifier = attrs.field(factory=Notifier)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
     _known: dict[str, Known] = attrs.field(factory=dict)
+    # The pages of each file the kernel may hold up to date: served, or written whole.
+    _pages: dict[str, range] = attrs.field(factory=dict)
+    _inos: dict[str, int] = attrs.field(factory=dict)     # the notifying thread's own
     _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
     # Counts, for the tests and the bench: texts made again, inodes and entries dropped.
@@ -161,10 +172,17 @@ class PageCache:
         with self._lock:
             return self._known.setdefault(path, k)
 
-    def read_done(self, path: str) -> None:
-        """After a read of a file whose text changes with the clock: forget its text, and
-        have the kernel drop it, so that the next read asks again."""
+    def filled(self, path: str, offset: int, length: int) -> None:
+        """The kernel now holds bytes [offset, offset + length) of path up to date (a read
+        served, a write of whole pages). A file whose text changes with the clock is then
+        forgotten and dropped, so that its next read asks again."""
+        if length <= 0:
+            return
+        first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE + 1
         with self._lock:
+            held = self._pages.get(path)
+            self._pages[path] = (range(min(first, held.start), max(last, held.stop)) if held
+                                 else range(first, last))
             k = self._known.get(path)
             if k is None or not k.volatile:
                 return
@@ -209,7 +227,7 @@ class PageCache:
         for r in work:
             topics = None if topics is None or r.topics is None else topics | r.topics
             written.update(r.written)
-        changed, gone = self.remake(topics)
+        changed, gone = self.remake(topics) if topics != frozenset() else ([], [])
         self._notify(sorted(set(changed) | written), gone)
 
     def remake(self, topics: Depends) -> tuple[list[str], list[str]]:
@@ -242,25 +260,41 @@ class PageCache:
                     del self._known[p]
         return changed, gone
 
-    def _ino(self, path: str) -> int | None:
+    def _ino(self, path: str, fresh: bool = False) -> int | None:
+        """libfuse's node id for path (st_ino, as the mount has no use_ino), kept: a stat
+        would ask for the attributes just dropped, and make a text that changes with the
+        clock before its reader asks."""
         if path == "/":
             return FUSE_ROOT_ID
-        try:        # st_ino is libfuse's node id (no use_ino); cached, it asks nothing
-            return os.lstat(self.mountpoint + path).st_ino
-        except OSError:
-            return None
+        ino = None if fresh else self._inos.get(path)
+        if ino is None:
+            try:
+                ino = self._inos[path] = os.lstat(self.mountpoint + path).st_ino
+            except OSError:
+                return None
+        return ino
+
+    def _inval(self, path: str, call: Callable[[int], int]) -> None:
+        """Make call(node id of path), again with a fresh id if the kept one is stale."""
+        ino = self._ino(path)
+        rc = call(ino) if ino is not None else None
+        if rc == -errno.ENOENT:      # the kernel forgot it (and may know it by a new id)
+            ino = self._ino(path, fresh=True)
+            rc = call(ino) if ino is not None else None
+        if rc == 0:
+            self.dropped += 1
 
     def _notify(self, changed: list[str], gone: list[str]) -> None:
         if not self.notifier.ready:
             return
         for path in changed:
-            ino = self._ino(path)
-            if ino is not None and self.notifier.inval_inode(ino) == 0:
-                self.dropped += 1
+            with self._lock:
+                pages = self._pages.pop(path, range(0))
+            self._inval(path, partial(self.notifier.inval_inode, pages=pages))
         for path in gone:
             parent, _, name = path.rpartition("/")
-            ino = self._ino(parent or "/")
-            if ino is not None and self.notifier.inval_entry(
-                    ino, name.encode("utf-8", "surrogateescape")) == 0:
-                self.dropped += 1
+            raw = name.encode("utf-8", "surrogateescape")
+            self._inval(parent or "/", partial(self.notifier.inval_entry, name=raw))
+            for p in [p for p in self._inos if p == path or p.startswith(path + "/")]:
+                del self._inos[p]
 
