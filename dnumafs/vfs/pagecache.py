@@ -141,6 +141,7 @@ class PageCache:
     # The pages of each file the kernel may hold up to date: served, or written whole.
     _pages: dict[str, range] = attrs.field(factory=dict)
     _inos: dict[str, int] = attrs.field(factory=dict)     # the notifying thread's own
+    _epoch: int = 0             # counts changes, so that a text made across one is made again
     _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
     # Counts, for the tests and the bench: texts made again, inodes and entries dropped.
@@ -160,17 +161,22 @@ class PageCache:
 
     def known(self, path: str, node: Node) -> Known:
         """The text the kernel gets for path: the one it was given, unless the file's text
-        changes with the clock and was read since."""
+        changes with the clock and was read since. A text made while the model changed is
+        made again: the change's remaking may have looked at the known texts before this
+        one was among them."""
         with self._lock:
             k = self._known.get(path)
         if k is not None and k.kind is _kind(node):
             return k
-        text = render(node)         # outside the lock: it takes the model's
         depends = node.depends if isinstance(node, Attr) else None
         volatile = isinstance(node, Attr) and node.volatile
-        k = Known(_kind(node), text, depends, volatile, time.time_ns())
-        with self._lock:
-            return self._known.setdefault(path, k)
+        while True:
+            epoch = self._epoch
+            text = render(node)         # outside the lock: it takes the model's
+            with self._lock:
+                if epoch == self._epoch:
+                    k = Known(_kind(node), text, depends, volatile, time.time_ns())
+                    return self._known.setdefault(path, k)
 
     def filled(self, path: str, offset: int, length: int) -> None:
         """The kernel now holds bytes [offset, offset + length) of path up to date (a read
@@ -194,11 +200,15 @@ class PageCache:
     def changed(self, topics: Depends) -> None:
         """The model changed (a listener of its hook, called with the model's lock held):
         queue the work; the writer, if any, waits for it with sync()."""
+        with self._lock:
+            self._epoch += 1
         self._queue.put(Refresh(topics))
 
     def sync(self, written: Iterable[str], topics: Depends) -> None:
         """Remake and drop whatever topics touched, and the written paths, before returning."""
         done = threading.Event()
+        with self._lock:
+            self._epoch += 1
         self._queue.put(Refresh(topics, tuple(written), done))
         if not done.wait(SYNC_TIMEOUT):
             log.warning("page cache: notices still pending after %.0f s", SYNC_TIMEOUT)
@@ -227,15 +237,16 @@ class PageCache:
         for r in work:
             topics = None if topics is None or r.topics is None else topics | r.topics
             written.update(r.written)
-        changed, gone = self.remake(topics) if topics != frozenset() else ([], [])
+        changed, gone = self.remake(topics, written)
         self._notify(sorted(set(changed) | written), gone)
 
-    def remake(self, topics: Depends) -> tuple[list[str], list[str]]:
-        """Make again every known text that topics may touch; the paths whose text changed
-        and the highest paths gone (their descendants forgotten with them)."""
+    def remake(self, topics: Depends, written: set[str]) -> tuple[list[str], list[str]]:
+        """Make again every known text that topics may touch (empty: none) and the written
+        ones; the paths whose text changed and the highest paths gone (their descendants
+        forgotten with them)."""
         with self._lock:
-            items = [(p, k) for p, k in self._known.items()
-                     if k.depends is None or topics is None or k.depends & topics]
+            items = [(p, k) for p, k in self._known.items() if p in written or topics is None
+                     or topics and (k.depends is None or k.depends & topics)]
         changed: list[str] = []
         gone: list[str] = []
         now = time.time_ns()
