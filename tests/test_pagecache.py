@@ -202,3 +202,18 @@ def test_refusals_without_open_for_another_user(public_dir, mount_dnumafs):  # n
     assert r.stdout.startswith("Node 0 MemTotal:")
     assert r.stderr.count("Permission denied") == 3, r.stderr
     assert (Path(node) / "node0/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "0\n"
+
+
+def test_sizes_are_the_texts_and_modes_as_linux(mount_dnumafs):
+    """st_size is each text's length (the page cache reads up to it); a file without show has
+    a page, so that its read asks and is refused; modes as with a text per open."""
+    mnt = mount_dnumafs(*MACHINE)
+    for path in ("sys/devices/system/node/online", "proc/meminfo", f"{ML}/moved-pages",
+                 BACKLOG, f"{ML}/layout.0/00000-07fff"):
+        assert os.stat(mnt / path).st_size == len((mnt / path).read_bytes()), path
+    for path in (DROP, f"{ML}/commit"):
+        assert os.stat(mnt / path).st_size == 4096, path
+        with pytest.raises(PermissionError):
+            (mnt / path).read_bytes()
+    assert os.stat(mnt / "sys/kernel/debug").st_mode & 0o777 == 0o700
+    assert os.stat(mnt / DROP).st_mode & 0o777 == 0o200

@@ -418,6 +418,11 @@ class CachedOperations(TreeOperations):
         return data
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        self._store(path, data, offset)
+        return len(data)
+
+    def _store(self, path: str, data: bytes, offset: int) -> None:
+        """store(), then have the kernel drop what it changed before answering."""
         if self.changes is not None:
             self.changes.take_announced()       # what came before is not this write's
         ok = False
@@ -434,7 +439,6 @@ class CachedOperations(TreeOperations):
             if ok and announced == frozenset():
                 announced = None
             self.cache.sync([path], announced if ok else frozenset())
-        return len(data)
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         return super().truncate(path, length, None)
@@ -473,6 +477,9 @@ def fuse_options(*, allow_other: bool = False, cached: bool = False) -> dict[str
         entry_timeout=timeout,
         attr_timeout=timeout if cached else ATTR_TIMEOUT,
         negative_timeout=NEGATIVE_TIMEOUT,
+        # A write through the page cache goes to the daemon as one request (up to 128 KiB),
+        # not a request per page: each request is taken as one value.
+        big_writes=cached,
     )
 
 
