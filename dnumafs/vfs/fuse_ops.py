@@ -236,7 +236,6 @@ class TreeOperations(Operations):
                       st_size=node.fs.st_size, st_blksize=PAGE_SIZE)
         return st
 
-
     def opendir(self, path: str) -> int:
         if not isinstance(self._resolve(path), Dir):
             raise FuseOSError(errno.ENOTDIR)
@@ -418,10 +417,6 @@ class CachedOperations(TreeOperations):
         return data
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        self._store(path, data, offset)
-        return len(data)
-
-    def _store(self, path: str, data: bytes, offset: int) -> None:
         """store(), then have the kernel drop what it changed before answering."""
         if self.changes is not None:
             self.changes.take_announced()       # what came before is not this write's
@@ -439,6 +434,7 @@ class CachedOperations(TreeOperations):
             if ok and announced == frozenset():
                 announced = None
             self.cache.sync([path], announced if ok else frozenset())
+        return len(data)
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         return super().truncate(path, length, None)
