@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.timeout(300)
-
 MACHINE = ("--nodes", "2", "--mem", "256M", "--cpus", "4", "--possible-nodes", "4")
 TREE = "pagecache_tree:churning_root"
 ML = "sys/kernel/debug/memlayout"
