@@ -36,10 +36,12 @@ class ChangeHook:
 
     def changed(self, topics: Iterable[str] | None = None) -> None:
         """Announce a change that touched topics (None: anything)."""
+        self.generation += 1
+        if not self._listeners:         # the model alone (a bench, a test): nothing to tell
+            return
         what = None if topics is None else frozenset(topics)
         if what is not None and not what <= TOPICS:
             raise ValueError(f"unknown topics {sorted(what - TOPICS)}")
-        self.generation += 1
         self._local.announced = union(getattr(self._local, "announced", frozenset()), what)
         for listener in self._listeners:
             listener(what)
