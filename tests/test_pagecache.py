@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -219,3 +221,38 @@ def test_kernels_before_4_19_get_a_text_per_open():
     assert not kernel_has_no_open("4.18.20-generic") and not kernel_has_no_open("3.10.0")
     assert kernel_has_no_open("4.19.0") and kernel_has_no_open("6.18.44-fc-v657")
     assert not kernel_has_no_open("unknown")
+
+
+def test_one_read_is_never_torn_while_the_file_changes(mount_dnumafs):
+    """A reader reading node0/meminfo with one read(2) while a writer changes it: every text
+    is whole and one state's (its sums agree). The states alternate at equal lengths, so
+    this is not the narrow case the README tells of (a text growing during the read)."""
+    mnt = mount_dnumafs(*MACHINE)
+    meminfo = str(mnt / "sys/devices/system/node/node0/meminfo")
+    huge = str(mnt / HUGE.format(0))
+    stop = threading.Event()
+    texts: list[bytes] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            fd = os.open(meminfo, os.O_RDONLY)
+            try:
+                texts.append(os.read(fd, 1 << 16))
+            finally:
+                os.close(fd)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            assert write(mnt, huge.removeprefix(str(mnt) + "/"), str(1 + 2 * (i % 2))) == 0
+    finally:
+        stop.set()
+        t.join(30)
+    assert len(texts) > 10 and len(set(texts)) > 2      # it saw the file change
+    for text in texts:
+        fields = dict(re.findall(r"Node 0 (\S+):\s+(\d+)", text.decode()))
+        assert fields["MemTotal"] and int(fields["MemTotal"]) == (
+            int(fields["MemFree"]) + int(fields["MemUsed"])), text
+        assert fields["HugePages_Total"] == fields["HugePages_Free"] in ("0", "1", "3"), text
+        assert text.endswith(b"\n") and "HugePages_Surp" in fields, text
