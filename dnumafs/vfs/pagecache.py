@@ -88,6 +88,11 @@ class Notifier:
                                                               len(name)))
 
 
+# A text that changes with the clock (counted in USER_HZ ticks) is made again when the one
+# kept is older than a tick: a stat that looked the file up for its invalidation may have
+# made one long before its reader asks.
+VOLATILE_NS = 10_000_000
+
 @attrs.define
 class Known:
     """A path the kernel has asked about, and what the daemon gave it: a file's text (None
@@ -163,7 +168,8 @@ class PageCache:
         one was among them."""
         with self._lock:
             k = self._known.get(path)
-        if k is not None and k.kind is _kind(node):
+        if k is not None and k.kind is _kind(node) and not (
+                k.volatile and time.time_ns() - k.changed_ns > VOLATILE_NS):
             return k
         depends = node.depends if isinstance(node, Attr) else None
         volatile = isinstance(node, Attr) and node.volatile
@@ -173,6 +179,9 @@ class PageCache:
             with self._lock:
                 if epoch == self._epoch:
                     k = Known(_kind(node), text, depends, volatile, time.time_ns())
+                    if volatile:
+                        self._known[path] = k
+                        return k
                     return self._known.setdefault(path, k)
 
     def filled(self, path: str, offset: int, length: int) -> None:
