@@ -24,12 +24,12 @@ from .description import (
     NodeDescription,
 )
 from .snapshot import Snapshot, describe, open_snapshot
-from .synthetic import synthetic
+from .synthetic import parse_distances, synthetic
 
 __all__ = [
     "MAX_CPUS", "MAX_NUMNODES", "MODEL_BYTES_PER_PAGE", "CacheDescription", "CpuDescription",
     "MachineDescription", "MachineError", "NodeDescription", "Snapshot", "check_host_memory",
-    "describe", "load", "open_snapshot", "synthetic",
+    "describe", "load", "open_snapshot", "parse_distances", "synthetic",
 ]
 
 # What the model keeps per 4 KiB page (its page metadata arrays and the lists over them), at

@@ -19,7 +19,7 @@ MAX_CPUS = 8192
 PAGE_KB = 4
 
 
-class MachineError(Exception):
+class MachineError(ValueError):
     """A machine that cannot be described or booted; the message names the file and why, and
     the command line prints it as is."""
 

@@ -16,11 +16,21 @@ import numpy as np
 
 from . import boot, dnuma, hugetlb, page_alloc, topology
 from .check import check
-from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
+from dnumafs.machines import MachineDescription
+
+from .constants import (
+    HPAGE_ORDER,
+    HUGEPAGE_ORDERS,
+    MAX_ORDER,
+    NUMA_NO_NODE,
+    PG_HEAD,
+    PG_HUGETLB,
+    ZoneType,
+)
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
-from .topology import MachineConfig
+from .topology import MachineConfig, Topology
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 BOOT_LAYOUT_ID = 0
@@ -34,12 +44,13 @@ class Machine:
     """A NUMA machine's page allocator with dnuma. Build one with Machine.boot()."""
 
     config: MachineConfig
+    topo: Topology
     mem_map: MemMap
     lock: threading.RLock = attrs.field(factory=threading.RLock)
     # Fixed at boot; kept as plain attributes because the per-page paths check them.
     max_pfn: int = attrs.field(init=False)
-    nr_cpus: int = attrs.field(init=False)
-    cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid
+    nr_cpus: int = attrs.field(init=False)                      # nr_cpu_ids
+    cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid (or -1)
     pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
     zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
     populated: frozenset[tuple[int, ZoneType]] = frozenset()      # what they were built from
@@ -59,28 +70,36 @@ class Machine:
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
-        self.nr_cpus = self.config.cpus
-        self.cpu_node = self.config.cpu_nodes()
+        self.nr_cpus = self.topo.nr_cpu_ids
+        self.cpu_node = self.topo.cpu_node
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
-        """Lay each node out contiguously, reserve and allocate some of it, free the rest."""
+        """Boot as config's machine (boot.py): its nodes laid out one after another in pfn
+        order, each of its MemTotal, with its hugepage pools; then allocate some of each."""
         config = config or MachineConfig()
-        sizes = config.node_pages()
-        m = cls(config, MemMap.alloc(sum(sizes)))
+        desc = config.description()
+        topo = Topology.of(desc)
+        sizes = boot.node_present_pages(desc)
+        m = cls(config, topo, MemMap.alloc(sum(sizes.values()), topo.nr_node_ids))
         with m.lock:
-            m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
             start = 0
-            for nid, size in enumerate(sizes):
+            for nid in desc.online_nodes:
                 topology.online_node(m, nid)
-                m.current.add_range(start, start + size - 1, nid)
-                boot.boot_node(m, nid, start, start + size)
+                size = sizes.get(nid, 0)
+                if size:
+                    m.page_node[start:start + size] = nid
+                    m.current.add_range(start, start + size - 1, nid)
+                    boot.boot_node(m, nid, start, start + size)
                 start += size
             m.managed_at_boot = m.total_managed_pages()
             topology.rebuild_zonelists(m)
-            for nid in range(config.nodes):
+            for n in desc.nodes:
+                for size_kb, count in n.hugepages:
+                    hugetlb.set_max_huge_pages(m, n.nid, hugetlb.size_order(size_kb), count)
+            for nid in desc.online_nodes:
                 boot.boot_allocate(m, nid)
         return m
 
@@ -101,8 +120,18 @@ class Machine:
     # ---------------------------------------------------------------- topology
 
     @property
+    def desc(self) -> MachineDescription:
+        return self.topo.desc
+
+    @property
     def possible_nodes(self) -> int:
-        return self.config.possible_nodes
+        """nr_node_ids: one past the highest possible node id (the ids below it that are not
+        possible are in no set; possible_node_ids lists those that are)."""
+        return self.topo.nr_node_ids
+
+    @property
+    def possible_node_ids(self) -> tuple[int, ...]:
+        return self.desc.possible_nodes
 
     def online_nodes(self) -> list[int]:
         with self.lock:
@@ -113,7 +142,19 @@ class Machine:
             return [n for n in sorted(self.pgdat) if self.pgdat[n].present_pages > 0]
 
     def nodes_with_cpus(self) -> list[int]:
-        return sorted(set(self.cpu_node))
+        return sorted(set(self.cpu_node) - {NUMA_NO_NODE})
+
+    @property
+    def possible_cpus(self) -> tuple[int, ...]:
+        return self.desc.possible_cpus
+
+    @property
+    def present_cpus(self) -> tuple[int, ...]:
+        return self.desc.present_cpus
+
+    @property
+    def online_cpus(self) -> tuple[int, ...]:
+        return self.desc.online_cpus
 
     def node_cpus(self, nid: int) -> list[int]:
         return [c for c, n in enumerate(self.cpu_node) if n == nid]
@@ -123,7 +164,7 @@ class Machine:
         return next((c for c, n in enumerate(self.cpu_node) if n == nid), 0)
 
     def node_distance(self, a: int, b: int) -> int:
-        return topology.node_distance(a, b)
+        return topology.node_distance(self.topo, a, b)
 
     # -------------------------------------------------------------- page counts
 
@@ -143,10 +184,11 @@ class Machine:
         with self.lock:
             return sum(p.zones[ztype].pgalloc for p in self.pgdat.values())
 
-    def hugepages(self, nid: int) -> tuple[int, int, int]:
-        """(total, free, surplus): nothing maps the pool's pages, and there is no overcommit."""
+    def hugepages(self, nid: int, order: int = HPAGE_ORDER) -> tuple[int, int, int]:
+        """(total, free, surplus) of nid's pool of pages of this order: nothing maps the
+        pool's pages, and there is no overcommit."""
         with self.lock:
-            n = self.pgdat[nid].nr_hugepages
+            n = len(self.pgdat[nid].hugepage_pools[order])
             return n, n, 0
 
     # ---------------------------------------------------------------- allocator
@@ -218,21 +260,24 @@ class Machine:
                 self.free_boot_allocations(slab=True)
                 self.vm_events.drop_slab += 1
 
-    def set_nr_hugepages(self, nid: int, count: int) -> int:
-        """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""
+    def set_nr_hugepages(self, nid: int, count: int, order: int = HPAGE_ORDER) -> int:
+        """Grow or shrink nid's pool of pages of this order (2 MiB or 1 GiB) through its own
+        buddy allocator."""
         with self.lock:
             if nid not in self.pgdat:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
-            return hugetlb.set_max_huge_pages(self, nid, count)
+            if order not in HUGEPAGE_ORDERS:
+                raise ValueError(f"no hugepages of order {order}")
+            return hugetlb.set_max_huge_pages(self, nid, order, count)
 
     # ------------------------------------------------------------------ memlayout
 
     def memlayout_add_range(self, start: int, end: int, nid: int) -> None:
         """Add [start, end] -> nid to the pending layout; on error nothing changes."""
         with self.lock:
-            if not 0 <= nid < self.possible_nodes:
+            if nid not in self.possible_node_ids:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
             if self.pending is not None:
                 self.pending.add_range(start, end, nid)

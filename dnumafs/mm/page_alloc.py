@@ -6,6 +6,7 @@ dnuma, which transplants it into its new node's zone.
 """
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING
 
 import attrs
@@ -32,16 +33,18 @@ if TYPE_CHECKING:
 class MemMap:
     """Page metadata, one entry per pfn (the kernel's array of struct page).
 
-      node[pfn]   the node the page belongs to now
+      node[pfn]   the node the page belongs to now: a byte while every possible node id
+                  fits in one (<= 255), else two (node ids up to MAX_NUMNODES - 1)
       flags[pfn]  PG_* bits from constants
       order[pfn]  order of the free or allocated block whose head is pfn
 
-    Each is a bytearray, which the per-page paths index directly (an item costs a fraction of
-    a numpy scalar access), with a numpy view of it (page_node, page_flags, page_order) for
-    the whole-array work of a commit and of the checker.
+    Each is a bytearray (node a 16-bit array when wide), which the per-page paths index
+    directly (an item costs a fraction of a numpy scalar access), with a numpy view of it
+    (page_node, page_flags, page_order) for the whole-array work of a commit and of the
+    checker.
     """
 
-    node: bytearray
+    node: bytearray | array[int]
     flags: bytearray
     order: bytearray
     page_node: np.ndarray = attrs.field(init=False)
@@ -49,17 +52,20 @@ class MemMap:
     page_order: np.ndarray = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.page_node = np.frombuffer(self.node, dtype=np.uint8)
+        wide = isinstance(self.node, array)
+        self.page_node = np.frombuffer(self.node, dtype=np.uint16 if wide else np.uint8)
         self.page_flags = np.frombuffer(self.flags, dtype=np.uint8)
         self.page_order = np.frombuffer(self.order, dtype=np.uint8)
 
     @classmethod
-    def alloc(cls, max_pfn: int) -> MemMap:
-        return cls(bytearray(max_pfn), bytearray(max_pfn), bytearray(max_pfn))
+    def alloc(cls, max_pfn: int, nr_node_ids: int = 256) -> MemMap:
+        """Page metadata for max_pfn pages whose node ids are below nr_node_ids."""
+        node = bytearray(max_pfn) if nr_node_ids <= 256 else array("H", [0]) * max_pfn
+        return cls(node, bytearray(max_pfn), bytearray(max_pfn))
 
     @property
     def max_pfn(self) -> int:
-        return len(self.node)
+        return len(self.flags)
 
 
 def page_zone(m: Machine, pfn: int) -> Zone:

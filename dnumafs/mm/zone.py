@@ -5,7 +5,7 @@ import math
 
 import attrs
 
-from .constants import MAX_ORDER, ZoneType
+from .constants import HPAGE_ORDER, HUGEPAGE_ORDERS, MAX_ORDER, ZoneType
 from .stats import NumaStat
 
 
@@ -84,7 +84,9 @@ class Pgdat:
     nid: int
     zones: dict[int, Zone]              # by zone type (a ZoneType, or its int: zone_idx())
     numastat: NumaStat = attrs.field(factory=NumaStat)
-    hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
+    # Head pfns of each hugepage pool, by order (2 MiB and 1 GiB pages).
+    hugepage_pools: dict[int, list[int]] = attrs.field(
+        factory=lambda: {order: [] for order in HUGEPAGE_ORDERS})
 
     @classmethod
     def empty(cls, nid: int) -> Pgdat:
@@ -119,7 +121,13 @@ class Pgdat:
 
     @property
     def nr_hugepages(self) -> int:
-        return len(self.hugepage_pool)
+        """The 2 MiB pool's size (the default hstate's, which meminfo's HugePages_* show)."""
+        return len(self.hugepage_pools[HPAGE_ORDER])
+
+    @property
+    def hugetlb_pages(self) -> int:
+        """Pages held by every pool, of every size."""
+        return sum(len(pool) << order for order, pool in self.hugepage_pools.items())
 
 
 def zone_watermarks(zone: Zone, total_managed: int) -> Watermarks:
