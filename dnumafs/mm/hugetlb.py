@@ -10,28 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import page_alloc
-from .constants import (
-    HUGEPAGE_ORDERS,
-    MAX_ORDER,
-    PAGE_SIZE,
-    PG_HEAD,
-    PG_HUGETLB,
-    ZoneType,
-)
+from .constants import MAX_ORDER, PAGE_SIZE, PG_HEAD, PG_HUGETLB, ZoneType
 from .zone import Zone, zone_watermarks
 
 if TYPE_CHECKING:
     from .machine import Machine
 
 MAX_BLOCK = MAX_ORDER - 1
-
-
-def size_order(size_kb: int) -> int:
-    """The order of a hugepage size in kB (2048: 9, 1048576: 18)."""
-    for order in HUGEPAGE_ORDERS:
-        if (PAGE_SIZE << order) // 1024 == size_kb:
-            return order
-    raise ValueError(f"no hugepages of {size_kb} kB on this machine")
 
 
 def order_size_kb(order: int) -> int:
@@ -64,6 +49,30 @@ def set_max_huge_pages(m: Machine, nid: int, order: int, count: int) -> int:
         else:
             free_contig_range(m, pfn, order)
     return len(pool)
+
+
+def set_global_huge_pages(m: Machine, order: int, count: int) -> int:
+    """Grow the pools one page at a time over the nodes with memory in turn (as
+    alloc_pool_huge_page() interleaves them) while any node can grow, or shrink them one page
+    at a time from the node holding most; returns the total reached."""
+    nodes = m.nodes_with_memory()
+    pools = {nid: m.pgdat[nid].hugepage_pools[order] for nid in m.online_nodes()}
+    total = sum(map(len, pools.values()))
+    while total > count:
+        nid = max(pools, key=lambda n: len(pools[n]))
+        set_max_huge_pages(m, nid, order, len(pools[nid]) - 1)
+        total -= 1
+    growing = list(nodes)
+    while total < count and growing:
+        for nid in list(growing):
+            if total >= count:
+                break
+            want = len(pools[nid]) + 1
+            if set_max_huge_pages(m, nid, order, want) == want:
+                total += 1
+            else:
+                growing.remove(nid)
+    return total
 
 
 def alloc_contig_pages(m: Machine, nid: int, order: int) -> int | None:

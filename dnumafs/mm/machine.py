@@ -20,7 +20,6 @@ from dnumafs.machines import MachineDescription
 
 from .constants import (
     HPAGE_ORDER,
-    HUGEPAGE_ORDERS,
     MAX_ORDER,
     NUMA_NO_NODE,
     PG_HEAD,
@@ -30,7 +29,7 @@ from .constants import (
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
-from .topology import MachineConfig, Topology
+from .topology import MachineConfig, Topology, size_order
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 BOOT_LAYOUT_ID = 0
@@ -98,7 +97,7 @@ class Machine:
             topology.rebuild_zonelists(m)
             for n in desc.nodes:
                 for size_kb, count in n.hugepages:
-                    hugetlb.set_max_huge_pages(m, n.nid, hugetlb.size_order(size_kb), count)
+                    hugetlb.set_max_huge_pages(m, n.nid, size_order(size_kb), count)
             for nid in desc.online_nodes:
                 boot.boot_allocate(m, nid)
         return m
@@ -144,15 +143,12 @@ class Machine:
     def nodes_with_cpus(self) -> list[int]:
         return sorted(set(self.cpu_node) - {NUMA_NO_NODE})
 
-    @property
     def possible_cpus(self) -> tuple[int, ...]:
         return self.desc.possible_cpus
 
-    @property
     def present_cpus(self) -> tuple[int, ...]:
         return self.desc.present_cpus
 
-    @property
     def online_cpus(self) -> tuple[int, ...]:
         return self.desc.online_cpus
 
@@ -260,6 +256,20 @@ class Machine:
                 self.free_boot_allocations(slab=True)
                 self.vm_events.drop_slab += 1
 
+    def hugepage_orders(self) -> tuple[int, ...]:
+        """The orders of the hugepage pools the machine has (its hstates), ascending."""
+        return self.topo.hugepage_orders
+
+    def set_global_nr_hugepages(self, count: int, order: int = HPAGE_ORDER) -> int:
+        """Resize the pools of this order to count pages in all, over the nodes with memory
+        (set_max_huge_pages() without a node); returns the total they reach."""
+        with self.lock:
+            if count < 0:
+                raise ValueError("negative hugepage count")
+            if order not in self.hugepage_orders():
+                raise ValueError(f"no hugepages of order {order}")
+            return hugetlb.set_global_huge_pages(self, order, count)
+
     def set_nr_hugepages(self, nid: int, count: int, order: int = HPAGE_ORDER) -> int:
         """Grow or shrink nid's pool of pages of this order (2 MiB or 1 GiB) through its own
         buddy allocator."""
@@ -268,7 +278,7 @@ class Machine:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
-            if order not in HUGEPAGE_ORDERS:
+            if order not in self.hugepage_orders():
                 raise ValueError(f"no hugepages of order {order}")
             return hugetlb.set_max_huge_pages(self, nid, order, count)
 

@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from dnumafs.machines import MachineDescription, MachineError, synthetic
+from dnumafs.machines import (
+    CacheDescription,
+    CpuDescription,
+    MachineDescription,
+    MachineError,
+    synthetic,
+)
 
 from .constants import (
+    HUGEPAGE_ORDERS,
     LOCAL_DISTANCE,
     MIN_NODE_PAGES,
     NUMA_NO_NODE,
     PAGE_SHIFT,
+    PAGE_SIZE,
     REMOTE_DISTANCE,
     ZoneType,
 )
@@ -33,6 +41,8 @@ def _check_node_mem(config: MachineConfig, attribute: attrs.Attribute[tuple[int,
                     value: tuple[int, ...] | None) -> None:
     if value is not None and len(value) != config.nodes:
         raise MachineError(f"{len(value)} node sizes given for {config.nodes} nodes")
+    if config.nodes < 1:
+        return          # synthetic() says what is wrong
     sizes = value if value is not None else (config.mem // config.nodes,)
     if min(sizes) >> PAGE_SHIFT < MIN_NODE_PAGES:
         raise MachineError(f"every node needs at least {MIN_NODE_PAGES >> (20 - PAGE_SHIFT)} MiB")
@@ -66,6 +76,18 @@ class MachineConfig:
         self.description()      # a synthetic machine that cannot be is refused now
 
 
+CACHE_TYPES = ("Data", "Instruction", "Unified")     # cacheinfo's order within a level
+
+
+def size_order(size_kb: int) -> int:
+    """The order of one of the machine's hugepage sizes in kB (2048: 9, 1048576: 18)."""
+    for order in HUGEPAGE_ORDERS:
+        if (PAGE_SIZE << order) // 1024 == size_kb:
+            return order
+    raise MachineError(f"hugepages of {size_kb} kB: the model has pools of "
+                       f"{', '.join(str((PAGE_SIZE << o) // 1024) for o in HUGEPAGE_ORDERS)} kB")
+
+
 @attrs.frozen
 class Topology:
     """The fixed facts of the booted machine, from its description, in the forms the
@@ -75,6 +97,11 @@ class Topology:
     cpu_node                 the node of each CPU id, NUMA_NO_NODE (-1) where none lists it
     distance                 node_distance() between the nodes online at boot, by (a, b);
                              empty when the machine has no table (no nodeN/distance)
+    place                    each CPU's package, die and core, where the description gives
+                             them (the synthetic machine; a snapshot serves its own files)
+    package_cpus, core_cpus  the CPUs of each package, and of each (package, core)
+    caches                   each CPU's caches in cacheinfo's index order (L1d, L1i, L2, L3)
+    hugepage_orders          the orders of the machine's hugepage pools (any node's), ascending
     """
 
     desc: MachineDescription
@@ -82,6 +109,11 @@ class Topology:
     nr_cpu_ids: int
     cpu_node: tuple[int, ...]
     distance: dict[tuple[int, int], int]
+    place: dict[int, CpuDescription]
+    package_cpus: dict[int, tuple[int, ...]]
+    core_cpus: dict[tuple[int, int], tuple[int, ...]]
+    caches: dict[int, tuple[CacheDescription, ...]]
+    hugepage_orders: tuple[int, ...]
 
     @classmethod
     def of(cls, desc: MachineDescription) -> Topology:
@@ -89,8 +121,22 @@ class Topology:
         nodes = desc.cpu_node()
         table = {(n.nid, b): dist for n in desc.nodes if n.distances is not None
                  for b, dist in zip(desc.online_nodes, n.distances)}
+        place = {t.cpu: t for t in desc.topology or ()}
+        packages: dict[int, list[int]] = {}
+        cores: dict[tuple[int, int], list[int]] = {}
+        for t in sorted(place.values(), key=lambda t: t.cpu):
+            packages.setdefault(t.package, []).append(t.cpu)
+            cores.setdefault((t.package, t.core), []).append(t.cpu)
+        caches: dict[int, list[CacheDescription]] = {}
+        for cache in sorted(desc.caches, key=lambda c: (c.level, CACHE_TYPES.index(c.type))):
+            for cpu in cache.cpus:
+                caches.setdefault(cpu, []).append(cache)
         return cls(desc, desc.possible_nodes[-1] + 1, nr_cpu_ids,
-                   tuple(nodes.get(c, NUMA_NO_NODE) for c in range(nr_cpu_ids)), table)
+                   tuple(nodes.get(c, NUMA_NO_NODE) for c in range(nr_cpu_ids)), table, place,
+                   {k: tuple(v) for k, v in packages.items()},
+                   {k: tuple(v) for k, v in cores.items()},
+                   {k: tuple(v) for k, v in caches.items()},
+                   tuple(sorted({size_order(size) for n in desc.nodes for size, _ in n.hugepages})))
 
     @property
     def has_distances(self) -> bool:

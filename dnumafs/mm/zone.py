@@ -120,9 +120,13 @@ class Pgdat:
         return sum(z.free_pages for z in self.zones.values())
 
     @property
+    def hugepage_pool(self) -> list[int]:
+        """The pool of the default hstate (2 MiB), whose size meminfo's HugePages_* show."""
+        return self.hugepage_pools[HPAGE_ORDER]
+
+    @property
     def nr_hugepages(self) -> int:
-        """The 2 MiB pool's size (the default hstate's, which meminfo's HugePages_* show)."""
-        return len(self.hugepage_pools[HPAGE_ORDER])
+        return len(self.hugepage_pool)
 
     @property
     def hugetlb_pages(self) -> int:
