@@ -21,7 +21,6 @@ from dnumafs.machines import MachineDescription
 from .constants import (
     HPAGE_ORDER,
     MAX_ORDER,
-    NUMA_NO_NODE,
     PG_HEAD,
     PG_HUGETLB,
     ZoneType,
@@ -141,7 +140,7 @@ class Machine:
             return [n for n in sorted(self.pgdat) if self.pgdat[n].present_pages > 0]
 
     def nodes_with_cpus(self) -> list[int]:
-        return sorted(set(self.cpu_node) - {NUMA_NO_NODE})
+        return [nid for nid, cpus in self.topo.node_cpus.items() if cpus]
 
     def possible_cpus(self) -> tuple[int, ...]:
         return self.desc.possible_cpus
@@ -153,11 +152,13 @@ class Machine:
         return self.desc.online_cpus
 
     def node_cpus(self, nid: int) -> list[int]:
-        return [c for c, n in enumerate(self.cpu_node) if n == nid]
+        """The CPUs the machine lists under nid (nodeN/cpumap), ascending."""
+        return list(self.topo.node_cpus.get(nid, ()))
 
     def node_first_cpu(self, nid: int) -> int:
         """The CPU that boot and the hugepage pools allocate from for nid (0 if it has none)."""
-        return next((c for c, n in enumerate(self.cpu_node) if n == nid), 0)
+        cpus = self.topo.node_cpus.get(nid)
+        return cpus[0] if cpus else 0
 
     def node_distance(self, a: int, b: int) -> int:
         return topology.node_distance(self.topo, a, b)

@@ -94,7 +94,10 @@ class Topology:
     per-page paths and the files look them up in.
 
     nr_node_ids, nr_cpu_ids  one past the highest possible node and CPU id (Linux's)
-    cpu_node                 the node of each CPU id, NUMA_NO_NODE (-1) where none lists it
+    cpu_node                 the node of each CPU id (cpu_to_node(): the lowest of the nodes
+                             that list it), NUMA_NO_NODE (-1) where none does
+    node_cpus                the CPUs each node lists (nodeN/cpumap): a fake machine may list
+                             a CPU under several nodes, and hwloc makes of that what it does
     distance                 node_distance() between the nodes online at boot, by (a, b);
                              empty when the machine has no table (no nodeN/distance)
     place                    each CPU's package, die and core, where the description gives
@@ -108,6 +111,7 @@ class Topology:
     nr_node_ids: int
     nr_cpu_ids: int
     cpu_node: tuple[int, ...]
+    node_cpus: dict[int, tuple[int, ...]]
     distance: dict[tuple[int, int], int]
     place: dict[int, CpuDescription]
     package_cpus: dict[int, tuple[int, ...]]
@@ -132,7 +136,8 @@ class Topology:
             for cpu in cache.cpus:
                 caches.setdefault(cpu, []).append(cache)
         return cls(desc, desc.possible_nodes[-1] + 1, nr_cpu_ids,
-                   tuple(nodes.get(c, NUMA_NO_NODE) for c in range(nr_cpu_ids)), table, place,
+                   tuple(nodes.get(c, NUMA_NO_NODE) for c in range(nr_cpu_ids)),
+                   {n.nid: n.cpus for n in desc.nodes}, table, place,
                    {k: tuple(v) for k, v in packages.items()},
                    {k: tuple(v) for k, v in cores.items()},
                    {k: tuple(v) for k, v in caches.items()},
