@@ -4,9 +4,11 @@ is moved (all-to a new node, then a stripe); bad machines refused before anythin
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -247,3 +249,41 @@ def test_an_archive_is_extracted_while_served_and_removed_at_exit(
     assert any((d / top).is_dir() for d in during)
     assert run_cli("umount", mnt).returncode == 0
     assert not any(d.exists() for d in during)
+
+
+# --- the examples ----------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """examples/NAME run with this tree's dnumafs (the runtime_dir fixture is in the env)."""
+    env = dict(os.environ, DNUMAFS=f"{sys.executable} -m dnumafs")
+    return subprocess.run([str(EXAMPLES / name), *args], env=env, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+@needs_run
+@needs_numactl
+@pytest.mark.usefixtures("runtime_dir")
+def test_example_machine_tools() -> None:
+    archive = MACHINES_DIR / "48amd64-4pa2n6c-sparse.tar.bz2"
+    r = _example("machine-tools", str(archive))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "available: 8 nodes (0-2,33-34,45,72-73)" in r.stdout
+    assert "NUMA node73 CPU(s):" in r.stdout            # lscpu
+    after = r.stdout.split("after all-to 73")[1]
+    sizes = dict(re.findall(r"^node (\d+) size: (\d+) MB$", after, re.M))
+    assert max(sizes, key=lambda n: int(sizes[n])) == "73"
+
+
+@needs_run
+@needs_numactl
+@pytest.mark.skipif(shutil.which("hwloc-gather-topology") is None,
+                    reason="hwloc-gather-topology not installed")
+@pytest.mark.usefixtures("runtime_dir")
+def test_example_machine_host() -> None:
+    r = _example("machine-host")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "== lstopo -v --no-io: the same machine" in r.stdout
+    assert "== lstopo --distances: the same machine" in r.stdout
