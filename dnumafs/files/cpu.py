@@ -16,7 +16,19 @@ from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, Node, StaticDir
+from dnumafs.vfs.tree import (
+    RO,
+    SYSFS,
+    Dir,
+    DynamicDir,
+    FileSet,
+    Node,
+    NodeKind,
+    StaticDir,
+    kind_of,
+)
+
+from .format import parse_indexed_name
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 
@@ -131,9 +143,34 @@ def cpu_dir(m: Machine, cpu: int) -> Dir:
     return StaticDir(children)
 
 
+def per_cpu_dir(fixed: dict[str, Node], cpus: Iterable[int],
+                make: Callable[[int], Dir]) -> Dir:
+    """A directory of fixed entries and a cpuK/ for each of cpus, each made by make(K) at its
+    first lookup and kept (it never changes): a machine of 8192 CPUs mounts without making
+    the hundreds of thousands of files of CPUs nobody reads."""
+    cpu_set = frozenset(cpus)
+    names = [*fixed, *(f"cpu{cpu}" for cpu in sorted(cpu_set))]
+    made: dict[int, Dir] = {}
+
+    def lookup(name: str) -> Node | None:
+        if name in fixed:
+            return fixed[name]
+        cpu = parse_indexed_name(name, "cpu")
+        if cpu is None or cpu not in cpu_set:
+            return None
+        d = made.get(cpu)
+        if d is None:
+            d = made[cpu] = make(cpu)
+        return d
+
+    def entries() -> list[tuple[str, NodeKind]]:
+        return [*((name, kind_of(node)) for name, node in fixed.items()),
+                *((name, Dir) for name in names[len(fixed):])]
+
+    return DynamicDir(lambda: names, lookup, entries=entries)
+
+
 def cpu_root(m: Machine) -> Dir:
     """sys/devices/system/cpu/."""
-    children = FileSet(SYSFS, m.lock).attrs(CPU_LIST_ATTRS, m)
-    for cpu in m.present_cpus():
-        children[f"cpu{cpu}"] = cpu_dir(m, cpu)
-    return StaticDir(children)
+    return per_cpu_dir(FileSet(SYSFS, m.lock).attrs(CPU_LIST_ATTRS, m), m.present_cpus(),
+                       partial(cpu_dir, m))

@@ -97,7 +97,7 @@ def node_read_vmstat(m: Machine, nid: int) -> str:
 
 def node_read_distance(m: Machine, nid: int) -> str:
     """nodeN/distance: to every online node, ascending, as libnuma parses it."""
-    return " ".join(str(m.node_distance(nid, other)) for other in m.online_nodes()) + "\n"
+    return " ".join(map(str, m.node_distances(nid, m.online_nodes()))) + "\n"
 
 
 def node_read_cpumap(m: Machine, nid: int) -> str:

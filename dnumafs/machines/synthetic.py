@@ -19,6 +19,7 @@ from .description import (
     MachineError,
     NodeDescription,
 )
+from .reserve import reserved_count
 
 SOURCE = "synthetic"
 LINE_SIZE = 64
@@ -34,8 +35,10 @@ L3_KB_PER_CORE, L3_WAYS = 1408, 11
 def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
               node_mem: list[int] | None = None, possible_nodes: int = 8,
               distances: tuple[tuple[int, ...], ...] | None = None) -> MachineDescription:
-    """Nodes 0..nodes-1 online of 0..possible_nodes-1, sizes in bytes (MemTotal: node_mem
-    each, or mem split evenly with the rest on the last node, in whole pages), CPUs spread
+    """Nodes 0..nodes-1 online of 0..possible_nodes-1, sizes in bytes: each node's RAM is
+    node_mem's, or mem split evenly with the rest on the last node, in whole pages, laid out
+    in node order from pfn 0; its MemTotal is what that leaves once boot's reservations
+    (reserve.py) are taken, as on a real machine of that much RAM. CPUs spread
     over the nodes in order (CPU c on node c * nodes // cpus), distances the matrix given
     (one row per node, as ACPI's SLIT: 10 on the diagonal, 11-254 elsewhere) or 10 and 20."""
     if not 1 <= nodes <= possible_nodes <= MAX_NUMNODES:
@@ -51,6 +54,10 @@ def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
         total = mem // (PAGE_KB * 1024)
         pages = [total // nodes] * nodes
         pages[-1] += total - sum(pages)
+    memory_kb, start = [], 0
+    for size in pages:
+        memory_kb.append((size - reserved_count(start, size)) * PAGE_KB)
+        start += size
     node_cpus: list[list[int]] = [[] for _ in range(nodes)]
     for c in range(cpus):
         node_cpus[c * nodes // cpus].append(c)
@@ -58,8 +65,8 @@ def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
         tuple(LOCAL_DISTANCE if a == b else REMOTE_DISTANCE for b in range(nodes))
         for a in range(nodes)]
     node_descs = [
-        NodeDescription(nid=nid, memory_kb=pages[nid] * PAGE_KB, cpus=node_cpus[nid],
-                        hugepages=[(size, 0) for size in HUGEPAGE_SIZES_KB],
+        NodeDescription(nid=nid, memory_kb=memory_kb[nid], present_pages=pages[nid],
+                        cpus=node_cpus[nid], hugepages=[(size, 0) for size in HUGEPAGE_SIZES_KB],
                         distances=rows[nid])
         for nid in range(nodes)]
     topology, caches = _topology(node_descs)

@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dnumafs.machines import MachineDescription, MachineError
+from dnumafs.machines.reserve import reserved_count, reserved_ranges
 
 from . import page_alloc
 from .constants import (
-    FIRST_MIB_PAGES,
-    KERNEL_IMAGE_PFN,
-    MEMMAP_BYTES_PER_PAGE,
     MIN_NODE_PAGES,
     PAGE_ALLOC_COSTLY_ORDER,
     PAGE_SIZE,
@@ -32,45 +30,23 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 
-def reserved_ranges(start: int, end: int) -> list[tuple[int, int]]:
-    """The pfns [lo, hi) a node of [start, end) reserves: its memmap at the top (top-down,
-    as memblock allocates); on the node at pfn 0 also the first MiB and the kernel image."""
-    size = end - start
-    reserved = [(end - -(-size * MEMMAP_BYTES_PER_PAGE // PAGE_SIZE), end)]
-    if start == 0:
-        reserved.append((0, min(FIRST_MIB_PAGES, size)))
-        image = min(2048, size // 32)
-        image_start = KERNEL_IMAGE_PFN if KERNEL_IMAGE_PFN + image < size // 2 else FIRST_MIB_PAGES
-        reserved.append((image_start, image_start + image))
-    return reserved
-
-
-def reserved_count(start: int, size: int) -> int:
-    """How many pages reserved_ranges() covers (its ranges may overlap on a small node)."""
-    count, reach = 0, start
-    for lo, hi in sorted(reserved_ranges(start, start + size)):
-        lo = max(lo, reach)
-        if hi > lo:
-            count += hi - lo
-            reach = hi
-    return count
-
-
 def node_present_pages(desc: MachineDescription) -> dict[int, int]:
-    """Present pages of each node with memory, laid out in id order from pfn 0: the least
-    size whose pages less its reservations are its MemTotal (the least fixed point of
-    present = managed + reserved(present), reached from below as reserved() only grows)."""
+    """Present pages of each node with memory, laid out in id order from pfn 0: those the
+    description gives (the synthetic machine's RAM), else the least size whose pages less
+    its reservations are its MemTotal (the least fixed point of present = managed +
+    reserved(present), reached from below as reserved() only grows). Either way MemTotal is
+    the node's managed pages, to the page."""
     out = {}
     start = 0
     for n in desc.nodes:
         if not n.memory_kb:
             continue
         managed, rest = divmod(n.memory_kb * 1024, PAGE_SIZE)
-        if rest or managed < MIN_NODE_PAGES:
+        if rest or (n.present_pages is None and managed < MIN_NODE_PAGES):
             raise MachineError(f"{desc.source}: node {n.nid} MemTotal {n.memory_kb} kB is not "
                                f"whole {PAGE_SIZE >> 10} kB pages of at least "
                                f"{MIN_NODE_PAGES * PAGE_SIZE >> 20} MiB")
-        present = managed
+        present = n.present_pages or managed
         while (want := managed + reserved_count(start, present)) != present:
             present = want
         out[n.nid] = present

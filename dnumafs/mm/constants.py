@@ -70,7 +70,4 @@ PCP_HIGH = 64           # a per-CPU list longer than this gives a batch back
 
 # Boot.
 MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT    # the smallest node the model boots
-MEMMAP_BYTES_PER_PAGE = 64                  # sizeof(struct page): the memmap each node reserves
-KERNEL_IMAGE_PFN = (16 << 20) >> PAGE_SHIFT
-FIRST_MIB_PAGES = (1 << 20) >> PAGE_SHIFT   # reserved below the kernel, as on x86-64
 PAGE_ALLOC_COSTLY_ORDER = 3                 # the largest order slab asks the buddy allocator for

@@ -163,6 +163,10 @@ class Machine:
     def node_distance(self, a: int, b: int) -> int:
         return topology.node_distance(self.topo, a, b)
 
+    def node_distances(self, a: int, nodes: list[int]) -> list[int]:
+        """node_distance(a, b) for each b of nodes."""
+        return topology.distances_from(self.topo, a, nodes)
+
     # -------------------------------------------------------------- page counts
 
     def total_managed_pages(self) -> int:

@@ -21,6 +21,7 @@ from .constants import (
     PG_HEAD,
     PG_LOOKUP_NODE,
     PG_PCP,
+    ZoneType,
     zone_idx,
 )
 from .zone import Zone, zone_watermarks
@@ -182,8 +183,9 @@ def get_page_from_freelist(m: Machine, order: int, nid: int, cpu: int, interleav
     # zone_statistics() compares with the zonelist's first zone, which for a node without
     # memory is on the nearest node that has some.
     preferred = zonelist[0].nid if zonelist else nid
-    if thisnode:
-        zonelist = [z for z in zonelist if z.nid == nid]
+    if thisnode:        # nid's own populated zones, highest first, as its zonelist has them
+        zones = m.pgdat[nid].zones
+        zonelist = [zones[t] for t in reversed(ZoneType) if zones[t].populated]
     need = 1 << order
     mm = m.mem_map
     for min_mark in (False, True):

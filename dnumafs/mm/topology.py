@@ -98,8 +98,9 @@ class Topology:
                              that list it), NUMA_NO_NODE (-1) where none does
     node_cpus                the CPUs each node lists (nodeN/cpumap): a fake machine may list
                              a CPU under several nodes, and hwloc makes of that what it does
-    distance                 node_distance() between the nodes online at boot, by (a, b);
-                             empty when the machine has no table (no nodeN/distance)
+    distance_rows            each node's row of the distance table (nodeN/distance), over
+                             the nodes online at boot in distance_index order; empty when
+                             the machine has no table
     place                    each CPU's package, die and core, where the description gives
                              them (the synthetic machine; a snapshot serves its own files)
     package_cpus, core_cpus  the CPUs of each package, and of each (package, core)
@@ -112,7 +113,8 @@ class Topology:
     nr_cpu_ids: int
     cpu_node: tuple[int, ...]
     node_cpus: dict[int, tuple[int, ...]]
-    distance: dict[tuple[int, int], int]
+    distance_rows: dict[int, tuple[int, ...]]
+    distance_index: dict[int, int]
     place: dict[int, CpuDescription]
     package_cpus: dict[int, tuple[int, ...]]
     core_cpus: dict[tuple[int, int], tuple[int, ...]]
@@ -123,8 +125,7 @@ class Topology:
     def of(cls, desc: MachineDescription) -> Topology:
         nr_cpu_ids = desc.possible_cpus[-1] + 1
         nodes = desc.cpu_node()
-        table = {(n.nid, b): dist for n in desc.nodes if n.distances is not None
-                 for b, dist in zip(desc.online_nodes, n.distances)}
+        rows = {n.nid: n.distances for n in desc.nodes if n.distances is not None}
         place = {t.cpu: t for t in desc.topology or ()}
         packages: dict[int, list[int]] = {}
         cores: dict[tuple[int, int], list[int]] = {}
@@ -137,7 +138,8 @@ class Topology:
                 caches.setdefault(cpu, []).append(cache)
         return cls(desc, desc.possible_nodes[-1] + 1, nr_cpu_ids,
                    tuple(nodes.get(c, NUMA_NO_NODE) for c in range(nr_cpu_ids)),
-                   {n.nid: n.cpus for n in desc.nodes}, table, place,
+                   {n.nid: n.cpus for n in desc.nodes}, rows,
+                   {nid: i for i, nid in enumerate(desc.online_nodes)}, place,
                    {k: tuple(v) for k, v in packages.items()},
                    {k: tuple(v) for k, v in cores.items()},
                    {k: tuple(v) for k, v in caches.items()},
@@ -145,27 +147,40 @@ class Topology:
 
     @property
     def has_distances(self) -> bool:
-        return bool(self.distance)
+        return bool(self.distance_rows)
+
+
+def distances_from(topo: Topology, a: int, nodes: list[int]) -> list[int]:
+    """node_distance(a, b) for each b of nodes: the machine's table between nodes online at
+    boot; a node onlined later (or a machine without a table) has Linux's defaults, 10 to
+    itself, 20 otherwise."""
+    row = topo.distance_rows.get(a)
+    index = topo.distance_index
+    if row is None:
+        return [LOCAL_DISTANCE if b == a else REMOTE_DISTANCE for b in nodes]
+    return [row[index[b]] if b in index else LOCAL_DISTANCE if b == a else REMOTE_DISTANCE
+            for b in nodes]
 
 
 def node_distance(topo: Topology, a: int, b: int) -> int:
-    """node_distance(): the machine's table between nodes online at boot; a node onlined
-    later (or a machine without a table) has Linux's defaults, 10 to itself, 20 otherwise."""
-    d = topo.distance.get((a, b))
-    if d is not None:
-        return d
-    return LOCAL_DISTANCE if a == b else REMOTE_DISTANCE
+    return distances_from(topo, a, [b])[0]
+
+
+ZONE_TYPES_DOWN = tuple(reversed(ZoneType))
 
 
 def build_zonelists(topo: Topology, pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
     """Each node's fallback list of populated zones: nodes by distance (itself first), and
     within a node its zones from the highest type down, as build_zonelists() orders them."""
     nodes = sorted(pgdat)
+    zones = {n: [pgdat[n].zones[t] for t in ZONE_TYPES_DOWN if pgdat[n].zones[t].populated]
+             for n in nodes}
+    with_zones = [n for n in nodes if zones[n]]
     zonelists = {}
     for pref in nodes:
-        order = sorted(nodes, key=lambda n: (node_distance(topo, pref, n), n != pref, n))
-        zonelists[pref] = [pgdat[n].zones[t] for n in order for t in reversed(ZoneType)
-                           if pgdat[n].zones[t].populated]
+        order = sorted(zip(distances_from(topo, pref, with_zones),
+                           (n != pref for n in with_zones), with_zones))
+        zonelists[pref] = [z for _, _, n in order for z in zones[n]]
     return zonelists
 
 
