@@ -14,10 +14,10 @@ import threading
 import attrs
 import numpy as np
 
-from . import boot, dnuma, hugetlb, page_alloc, topology
-from .check import check
 from dnumafs.machines import MachineDescription
 
+from . import boot, dnuma, hugetlb, page_alloc, topology
+from .check import check
 from .constants import (
     HPAGE_ORDER,
     MAX_ORDER,
