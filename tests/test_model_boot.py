@@ -7,7 +7,7 @@ import pytest
 from model_helpers import ALLOCATED, RESERVED, GiB, MiB, assert_model_ok, boot, classify
 
 from dnumafs.mm import MachineConfig, ZoneType
-from dnumafs.mm.constants import PAGE_SIZE, PG_HEAD, PG_RESERVED
+from dnumafs.mm.constants import GIGANTIC_ORDER, PAGE_SIZE, PG_HEAD, PG_RESERVED
 from dnumafs.mm.stats import STAT_NAMES
 
 
@@ -265,3 +265,42 @@ def test_machine_config_is_a_checked_value():
         MachineConfig(nodes=3, node_mem=[16 * MiB, 32 * MiB])
     with pytest.raises(ValueError):
         attrs.evolve(cfg, cpus=0)
+
+
+def test_gigantic_pages_are_taken_as_whole_free_max_order_blocks():
+    """1 GiB pages (order 18, above MAX_ORDER) come from naturally aligned ranges all free in
+    max-order blocks of one zone; the pool gives them back as those blocks, and a page a
+    commit moved to another node while in the pool is transplanted there when freed."""
+    m = boot(nodes=2, mem=8 * GiB, cpus=2, possible_nodes=4, boot_alloc_percent=0.0)
+    gig = GIGANTIC_ORDER
+    free0 = m.pgdat[0].free_pages
+    assert m.set_nr_hugepages(0, 2, order=gig) == 2
+    pool = m.pgdat[0].hugepage_pools[gig]
+    assert [p % (1 << gig) for p in pool] == [0, 0]
+    assert m.pgdat[0].free_pages == free0 - 2 * (1 << gig)
+    assert m.hugepages(0, gig) == (2, 2, 0) and m.hugepages(0) == (0, 0, 0)
+    assert_model_ok(m, tracked={})
+    # node 0 has 4 GiB: its first GiB holds the reserved low pages, its last the memmap,
+    # so no third aligned GiB is wholly free; the pool stops short, as Linux's does
+    assert m.set_nr_hugepages(0, 3, order=gig) == 2
+    # move one of them to node 1, then shrink the pool: its pages land on node 1
+    moved = pool[1]
+    m.memlayout_add_range(moved, moved + (1 << gig) - 1, 1)
+    m.memlayout_commit()
+    free1 = m.pgdat[1].free_pages
+    assert m.set_nr_hugepages(0, 1, order=gig) == 1 and pool == [pool[0]]
+    assert m.pgdat[1].free_pages == free1 + (1 << gig)
+    assert (np.asarray(m.page_node[moved:moved + (1 << gig)]) == 1).all()
+    assert m.set_nr_hugepages(0, 0, order=gig) == 0
+    assert m.pgdat[0].free_pages == free0 - (1 << gig)
+    assert_model_ok(m, tracked={})
+
+
+def test_global_hugepages_spread_over_the_nodes_with_memory():
+    m = boot(nodes=3, mem=96 * MiB, cpus=3, possible_nodes=4)
+    assert m.set_global_nr_hugepages(7) == 7
+    assert [m.hugepages(n)[0] for n in range(3)] == [3, 2, 2]
+    assert m.set_global_nr_hugepages(4) == 4
+    assert [m.hugepages(n)[0] for n in range(3)] == [2, 1, 1]
+    assert m.set_global_nr_hugepages(10_000) < 10_000       # as far as the nodes can grow
+    assert_model_ok(m, tracked={})

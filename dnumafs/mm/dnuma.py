@@ -111,9 +111,9 @@ def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
     lengths = np.maximum(ends - starts + 1, 0)
     examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
                            minlength=m.possible_nodes).astype(np.int64)
-    bound = target[target != m.mem_map.page_node]
+    bound = np.bincount(target[target != m.mem_map.page_node], minlength=m.possible_nodes)
     for nid in np.flatnonzero(examined):
-        differ = int(np.count_nonzero(bound == nid))
+        differ = int(bound[nid])
         stats = m.current.counter(int(nid))
         stats.transplant_examined_pfn += int(examined[nid])
         stats.transplant_bail_nid_eq += int(examined[nid]) - differ

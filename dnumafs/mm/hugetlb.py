@@ -54,12 +54,13 @@ def set_max_huge_pages(m: Machine, nid: int, order: int, count: int) -> int:
 def set_global_huge_pages(m: Machine, order: int, count: int) -> int:
     """Grow the pools one page at a time over the nodes with memory in turn (as
     alloc_pool_huge_page() interleaves them) while any node can grow, or shrink them one page
-    at a time from the node holding most; returns the total reached."""
+    at a time from the node holding most (the highest id of those that tie, undoing the
+    growth); returns the total reached."""
     nodes = m.nodes_with_memory()
     pools = {nid: m.pgdat[nid].hugepage_pools[order] for nid in m.online_nodes()}
     total = sum(map(len, pools.values()))
     while total > count:
-        nid = max(pools, key=lambda n: len(pools[n]))
+        nid = max(pools, key=lambda n: (len(pools[n]), n))
         set_max_huge_pages(m, nid, order, len(pools[nid]) - 1)
         total -= 1
     growing = list(nodes)
