@@ -4,6 +4,7 @@ is moved (all-to a new node, then a stripe); bad machines refused before anythin
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -174,6 +175,29 @@ def test_synthetic_distances(mount_dnumafs: Callable[..., Path]) -> None:
     assert [fs.read(f"{NODE}/node{n}/distance") for n in range(3)] == \
         ["10 12 30\n", "12 10 21\n", "30 21 10\n"]
     assert "   2    30    21    10" in lstopo(fs.mnt, "--distances")
+
+
+def test_hugepage_pools_of_both_sizes_through_the_files(mount_dnumafs: Callable[..., Path]
+                                                        ) -> None:
+    fs = Mounted(mount_dnumafs("--nodes", "2", "--mem", "8G", "--cpus", "2"))
+    glob = "sys/kernel/mm/hugepages"
+    assert sorted(fs.ls(glob)) == ["hugepages-1048576kB", "hugepages-2048kB"]
+    assert sorted(fs.ls(f"{glob}/hugepages-2048kB")) == sorted([
+        "nr_hugepages", "nr_hugepages_mempolicy", "free_hugepages", "resv_hugepages",
+        "surplus_hugepages", "nr_overcommit_hugepages"])
+    assert fs.write(f"{glob}/hugepages-2048kB/nr_hugepages", "5\n") is None
+    per_node = [int(fs.read(f"{NODE}/node{n}/hugepages/hugepages-2048kB/nr_hugepages"))
+                for n in (0, 1)]
+    assert per_node == [3, 2]
+    assert fs.read(f"{glob}/hugepages-2048kB/free_hugepages") == "5\n"
+    gig = f"{NODE}/node1/hugepages/hugepages-1048576kB/nr_hugepages"
+    free = node_meminfo(fs.read(f"{NODE}/node1/meminfo"))["MemFree"]
+    assert fs.write(gig, "1") is None and fs.read(gig) == "1\n"
+    assert node_meminfo(fs.read(f"{NODE}/node1/meminfo"))["MemFree"] == free - (1 << 20)
+    assert fs.read(f"{glob}/hugepages-1048576kB/nr_hugepages") == "1\n"
+    assert fs.write(gig, "x") == errno.EINVAL and fs.read(gig) == "1\n"
+    assert fs.write(f"{glob}/hugepages-2048kB/resv_hugepages", "1") == errno.EACCES
+    check_agreement(fs)
 
 
 # --- bad machines ----------------------------------------------------------------------------
