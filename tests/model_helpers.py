@@ -15,7 +15,6 @@ import numpy as np
 from dnumafs.mm import Machine, MachineConfig, Memlayout
 from dnumafs.mm.constants import (
     GIGANTIC_ORDER,
-    HPAGE_ORDER,
     MAX_ORDER,
     PG_BUDDY,
     PG_HEAD,
