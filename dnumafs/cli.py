@@ -113,6 +113,8 @@ def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
     """MachineConfig keyword arguments for the synthetic machine's options given (the model
     has the defaults); none with --machine, which describes the whole machine."""
     cfg: dict[str, Any] = {}
+    if args.block_size is not None:
+        cfg["block_size"] = args.block_size
     if args.machine is not None:
         given = [f"--{name.replace('_', '-')}" for name in SYNTHETIC_OPTIONS
                  if getattr(args, name) is not None]
@@ -135,6 +137,12 @@ def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--mem {args.mem} is not the sum of --node-mem "
                            f"({sum(args.node_mem)} bytes)")
         cfg.update(node_mem=args.node_mem, nodes=len(args.node_mem), mem=sum(args.node_mem))
+    if "block_size" in cfg:
+        from dnumafs.mm.memory_hotplug import check_block_size
+        try:
+            check_block_size(cfg["block_size"])
+        except ValueError as e:
+            raise CliError(f"--block-size: {e}") from None
     if "mem" in cfg:
         daemon.check_host_memory(cfg["mem"], max(cfg.get("nodes", 1),
                                                  cfg.get("possible_nodes", 1)))
@@ -241,7 +249,8 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
     argv = []
     for opt, value in (("--nodes", args.nodes), ("--mem", args.mem), ("--cpus", args.cpus),
                        ("--possible-nodes", args.possible_nodes), ("--tree", args.tree),
-                       ("--machine", args.machine and os.path.abspath(args.machine))):
+                       ("--machine", args.machine and os.path.abspath(args.machine)),
+                       ("--block-size", args.block_size)):
         if value is not None:
             argv += [opt, str(value)]
     if args.node_mem is not None:
@@ -359,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot as the machine of a snapshot of /sys and /proc: a directory, "
                         "a .tar, .tar.gz or .tar.bz2 as hwloc-gather-topology writes, or / "
                         "for this host")
+    m.add_argument("--block-size", type=parse_size, metavar="SIZE",
+                   help="memory block size, a power of two from 4M to 2G (default: the "
+                   "kernel's rule, 128M below 64G of memory)")
     m.add_argument("--foreground", "-f", action="store_true",
                    help="serve in this process until unmounted or interrupted")
     m.add_argument("--allow-other", action="store_true",

@@ -24,6 +24,7 @@ from dnumafs import daemon
 from dnumafs.client import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
 from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 
+from .blocks import bench_blocks
 from .report import SEED_MINUTES, Row, median_range
 
 RUNS = 5            # runs of each measure; the median is reported, the range beside it
@@ -531,6 +532,7 @@ def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:
             lambda: fuse_requests_per_read(notes),
             lambda: bench_numactl(mounts, notes),
             lambda: bench_transplant_files(mounts),
+            lambda: bench_blocks(mounts, notes),
         ]
         for step in steps:
             rows += step()

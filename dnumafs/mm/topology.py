@@ -64,6 +64,7 @@ class MachineConfig:
     boot_alloc_percent: float = 5.0     # of each node's managed pages, allocated at boot
     seed: int = 0
     machine: MachineDescription | None = None
+    block_size: int | None = None       # memory block bytes; None: the kernel's rule
 
     def description(self) -> MachineDescription:
         if self.machine is not None:
