@@ -14,6 +14,7 @@ checks this).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -32,6 +33,14 @@ from dnumafs.client import (
     hardware_text,
     status_text,
     stripe_ranges,
+)
+from dnumafs.machines import (
+    MachineError,
+    Snapshot,
+    check_host_memory,
+    describe,
+    open_snapshot,
+    parse_distances,
 )
 
 log = logging.getLogger("dnumafs")
@@ -88,12 +97,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _distances(text: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        return parse_distances(text)
+    except MachineError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # --- mount / umount ---------------------------------------------------------------------------
 
+SYNTHETIC_OPTIONS = ("nodes", "mem", "node_mem", "cpus", "possible_nodes", "distances")
+
+
 def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
-    """MachineConfig keyword arguments for the options given (the model has the defaults)."""
+    """MachineConfig keyword arguments for the synthetic machine's options given (the model
+    has the defaults); none with --machine, which describes the whole machine."""
     cfg: dict[str, Any] = {}
-    for name in ("nodes", "mem", "cpus", "possible_nodes", "block_size"):
+    if args.block_size is not None:
+        cfg["block_size"] = args.block_size
+    if args.machine is not None:
+        given = [f"--{name.replace('_', '-')}" for name in SYNTHETIC_OPTIONS
+                 if getattr(args, name) is not None]
+        if given:
+            raise CliError(f"--machine describes the whole machine: {', '.join(given)} "
+                           "cannot be given with it")
+        if args.tree is not None:
+            raise CliError("--machine and --tree cannot be given together")
+        return cfg
+    if args.distances is not None:
+        cfg["distances"] = args.distances
+    for name in ("nodes", "mem", "cpus", "possible_nodes"):
         if getattr(args, name) is not None:
             cfg[name] = getattr(args, name)
     if args.node_mem is not None:
@@ -116,11 +149,31 @@ def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def _machine_root(**cfg: Any) -> Any:
-    """Boot the model and build its file tree."""
+def _machine_root(snapshot: Snapshot | None = None, **cfg: Any) -> Any:
+    """Boot the model and build its file tree: for a snapshot, the model booted as its
+    machine with the snapshot's own files laid under the model's."""
     from dnumafs.files import build_root
+    from dnumafs.files.snapshot import overlay
     from dnumafs.mm import Machine, MachineConfig
-    return build_root(Machine.boot(MachineConfig(**cfg)))
+    if snapshot is None:
+        return build_root(Machine.boot(MachineConfig(**cfg)))
+    root = build_root(Machine.boot(MachineConfig(machine=describe(snapshot), **cfg)))
+    return overlay(root, snapshot.root)
+
+
+def _open_machine(path: str) -> Snapshot:
+    """The snapshot of --machine, described and checked against this host's memory now, so
+    that a machine that cannot be is refused before anything is mounted."""
+    try:
+        snap = open_snapshot(path)
+    except MachineError as e:
+        raise CliError(str(e)) from None
+    try:
+        check_host_memory(describe(snap))
+    except MachineError as e:
+        snap.close()
+        raise CliError(str(e)) from None
+    return snap
 
 
 def _root_factory(spec: str | None) -> Callable[..., Any]:
@@ -163,12 +216,20 @@ def _log_path(args: argparse.Namespace) -> Path | None:
 
 def _serve(args: argparse.Namespace, mp: Path) -> int:
     """Foreground mount: boot, mount, serve until unmounted or signalled."""
-    from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
-
     _setup_logging(_log_path(args))
     _check_free(mp)
     cfg = _machine_config(args)
     factory = _root_factory(args.tree)
+    with contextlib.ExitStack() as stack:
+        if args.machine is not None:    # its extracted copy is kept while the daemon serves
+            cfg["snapshot"] = stack.enter_context(_open_machine(args.machine))
+        return _serve_root(args, mp, factory, cfg)
+
+
+def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
+                cfg: dict[str, Any]) -> int:
+    from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
+
     with daemon.serving(mp, args.pidfile_fd):   # first, so that umount can stop a boot
         try:
             root = factory(**cfg)
@@ -189,11 +250,14 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
     argv = []
     for opt, value in (("--nodes", args.nodes), ("--mem", args.mem), ("--cpus", args.cpus),
                        ("--possible-nodes", args.possible_nodes), ("--tree", args.tree),
+                       ("--machine", args.machine and os.path.abspath(args.machine)),
                        ("--block-size", args.block_size)):
         if value is not None:
             argv += [opt, str(value)]
     if args.node_mem is not None:
         argv += ["--node-mem", ",".join(map(str, args.node_mem))]
+    if args.distances is not None:
+        argv += ["--distances", ";".join(",".join(map(str, row)) for row in args.distances)]
     if args.allow_other:
         argv.append("--allow-other")
     if args.per_open_snapshot:
@@ -207,6 +271,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _serve(args, mp)
     _check_free(mp)
     _machine_config(args)        # option errors now, not in the daemon's log
+    if args.machine is not None:
+        _open_machine(args.machine).close()
     pid, log_file = daemon.start(mp, _daemon_options(args), _log_path(args), args.timeout)
     print(f"dnumafs: mounted {mp} (daemon pid {pid}, log {log_file})")
     return 0
@@ -298,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cpus", type=_positive_int, help="CPUs, spread over the nodes (default 4)")
     m.add_argument("--possible-nodes", type=_positive_int,
                    help="nodes that may come online (default 8)")
+    m.add_argument("--distances", type=_distances, metavar="MATRIX",
+                   help="the synthetic machine's node distances, rows separated by ';' "
+                        "(e.g. 10,20;20,10; default 10 to itself, 20 to others)")
+    m.add_argument("--machine", metavar="PATH",
+                   help="boot as the machine of a snapshot of /sys and /proc: a directory, "
+                        "a .tar, .tar.gz or .tar.bz2 as hwloc-gather-topology writes, or / "
+                        "for this host")
     m.add_argument("--block-size", type=parse_size, metavar="SIZE",
                    help="memory block size, a power of two from 4M to 2G (default: the "
                    "kernel's rule, 128M below 64G of memory)")

@@ -14,7 +14,7 @@ import numpy as np
 
 from dnumafs.mm import Machine, MachineConfig, Memlayout
 from dnumafs.mm.constants import (
-    HPAGE_ORDER,
+    GIGANTIC_ORDER,
     MAX_ORDER,
     PG_BUDDY,
     PG_HEAD,
@@ -124,7 +124,8 @@ def classify(m):
         state[pfn] = FREE_PCP
     for head, order in allocated_blocks(m).items():
         size = 1 << order
-        if order < 0 or order >= MAX_ORDER or head + size > n:
+        gigantic = order == GIGANTIC_ORDER and m.page_flags[head] & PG_HUGETLB
+        if order < 0 or (order >= MAX_ORDER and not gigantic) or head + size > n:
             problems.append(f"allocated block {head:#x} has bad order {order}")
             continue
         cov[head:head + size] += 1
@@ -298,20 +299,21 @@ def check_allocated_blocks(s: Seen) -> list[str]:
     return p
 
 
-def hugepage_pools(m) -> dict[int, int]:
-    """{head: nid} of every page in a node's hugepage pool."""
-    return {h: nid for nid, pgdat in m.pgdat.items() for h in pgdat.hugepage_pool}
+def hugepage_pools(m) -> dict[int, tuple[int, int]]:
+    """{head: (nid, order)} of every page in a node's hugepage pools (2 MiB and 1 GiB)."""
+    return {h: (nid, order) for nid, pgdat in m.pgdat.items()
+            for order, pool in pgdat.hugepage_pools.items() for h in pool}
 
 
 def check_hugepage_pools(s: Seen) -> list[str]:
     p = []
-    for h, nid in hugepage_pools(s.m).items():
-        if h % (1 << HPAGE_ORDER):
-            p.append(f"hugepage {h:#x} of node {nid} not aligned to order {HPAGE_ORDER}")
+    for h, (nid, order) in hugepage_pools(s.m).items():
+        if h % (1 << order):
+            p.append(f"hugepage {h:#x} of node {nid} not aligned to order {order}")
         if not s.flags[h] & PG_HUGETLB:
             p.append(f"hugepage {h:#x} of node {nid} lacks PG_HUGETLB")
-        if s.alloc.get(h) != HPAGE_ORDER:
-            p.append(f"hugepage {h:#x} of node {nid} is not an allocated order-9 block")
+        if s.alloc.get(h) != order:
+            p.append(f"hugepage {h:#x} of node {nid} is not an allocated order-{order} block")
         if s.node[h] != nid:
             p.append(f"hugepage {h:#x} in node {nid}'s pool is on node {s.node[h]}")
     for nid, pgdat in s.m.pgdat.items():
@@ -338,7 +340,7 @@ def check_tracked(s: Seen, tracked: dict[int, int]) -> list[str]:
     """The allocated heads are exactly the test's own + boot allocations + hugepage pools."""
     p = []
     expect = dict(s.m.boot_allocations)
-    expect.update({h: HPAGE_ORDER for h in hugepage_pools(s.m)})
+    expect.update({h: order for h, (_, order) in hugepage_pools(s.m).items()})
     for h, o in tracked.items():
         if h in expect:
             p.append(f"tracked allocation {h:#x} is also a boot allocation or hugepage")

@@ -53,7 +53,7 @@ def test_node_dir_contents(t):
                                      "cpulist", "hugepages", "cpu0", "cpu1", "memory0"]
     assert t.readlink(f"{NODE}/node1/cpu3") == "../../cpu/cpu3"
     assert t.node(f"{NODE}/node1/cpu0") is None
-    assert t.ls(f"{NODE}/node0/hugepages") == ["hugepages-2048kB"]
+    assert t.ls(f"{NODE}/node0/hugepages") == ["hugepages-2048kB", "hugepages-1048576kB"]
     assert t.ls(f"{NODE}/node0/hugepages/hugepages-2048kB") == [
         "nr_hugepages", "free_hugepages", "surplus_hugepages"]
     hp = f"{NODE}/node0/hugepages/hugepages-2048kB"

@@ -342,7 +342,9 @@ def test_cpu_lists_and_links(t):
     assert t.read(f"{CPU}/present") == "0-3\n"
     assert t.read(f"{CPU}/offline") == "\n"
     assert [n for n in t.ls(CPU) if n.startswith("cpu")] == ["cpu0", "cpu1", "cpu2", "cpu3"]
-    assert t.ls(f"{CPU}/cpu2") == ["node1", "topology", "cache"]
+    assert t.ls(f"{CPU}/cpu2") == ["online", "node1", "topology", "cache"]
+    assert t.read(f"{CPU}/cpu2/online") == "1\n"
+    assert "online" not in t.ls(f"{CPU}/cpu0")      # x86-64 cannot take CPU 0 offline
     assert t.readlink(f"{CPU}/cpu2/node1") == "../../node/node1"
     assert t.node(f"{CPU}/cpu4") is None
 
@@ -352,13 +354,13 @@ def test_cpu_topology(t):
     files = {name: t.read(f"{topo}/{name}") for name in t.ls(topo)}
     assert files == {
         "physical_package_id": "1\n", "die_id": "0\n", "cluster_id": "65535\n",
-        "core_id": "1\n",
+        "core_id": "0\n",
         "package_cpus": "c\n", "package_cpus_list": "2-3\n",
         "die_cpus": "c\n", "die_cpus_list": "2-3\n",
         "core_siblings": "c\n", "core_siblings_list": "2-3\n",
-        "core_cpus": "8\n", "core_cpus_list": "3\n",
-        "cluster_cpus": "8\n", "cluster_cpus_list": "3\n",
-        "thread_siblings": "8\n", "thread_siblings_list": "3\n",
+        "core_cpus": "c\n", "core_cpus_list": "2-3\n",
+        "cluster_cpus": "c\n", "cluster_cpus_list": "2-3\n",
+        "thread_siblings": "c\n", "thread_siblings_list": "2-3\n",
     }
     assert t.read(f"{CPU}/cpu0/topology/core_id") == "0\n"
     assert t.read(f"{CPU}/cpu0/topology/package_cpus") == "3\n"
@@ -367,8 +369,8 @@ def test_cpu_topology(t):
 def test_cpu_topology_many_cpus():
     t = Tree(boot(cpus=64))
     assert t.read(f"{CPU}/cpu40/topology/package_cpus") == "ffffffff,00000000\n"
-    assert t.read(f"{CPU}/cpu40/topology/thread_siblings") == "00000100,00000000\n"
-    assert t.read(f"{CPU}/cpu40/topology/core_id") == "8\n"
+    assert t.read(f"{CPU}/cpu40/topology/thread_siblings") == "00000300,00000000\n"
+    assert t.read(f"{CPU}/cpu40/topology/core_id") == "4\n"
     assert t.read(f"{NODE}/node1/cpumap") == "ffffffff,00000000\n"
 
 

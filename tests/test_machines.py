@@ -25,6 +25,7 @@ from dnumafs.machines import (
     open_snapshot,
     synthetic,
 )
+from dnumafs.machines.reserve import reserved_count
 
 NODE_DIR = "sys/devices/system/node"
 CPU_DIR = "sys/devices/system/cpu"
@@ -154,7 +155,9 @@ def test_directory_and_host() -> None:
 def test_synthetic_machine() -> None:
     d = synthetic(nodes=3, cpus=10, mem=3 << 30, possible_nodes=16)
     assert d.online_nodes == (0, 1, 2) and d.possible_nodes == tuple(range(16))
-    assert d.memory_kb == 3 << 20
+    assert sum(n.present_pages for n in d.nodes) * 4 == 3 << 20
+    assert d.memory_kb == sum((1 << 18) - reserved_count(start, 1 << 18)
+                              for start in (0, 1 << 18, 2 << 18)) * 4
     assert [n.cpus for n in d.nodes] == [(0, 1, 2, 3), (4, 5, 6), (7, 8, 9)]
     assert d.cpu_node() == {c: c * 3 // 10 for c in range(10)}
     assert [d.distance(0, b) for b in range(3)] == [10, 20, 20]
@@ -179,7 +182,10 @@ def test_synthetic_machine() -> None:
 
 def test_synthetic_node_sizes_and_cpuless_nodes() -> None:
     d = synthetic(nodes=3, cpus=2, node_mem=[1 << 30, 2 << 30, 64 << 20])
-    assert [n.memory_kb for n in d.nodes] == [1 << 20, 2 << 20, 64 << 10]
+    assert [n.present_pages for n in d.nodes] == [1 << 18, 2 << 18, 16 << 10]
+    assert [n.memory_kb for n in d.nodes] == [
+        (pages - reserved_count(start, pages)) * 4
+        for start, pages in ((0, 1 << 18), (1 << 18, 2 << 18), (3 << 18, 16 << 10))]
     assert d.cpuless_nodes == (2,)
     assert d.topology is not None and {t.package for t in d.topology} == {0, 1}
 

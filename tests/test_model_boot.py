@@ -7,7 +7,7 @@ import pytest
 from model_helpers import ALLOCATED, RESERVED, GiB, MiB, assert_model_ok, boot, classify
 
 from dnumafs.mm import MachineConfig, ZoneType
-from dnumafs.mm.constants import PAGE_SIZE, PG_HEAD, PG_RESERVED
+from dnumafs.mm.constants import GIGANTIC_ORDER, PAGE_SIZE, PG_HEAD, PG_RESERVED
 from dnumafs.mm.stats import STAT_NAMES
 
 
@@ -213,9 +213,9 @@ def test_watermarks_are_ordered():
     dict(nodes=5, possible_nodes=4),
     dict(nodes=0),
     dict(cpus=0),
-    dict(cpus=257),
+    dict(cpus=8193),
     dict(nodes=2, mem=6 * MiB),          # 3 MiB per node
-    dict(possible_nodes=65, nodes=2),
+    dict(possible_nodes=1025, nodes=2),
     dict(nodes=2, node_mem=[16 * MiB, 2 * MiB], mem=18 * MiB),
 ])
 def test_impossible_configs_raise_value_error(kw):
@@ -224,9 +224,24 @@ def test_impossible_configs_raise_value_error(kw):
 
 
 def test_largest_cpu_count_and_node_count_accepted():
-    m = boot(nodes=4, mem=64 * MiB, cpus=256, possible_nodes=64)
-    assert m.nr_cpus == 256 and m.possible_nodes == 64
-    assert len(m.cpu_node) == 256 and m.cpu_node[255] == 3
+    m = boot(nodes=4, mem=64 * MiB, cpus=8192, possible_nodes=1024)
+    assert m.nr_cpus == 8192 and m.possible_nodes == 1024
+    assert len(m.cpu_node) == 8192 and m.cpu_node[8191] == 3
+    assert m.page_node.dtype == np.uint16       # node ids above 255 need two bytes
+
+
+def test_memtotal_is_what_the_ram_leaves_after_the_reservations():
+    """The synthetic machine's RAM is laid out as given; each node's MemTotal (managed pages)
+    is its present pages less its reserved ones, as the description says it is."""
+    m = boot(nodes=3, mem=96 * MiB, cpus=3, possible_nodes=4)
+    flags = np.asarray(m.page_flags)
+    start = 0
+    for n in m.desc.nodes:
+        pgdat = m.pgdat[n.nid]
+        assert pgdat.present_pages == n.present_pages == 8192
+        reserved = int((flags[start:start + 8192] & PG_RESERVED != 0).sum())
+        assert n.memory_kb == pgdat.managed_pages * 4 == (8192 - reserved) * 4
+        start += 8192
 
 
 def test_node_mem_decides_the_size_and_must_match_nodes():
@@ -250,3 +265,42 @@ def test_machine_config_is_a_checked_value():
         MachineConfig(nodes=3, node_mem=[16 * MiB, 32 * MiB])
     with pytest.raises(ValueError):
         attrs.evolve(cfg, cpus=0)
+
+
+def test_gigantic_pages_are_taken_as_whole_free_max_order_blocks():
+    """1 GiB pages (order 18, above MAX_ORDER) come from naturally aligned ranges all free in
+    max-order blocks of one zone; the pool gives them back as those blocks, and a page a
+    commit moved to another node while in the pool is transplanted there when freed."""
+    m = boot(nodes=2, mem=8 * GiB, cpus=2, possible_nodes=4, boot_alloc_percent=0.0)
+    gig = GIGANTIC_ORDER
+    free0 = m.pgdat[0].free_pages
+    assert m.set_nr_hugepages(0, 2, order=gig) == 2
+    pool = m.pgdat[0].hugepage_pools[gig]
+    assert [p % (1 << gig) for p in pool] == [0, 0]
+    assert m.pgdat[0].free_pages == free0 - 2 * (1 << gig)
+    assert m.hugepages(0, gig) == (2, 2, 0) and m.hugepages(0) == (0, 0, 0)
+    assert_model_ok(m, tracked={})
+    # node 0 has 4 GiB: its first GiB holds the reserved low pages, its last the memmap,
+    # so no third aligned GiB is wholly free; the pool stops short, as Linux's does
+    assert m.set_nr_hugepages(0, 3, order=gig) == 2
+    # move one of them to node 1, then shrink the pool: its pages land on node 1
+    moved = pool[1]
+    m.memlayout_add_range(moved, moved + (1 << gig) - 1, 1)
+    m.memlayout_commit()
+    free1 = m.pgdat[1].free_pages
+    assert m.set_nr_hugepages(0, 1, order=gig) == 1 and pool == [pool[0]]
+    assert m.pgdat[1].free_pages == free1 + (1 << gig)
+    assert (np.asarray(m.page_node[moved:moved + (1 << gig)]) == 1).all()
+    assert m.set_nr_hugepages(0, 0, order=gig) == 0
+    assert m.pgdat[0].free_pages == free0 - (1 << gig)
+    assert_model_ok(m, tracked={})
+
+
+def test_global_hugepages_spread_over_the_nodes_with_memory():
+    m = boot(nodes=3, mem=96 * MiB, cpus=3, possible_nodes=4)
+    assert m.set_global_nr_hugepages(7) == 7
+    assert [m.hugepages(n)[0] for n in range(3)] == [3, 2, 2]
+    assert m.set_global_nr_hugepages(4) == 4
+    assert [m.hugepages(n)[0] for n in range(3)] == [2, 1, 1]
+    assert m.set_global_nr_hugepages(10_000) < 10_000       # as far as the nodes can grow
+    assert_model_ok(m, tracked={})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dnumafs import daemon
 from dnumafs.client import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
-from dnumafs.mm.constants import MAX_POSSIBLE_NODES
+from dnumafs.machines.description import MAX_NUMNODES
 from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 
 from .blocks import bench_blocks
@@ -362,10 +362,10 @@ def read_after_change(mnt: Path, n: int = 200) -> list[float]:
 
 
 def bench_commit_invalidation(mounts: Mounts) -> list[Row]:
-    """A commit's cost, through the files, on the machine with the most nodes the model boots
-    (1024 once it can), with the kernel holding every node file and proc file: from the page
+    """A commit's cost, through the files, on a machine of the most nodes Linux has
+    (MAX_NUMNODES, 1024), with the kernel holding every node file and proc file: from the page
     cache (the commit returns once the changed files are dropped) and with a text per open."""
-    nodes = min(1024, MAX_POSSIBLE_NODES)
+    nodes = MAX_NUMNODES
     opts = ("--nodes", str(nodes), "--possible-nodes", str(nodes), "--cpus", str(2 * nodes),
             "--mem", f"{16 * nodes}M")
     rows: list[Row] = []

@@ -6,6 +6,7 @@ One module per area, each a set of small show/store functions over the model:
   node       sys/devices/system/node/
   cpu        sys/devices/system/cpu/
   cache      sys/devices/system/cpu/cpuK/cache/
+  hugetlb    nodeN/hugepages/, sys/kernel/mm/hugepages/
   bus        sys/bus/
   memory     sys/devices/system/memory/, sys/bus/memory/, nodeN/memoryM
   proc       proc/
@@ -25,6 +26,7 @@ from .bus import bus_dir
 from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
+from .hugetlb import hugepages_root
 from .memlayout import memlayout_dir, module_dir
 from .memory import memory_bus_dir, memory_root
 from .node import node_root
@@ -37,10 +39,13 @@ DIR_MODES = {"sys/kernel/debug": 0o700}
 
 
 def build_root(machine: Machine) -> Dir:
-    """The mount's root directory: each subtree at its path, one line each."""
+    """The mount's root directory: each subtree at its path, one line each. A machine booted
+    from a snapshot has no CPU topology, caches or cpuinfo of the model's (the snapshot's own
+    are laid under this tree by files/snapshot.py's overlay)."""
     return mount_tree(changes=machine.changes, subtrees={
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
+        "sys/kernel/mm/hugepages": hugepages_root(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),
         "sys/devices/system/node": node_root(machine),
         "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),

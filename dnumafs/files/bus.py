@@ -32,7 +32,7 @@ def node_device_lookup(m: Machine, name: str) -> Node | None:
 
 def bus_dir(m: Machine) -> Dir:
     """sys/bus/: the node and cpu buses' devices."""
-    cpus: dict[str, Node] = {f"cpu{cpu}": device_link("cpu", cpu) for cpu in range(m.nr_cpus)}
+    cpus: dict[str, Node] = {f"cpu{cpu}": device_link("cpu", cpu) for cpu in m.present_cpus()}
     return StaticDir({
         "node": StaticDir({"devices": FileSet(SYSFS, m.lock).dynamic_dir(
             partial(node_device_names, m), partial(node_device_lookup, m))}),

@@ -1,54 +1,81 @@
-"""MNT/sys/devices/system/cpu: the CPU lists, cpuK/nodeN links and cpuK/topology/.
+"""MNT/sys/devices/system/cpu: the CPU sets, cpuK/online, cpuK/nodeN links and, for a machine
+whose description gives its topology (the synthetic one), cpuK/topology/.
 
-The model's CPUs never go offline and never change node (dnuma moves memory, not CPUs: the
-cover letter's first "current limitation"). The topology is the plainest one that hwloc 2.9
-reads without guessing: one package (and die) per node, one core per CPU, one thread per core.
-Files are as on an x86-64 kernel (drivers/base/topology.c), including its cluster_id of 65535
-where the CPU reports no cluster.
+The sets are the machine's: possible, present and online CPUs, and offline = possible but not
+online (cpu_possible_mask & ~cpu_online_mask). A cpuK/ directory exists for each present CPU,
+as register_cpu() makes them; its online file for every one but an online CPU 0, which
+x86-64 cannot take offline. A snapshot's topology and caches are its own and served from it (files/
+snapshot.py), so the model makes no topology/ for it. The model's CPUs never change node
+(dnuma moves memory, not CPUs). Files are as on an x86-64 kernel (drivers/base/topology.c),
+including its cluster_id of 65535 where the CPU reports no cluster.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import partial
+
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, StaticDir
+from dnumafs.vfs.tree import (
+    RO,
+    SYSFS,
+    Dir,
+    DynamicDir,
+    FileSet,
+    Node,
+    NodeKind,
+    StaticDir,
+    kind_of,
+)
+
+from .format import parse_indexed_name
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 
 
-def cpu_list_show(m: Machine) -> str:
-    """online, possible, present: every modelled CPU is all three."""
-    return bitmap_list(range(m.nr_cpus)) + "\n"
+def cpu_set_show(cpus: Callable[[Machine], Iterable[int]], m: Machine) -> str:
+    """One CPU set as a list (drivers/base/cpu.c's show_cpus_attr())."""
+    return bitmap_list(cpus(m)) + "\n"
 
 
-def offline_show(m: Machine) -> str:
-    return "\n"
+def offline_cpus(m: Machine) -> list[int]:
+    online = set(m.online_cpus())
+    return [c for c in m.possible_cpus() if c not in online]
+
+
+def cpu_online_show(m: Machine, cpu: int) -> str:
+    return f"{int(cpu in m.online_cpus())}\n"
 
 
 # --- cpuK/topology/ --------------------------------------------------------------------------
 
-def package_cpus(m: Machine, cpu: int) -> list[int]:
-    """A package per node: the CPUs of this CPU's node."""
-    return m.node_cpus(m.cpu_node[cpu])
+def package_cpus(m: Machine, cpu: int) -> tuple[int, ...]:
+    return m.topo.package_cpus[m.topo.place[cpu].package]
+
+
+def core_cpus(m: Machine, cpu: int) -> tuple[int, ...]:
+    place = m.topo.place[cpu]
+    return m.topo.core_cpus[(place.package, place.core)]
 
 
 def physical_package_id_show(m: Machine, cpu: int) -> str:
-    return f"{m.cpu_node[cpu]}\n"
+    return f"{m.topo.place[cpu].package}\n"
 
 
 def core_id_show(m: Machine, cpu: int) -> str:
-    """The core's number within its package."""
-    return f"{package_cpus(m, cpu).index(cpu)}\n"
+    return f"{m.topo.place[cpu].core}\n"
 
 
 def die_id_show(m: Machine, cpu: int) -> str:
-    return "0\n"
+    return f"{m.topo.place[cpu].die}\n"
 
 
 def cluster_id_show(m: Machine, cpu: int) -> str:
     return f"{CLUSTER_ID_UNKNOWN}\n"
 
 
-def mask_show(m: Machine, cpus: list[int]) -> str:
+def mask_show(m: Machine, cpus: Iterable[int]) -> str:
+    """A CPU mask as wide as nr_cpu_ids, as the kernel's cpumask files print it."""
     return bitmap_mask(cpus, m.nr_cpus) + "\n"
 
 
@@ -61,16 +88,15 @@ def package_cpus_list_show(m: Machine, cpu: int) -> str:
 
 
 def core_cpus_show(m: Machine, cpu: int) -> str:
-    """One thread per core: the core's CPUs are this CPU alone."""
-    return mask_show(m, [cpu])
+    return mask_show(m, core_cpus(m, cpu))
 
 
 def core_cpus_list_show(m: Machine, cpu: int) -> str:
-    return f"{cpu}\n"
+    return bitmap_list(core_cpus(m, cpu)) + "\n"
 
 
 # The package-wide masks under all their names (package, die and core_siblings are one set
-# here), the core-wide ones likewise (core, cluster, thread).
+# here: one die per package), the core-wide ones likewise (core, cluster, thread).
 TOPOLOGY_MASKS = {
     "package_cpus": (package_cpus_show, package_cpus_list_show),
     "die_cpus": (package_cpus_show, package_cpus_list_show),
@@ -90,10 +116,10 @@ TOPOLOGY_ATTRS = {
 }
 
 CPU_LIST_ATTRS = {
-    "online": RO(cpu_list_show),
-    "possible": RO(cpu_list_show),
-    "present": RO(cpu_list_show),
-    "offline": RO(offline_show),
+    "online": RO(partial(cpu_set_show, Machine.online_cpus)),
+    "possible": RO(partial(cpu_set_show, Machine.possible_cpus)),
+    "present": RO(partial(cpu_set_show, Machine.present_cpus)),
+    "offline": RO(partial(cpu_set_show, offline_cpus)),
 }
 
 
@@ -102,19 +128,49 @@ def node_link_target(nid: int) -> str:
 
 
 def cpu_dir(m: Machine, cpu: int) -> Dir:
-    """cpuK/: its node link (../../node/nodeN, as register_cpu_under_node() makes) and
-    topology/."""
+    """cpuK/: online (not for CPU 0), its node link (../../node/nodeN, as
+    register_cpu_under_node() makes, for a CPU some node lists) and topology/ where the
+    model has it."""
     files = FileSet(SYSFS, m.lock)
+    children: dict[str, Node] = {}
+    if cpu != 0 or cpu not in m.online_cpus():
+        children["online"] = files.attr(RO(cpu_online_show), m, cpu)
     nid = m.cpu_node[cpu]
-    return StaticDir({
-        f"node{nid}": files.symlink(node_link_target, nid),
-        "topology": StaticDir(files.attrs(TOPOLOGY_ATTRS, m, cpu)),
-    })
+    if nid >= 0:
+        children[f"node{nid}"] = files.symlink(node_link_target, nid)
+    if cpu in m.topo.place:
+        children["topology"] = StaticDir(files.attrs(TOPOLOGY_ATTRS, m, cpu))
+    return StaticDir(children)
+
+
+def per_cpu_dir(fixed: dict[str, Node], cpus: Iterable[int],
+                make: Callable[[int], Dir]) -> Dir:
+    """A directory of fixed entries and a cpuK/ for each of cpus, each made by make(K) at its
+    first lookup and kept (it never changes): a machine of 8192 CPUs mounts without making
+    the hundreds of thousands of files of CPUs nobody reads."""
+    cpu_set = frozenset(cpus)
+    names = [*fixed, *(f"cpu{cpu}" for cpu in sorted(cpu_set))]
+    made: dict[int, Dir] = {}
+
+    def lookup(name: str) -> Node | None:
+        if name in fixed:
+            return fixed[name]
+        cpu = parse_indexed_name(name, "cpu")
+        if cpu is None or cpu not in cpu_set:
+            return None
+        d = made.get(cpu)
+        if d is None:
+            d = made[cpu] = make(cpu)
+        return d
+
+    def entries() -> list[tuple[str, NodeKind]]:
+        return [*((name, kind_of(node)) for name, node in fixed.items()),
+                *((name, Dir) for name in names[len(fixed):])]
+
+    return DynamicDir(lambda: names, lookup, entries=entries)
 
 
 def cpu_root(m: Machine) -> Dir:
     """sys/devices/system/cpu/."""
-    children = FileSet(SYSFS, m.lock).attrs(CPU_LIST_ATTRS, m)
-    for cpu in range(m.nr_cpus):
-        children[f"cpu{cpu}"] = cpu_dir(m, cpu)
-    return StaticDir(children)
+    return per_cpu_dir(FileSet(SYSFS, m.lock).attrs(CPU_LIST_ATTRS, m), m.present_cpus(),
+                       partial(cpu_dir, m))

@@ -7,22 +7,17 @@ moment (the seed's "sysfs not updated" bug, fixed).
 """
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Iterable
 from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
-from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import Machine
-from dnumafs.mm.constants import HPAGE_SIZE_KB
-from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir, union
+from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, Node, StaticDir, union
 
 from .format import meminfo_kb, meminfo_line, parse_indexed_name
+from .hugetlb import node_hugepages_dir
 from .memory import node_memory_links
 from .vmstat import meminfo_figures, node_vmstat_items
-
-HUGEPAGES_DIR = f"hugepages-{HPAGE_SIZE_KB}kB"
-
 
 # --- node state lists (node_state_attr in Linux) -------------------------------------------
 
@@ -31,8 +26,8 @@ def node_state_show(state: Callable[[Machine], Iterable[int]], m: Machine) -> st
     return bitmap_list(state(m)) + "\n"
 
 
-def possible_nodes(m: Machine) -> range:
-    return range(m.possible_nodes)
+def possible_nodes(m: Machine) -> tuple[int, ...]:
+    return m.possible_node_ids
 
 
 # N_NORMAL_MEMORY is N_MEMORY on x86-64 (no highmem): every zone is normal memory. A node that
@@ -101,7 +96,7 @@ def node_read_vmstat(m: Machine, nid: int) -> str:
 
 def node_read_distance(m: Machine, nid: int) -> str:
     """nodeN/distance: to every online node, ascending, as libnuma parses it."""
-    return " ".join(str(m.node_distance(nid, other)) for other in m.online_nodes()) + "\n"
+    return " ".join(map(str, m.node_distances(nid, m.online_nodes()))) + "\n"
 
 
 def node_read_cpumap(m: Machine, nid: int) -> str:
@@ -112,37 +107,7 @@ def node_read_cpulist(m: Machine, nid: int) -> str:
     return bitmap_list(m.node_cpus(nid)) + "\n"
 
 
-# --- nodeN/hugepages/hugepages-2048kB/ (mm/hugetlb.c's per-node hstate attributes) ----------
-
-def nr_hugepages_show(m: Machine, nid: int) -> str:
-    return f"{m.hugepages(nid)[0]}\n"
-
-
-def nr_hugepages_store(m: Machine, nid: int, buf: bytes) -> None:
-    """Resize the node's pool from the buddy allocator; as Linux, a pool that cannot grow to
-    the count asked for is not an error (read the file back to see what it got)."""
-    count = kstrtoull(buf, 10)
-    try:
-        m.set_nr_hugepages(nid, count)
-    except ValueError as e:
-        raise OSError(errno.EINVAL, str(e)) from e
-
-
-def free_hugepages_show(m: Machine, nid: int) -> str:
-    return f"{m.hugepages(nid)[1]}\n"
-
-
-def surplus_hugepages_show(m: Machine, nid: int) -> str:
-    return f"{m.hugepages(nid)[2]}\n"
-
-
 # --- the directories -----------------------------------------------------------------------
-
-HUGEPAGES_ATTRS = {
-    "nr_hugepages": RW(nr_hugepages_show, nr_hugepages_store),
-    "free_hugepages": RO(free_hugepages_show),
-    "surplus_hugepages": RO(surplus_hugepages_show),
-}
 
 NODE_ATTRS = {
     "meminfo": RO(node_read_meminfo),
@@ -163,8 +128,9 @@ def node_dir(m: Machine, nid: int) -> Dir:
     memoryM link for each memory block with pages on the node (these change with layouts)."""
     files = FileSet(SYSFS, m.lock)
     children = files.attrs(NODE_ATTRS, m, nid)
-    children["hugepages"] = StaticDir({HUGEPAGES_DIR: StaticDir(
-        files.attrs(HUGEPAGES_ATTRS, m, nid))})
+    if not m.topo.has_distances:        # as its snapshot: a machine without a SLIT has none
+        del children["distance"]
+    children["hugepages"] = node_hugepages_dir(m, nid)
     for cpu in m.node_cpus(nid):
         children[f"cpu{cpu}"] = files.symlink(cpu_link_target, cpu)
     return union(StaticDir(children), node_memory_links(m, nid))

@@ -52,11 +52,6 @@ class Clock:
         return int((time.monotonic() - self.started) * USER_HZ)
 
 
-def online_cpus(m: Machine) -> range:
-    """The model's CPUs never go offline (cpu.py's online list)."""
-    return range(m.nr_cpus)
-
-
 # --- /proc/cpuinfo -----------------------------------------------------------------------
 
 def host_cpu_identity(text: str) -> dict[str, str]:
@@ -80,7 +75,7 @@ def cpu_topology_info(m: Machine, cpu: int) -> dict[str, object]:
     place = cpu_place(m, cpu)
     return {
         "processor": cpu,
-        "cache size": f"{last_level_kb(place)} KB",
+        "cache size": f"{last_level_kb(m, cpu)} KB",
         "physical id": place.package,
         "siblings": len(place.package_cpus),
         "core id": place.core,
@@ -92,7 +87,7 @@ def cpu_topology_info(m: Machine, cpu: int) -> dict[str, object]:
 
 def cpuinfo_show(m: Machine, host: dict[str, str]) -> str:
     blocks = []
-    for cpu in online_cpus(m):
+    for cpu in m.online_cpus():
         values = {**host, **cpu_topology_info(m, cpu)}
         blocks.append("".join(cpuinfo_line(k, values[k]) + "\n"
                               for k in CPUINFO_KEYS if k in values))
@@ -110,7 +105,7 @@ def cpu_times(ticks: int) -> list[int]:
 def stat_show(m: Machine, clock: Clock) -> str:
     """Idle time only; no interrupt, context switch or process since the mount."""
     ticks = clock.ticks()
-    cpus = online_cpus(m)
+    cpus = m.online_cpus()
     lines = ["cpu  " + " ".join(map(str, cpu_times(ticks * len(cpus))))]
     lines += [f"cpu{cpu} " + " ".join(map(str, cpu_times(ticks))) for cpu in cpus]
     lines += [
@@ -130,25 +125,28 @@ def stat_show(m: Machine, clock: Clock) -> str:
 def interrupts_show(m: Machine) -> str:
     """The header of one column per online CPU, and no interrupt line: no device, and none of
     an architecture's own interrupts, is modelled."""
-    return " " * 11 + "".join(f"CPU{cpu:<8d}" for cpu in online_cpus(m)) + "\n"
+    return " " * 11 + "".join(f"CPU{cpu:<8d}" for cpu in m.online_cpus()) + "\n"
 
 
 def softirqs_show(m: Machine) -> str:
     """A column per possible CPU (every modelled CPU), a line per softirq, all 0."""
-    cpus = online_cpus(m)
+    cpus = m.online_cpus()
     header = " " * 20 + "".join(f"CPU{cpu:<8d}" for cpu in cpus) + "\n"
     return header + "".join(f"{name:>12s}:" + f" {0:10d}" * len(cpus) + "\n"
                             for name in SOFTIRQ_NAMES)
 
 
 def proc_cpu_dir(m: Machine) -> Dir:
-    """proc/cpuinfo, stat, interrupts and softirqs; the clock starts now, at the mount."""
+    """proc/cpuinfo (where the model has the CPUs' topology: a snapshot's cpuinfo is its
+    own), stat, interrupts and softirqs; the clock starts now, at the mount."""
     clock = Clock()
-    host = host_cpu_identity(HOST_CPUINFO.read_text())
     files = FileSet(PROCFS, m.lock)
-    return StaticDir({
-        "cpuinfo": files.attr(RO(cpuinfo_show), m, host),
+    children = {
         "stat": files.attr(RO(stat_show, volatile=True), m, clock),
         "interrupts": files.attr(RO(interrupts_show), m),
         "softirqs": files.attr(RO(softirqs_show), m),
-    })
+    }
+    if m.topo.place:
+        host = host_cpu_identity(HOST_CPUINFO.read_text())
+        children = {"cpuinfo": files.attr(RO(cpuinfo_show), m, host), **children}
+    return StaticDir(children)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import attrs
 
-from dnumafs.vfs.tree import Attr, Dir, Node, Symlink
+from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir, Symlink
 
 TOP_DIRECTORIES = ("sys", "proc")
+LIVE_PROC = ("cpuinfo",)
 # The largest file served: /proc/cpuinfo of 8192 CPUs is about 12 MiB.
 MAX_FILE_BYTES = 64 << 20
 
@@ -147,8 +148,14 @@ class SnapshotDir(Dir):
 
 
 def snapshot_root(root: str | os.PathLike[str]) -> Dir:
-    """The snapshot at root (holding sys/ and proc/) as a tree, read-only."""
-    return SnapshotDir(Path(root), only=TOP_DIRECTORIES)
+    """The snapshot at root (holding sys/ and proc/) as a tree, read-only. Of the live
+    host's /proc (root `/`) only what hwloc-gather-topology would keep of it and the model
+    does not make is served (LIVE_PROC): not the host's processes, nor its sysctl tree."""
+    path = Path(root)
+    if path.resolve() == Path("/"):
+        return StaticDir({"sys": SnapshotDir(path / "sys"),
+                          "proc": SnapshotDir(path / "proc", only=LIVE_PROC)})
+    return SnapshotDir(path, only=TOP_DIRECTORIES)
 
 
 # --- the overlay -----------------------------------------------------------------------------

@@ -9,8 +9,10 @@ NUMA, transparent hugepages, hugetlbfs, CMA, memory failure, compaction, migrati
 """
 from __future__ import annotations
 
+from dnumafs.machines.reserve import MEMMAP_BYTES_PER_PAGE
 from dnumafs.mm import HPAGE_ORDER, Machine, Pgdat, Zone, ZoneType
-from dnumafs.mm.constants import MAX_ORDER, MEMMAP_BYTES_PER_PAGE, PAGE_SIZE
+from dnumafs.mm.boot import node_present_pages
+from dnumafs.mm.constants import MAX_ORDER, PAGE_SIZE
 from dnumafs.mm.kinds import NODE_ITEMS, ZONE_ITEMS, page_state
 from dnumafs.mm.zone import MAX_NR_ZONES, lowmem_reserve
 
@@ -176,7 +178,8 @@ def dirty_thresholds(m: Machine, totals: dict[str, int]) -> tuple[int, int]:
 
 def memmap_boot_pages(m: Machine) -> int:
     """The struct pages boot reserved for each node's memmap (a page per 64 pages)."""
-    return sum(-(-size * MEMMAP_BYTES_PER_PAGE // PAGE_SIZE) for size in m.config.node_pages())
+    return sum(-(-size * MEMMAP_BYTES_PER_PAGE // PAGE_SIZE)
+               for size in node_present_pages(m.desc).values())
 
 
 def global_vmstat_items(m: Machine) -> dict[str, int]:

@@ -24,12 +24,12 @@ from .description import (
     NodeDescription,
 )
 from .snapshot import Snapshot, describe, open_snapshot
-from .synthetic import synthetic
+from .synthetic import parse_distances, synthetic
 
 __all__ = [
     "MAX_CPUS", "MAX_NUMNODES", "MODEL_BYTES_PER_PAGE", "CacheDescription", "CpuDescription",
     "MachineDescription", "MachineError", "NodeDescription", "Snapshot", "check_host_memory",
-    "describe", "load", "open_snapshot", "synthetic",
+    "describe", "load", "open_snapshot", "parse_distances", "synthetic",
 ]
 
 # What the model keeps per 4 KiB page (its page metadata arrays and the lists over them), at
@@ -48,11 +48,13 @@ def host_available_bytes(meminfo: str | os.PathLike[str] = "/proc/meminfo") -> i
 
 def check_host_memory(desc: MachineDescription, available: int | None = None) -> None:
     """Refuse a machine whose model would not fit this host's available memory."""
-    pages = desc.memory_kb // PAGE_KB
+    # The model holds every present page: the RAM where the description gives it, else about
+    # MemTotal (the reserved pages boot adds are a sixtieth of it, well inside the bound).
+    pages = sum(n.present_pages or n.memory_kb // PAGE_KB for n in desc.nodes)
     need = pages * MODEL_BYTES_PER_PAGE
     have = host_available_bytes() if available is None else available
     if need > have:
-        raise MachineError(f"{desc.source}: {desc.memory_kb >> 20} GiB of memory needs about "
+        raise MachineError(f"{desc.source}: {pages * PAGE_KB >> 20} GiB of memory needs about "
                            f"{need >> 20} MiB for the model's pages, and this host has "
                            f"{have >> 20} MiB available")
 

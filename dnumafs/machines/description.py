@@ -19,7 +19,7 @@ MAX_CPUS = 8192
 PAGE_KB = 4
 
 
-class MachineError(Exception):
+class MachineError(ValueError):
     """A machine that cannot be described or booted; the message names the file and why, and
     the command line prints it as is."""
 
@@ -48,6 +48,8 @@ class NodeDescription:
     hugepages  (page size in kB, nr_hugepages) of each pool in nodeN/hugepages/, by size
     distances  nodeN/distance: to each online node in MachineDescription.online_nodes order,
                or None when the snapshot has no distance file (then no node has one)
+    present_pages  the node's RAM in pages where the description knows it (the synthetic
+               machine's); None for a snapshot, whose boot chooses it to match MemTotal
     """
 
     nid: int
@@ -56,6 +58,7 @@ class NodeDescription:
     hugepages: tuple[tuple[int, int], ...] = attrs.field(
         converter=lambda pools: tuple(sorted(pools)), default=())
     distances: tuple[int, ...] | None = None
+    present_pages: int | None = None
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ from .description import (
     MachineError,
     NodeDescription,
 )
+from .reserve import reserved_count
 
 SOURCE = "synthetic"
 LINE_SIZE = 64
@@ -32,10 +33,14 @@ L3_KB_PER_CORE, L3_WAYS = 1408, 11
 
 
 def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
-              node_mem: list[int] | None = None, possible_nodes: int = 8) -> MachineDescription:
-    """Nodes 0..nodes-1 online of 0..possible_nodes-1, sizes in bytes (MemTotal: node_mem
-    each, or mem split evenly with the rest on the last node, in whole pages), CPUs spread
-    over the nodes in order (CPU c on node c * nodes // cpus), distances 10 and 20."""
+              node_mem: list[int] | None = None, possible_nodes: int = 8,
+              distances: tuple[tuple[int, ...], ...] | None = None) -> MachineDescription:
+    """Nodes 0..nodes-1 online of 0..possible_nodes-1, sizes in bytes: each node's RAM is
+    node_mem's, or mem split evenly with the rest on the last node, in whole pages, laid out
+    in node order from pfn 0; its MemTotal is what that leaves once boot's reservations
+    (reserve.py) are taken, as on a real machine of that much RAM. CPUs spread
+    over the nodes in order (CPU c on node c * nodes // cpus), distances the matrix given
+    (one row per node, as ACPI's SLIT: 10 on the diagonal, 11-254 elsewhere) or 10 and 20."""
     if not 1 <= nodes <= possible_nodes <= MAX_NUMNODES:
         raise MachineError(f"{SOURCE}: need 1 <= nodes ({nodes}) <= possible nodes "
                            f"({possible_nodes}) <= {MAX_NUMNODES}")
@@ -49,20 +54,46 @@ def synthetic(nodes: int = 2, cpus: int = 4, mem: int = 1 << 30,
         total = mem // (PAGE_KB * 1024)
         pages = [total // nodes] * nodes
         pages[-1] += total - sum(pages)
+    memory_kb, start = [], 0
+    for size in pages:
+        memory_kb.append((size - reserved_count(start, size)) * PAGE_KB)
+        start += size
     node_cpus: list[list[int]] = [[] for _ in range(nodes)]
     for c in range(cpus):
         node_cpus[c * nodes // cpus].append(c)
-    remote = (REMOTE_DISTANCE,) * nodes
+    rows = _check_distances(distances, nodes) if distances is not None else [
+        tuple(LOCAL_DISTANCE if a == b else REMOTE_DISTANCE for b in range(nodes))
+        for a in range(nodes)]
     node_descs = [
-        NodeDescription(nid=nid, memory_kb=pages[nid] * PAGE_KB, cpus=node_cpus[nid],
-                        hugepages=[(size, 0) for size in HUGEPAGE_SIZES_KB],
-                        distances=(*remote[:nid], LOCAL_DISTANCE, *remote[nid + 1:]))
+        NodeDescription(nid=nid, memory_kb=memory_kb[nid], present_pages=pages[nid],
+                        cpus=node_cpus[nid], hugepages=[(size, 0) for size in HUGEPAGE_SIZES_KB],
+                        distances=rows[nid])
         for nid in range(nodes)]
     topology, caches = _topology(node_descs)
     return MachineDescription(source=SOURCE, name=SOURCE, possible_nodes=range(possible_nodes),
                               nodes=node_descs, possible_cpus=range(cpus),
                               present_cpus=range(cpus), online_cpus=range(cpus),
                               topology=topology, caches=caches)
+
+
+def parse_distances(text: str) -> tuple[tuple[int, ...], ...]:
+    """A matrix written as rows separated by `;`, values by `,` (`10,20;20,10`)."""
+    try:
+        return tuple(tuple(int(v) for v in row.split(",")) for row in text.split(";"))
+    except ValueError:
+        raise MachineError(f"{SOURCE}: distances {text!r} are not rows of integers "
+                           "(e.g. 10,20;20,10)") from None
+
+
+def _check_distances(rows: tuple[tuple[int, ...], ...], nodes: int) -> list[tuple[int, ...]]:
+    if len(rows) != nodes or any(len(r) != nodes for r in rows):
+        raise MachineError(f"{SOURCE}: distances need {nodes} rows of {nodes} values")
+    for a, row in enumerate(rows):
+        for b, d in enumerate(row):
+            if (a == b and d != LOCAL_DISTANCE) or (a != b and not 10 < d < 255):
+                raise MachineError(f"{SOURCE}: distance {d} from node {a} to {b}: "
+                                   f"{LOCAL_DISTANCE} to itself, 11-254 to another node")
+    return list(rows)
 
 
 def _topology(nodes: list[NodeDescription]

@@ -1,6 +1,11 @@
 """Boot: lay the nodes out, reserve what the kernel keeps, free the rest into the buddy
 allocator (memblock_free_all()), and allocate some of it for later (what a running machine
-holds as page cache and slab). The caller holds the machine lock."""
+holds as page cache and slab). The caller holds the machine lock.
+
+The nodes with memory are laid out in node id order from pfn 0, each in one piece. A node's
+present pages are chosen so that what remains managed after its reservations is exactly its
+MemTotal (nodeN/meminfo is managed pages), to the page, as the machine's description says.
+"""
 from __future__ import annotations
 
 import random
@@ -8,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dnumafs.machines import MachineDescription, MachineError
+from dnumafs.machines.reserve import reserved_count, reserved_ranges
+
 from . import kinds, page_alloc
 from .constants import (
-    FIRST_MIB_PAGES,
-    KERNEL_IMAGE_PFN,
-    MEMMAP_BYTES_PER_PAGE,
+    MIN_NODE_PAGES,
     PAGE_SIZE,
     PG_RESERVED,
     ZoneType,
@@ -21,6 +27,30 @@ from .constants import (
 
 if TYPE_CHECKING:
     from .machine import Machine
+
+
+def node_present_pages(desc: MachineDescription) -> dict[int, int]:
+    """Present pages of each node with memory, laid out in id order from pfn 0: those the
+    description gives (the synthetic machine's RAM), else the least size whose pages less
+    its reservations are its MemTotal (the least fixed point of present = managed +
+    reserved(present), reached from below as reserved() only grows). Either way MemTotal is
+    the node's managed pages, to the page."""
+    out = {}
+    start = 0
+    for n in desc.nodes:
+        if not n.memory_kb:
+            continue
+        managed, rest = divmod(n.memory_kb * 1024, PAGE_SIZE)
+        if rest or (n.present_pages is None and managed < MIN_NODE_PAGES):
+            raise MachineError(f"{desc.source}: node {n.nid} MemTotal {n.memory_kb} kB is not "
+                               f"whole {PAGE_SIZE >> 10} kB pages of at least "
+                               f"{MIN_NODE_PAGES * PAGE_SIZE >> 20} MiB")
+        present = n.present_pages or managed
+        while (want := managed + reserved_count(start, present)) != present:
+            present = want
+        out[n.nid] = present
+        start += present
+    return out
 
 
 def boot_node(m: Machine, nid: int, start: int, end: int) -> None:
@@ -37,14 +67,7 @@ def boot_node(m: Machine, nid: int, start: int, end: int) -> None:
             zone = pgdat.zones[ztype]
             zone.span_include(lo, hi)
             zone.present_pages = zone.managed_pages = hi - lo
-    size = end - start
-    reserved = [(end - -(-size * MEMMAP_BYTES_PER_PAGE // PAGE_SIZE), end)]   # top-down
-    if start == 0:
-        reserved.append((0, min(FIRST_MIB_PAGES, size)))
-        image = min(2048, size // 32)
-        image_start = KERNEL_IMAGE_PFN if KERNEL_IMAGE_PFN + image < size // 2 else FIRST_MIB_PAGES
-        reserved.append((image_start, image_start + image))
-    for lo, hi in reserved:
+    for lo, hi in reserved_ranges(start, end):
         flags[lo:hi] |= PG_RESERVED
     for zone in pgdat.zones.values():
         if not zone.present_pages:

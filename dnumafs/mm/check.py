@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .constants import (
-    HPAGE_ORDER,
     PG_BUDDY,
     PG_HEAD,
     PG_HUGETLB,
@@ -161,11 +160,13 @@ def _check_layout(m: Machine, errs: list[str], owners_alloc: np.ndarray) -> None
 def _check_hugepages(m: Machine, errs: list[str]) -> None:
     pooled = 0
     for nid, pgdat in m.pgdat.items():
-        for pfn in pgdat.hugepage_pool:
-            pooled += 1
-            if not m.page_flags[pfn] & PG_HUGETLB or not m.page_flags[pfn] & PG_HEAD \
-                    or m.page_order[pfn] != HPAGE_ORDER:
-                errs.append(f"node {nid} hugepage {pfn:#x} is not an allocated order-9 block")
+        for order, pool in pgdat.hugepage_pools.items():
+            for pfn in pool:
+                pooled += 1
+                if not m.page_flags[pfn] & PG_HUGETLB or not m.page_flags[pfn] & PG_HEAD \
+                        or m.page_order[pfn] != order:
+                    errs.append(f"node {nid} hugepage {pfn:#x} is not an allocated "
+                                f"order-{order} block")
     if int(np.count_nonzero(m.page_flags & PG_HUGETLB)) != pooled:
         errs.append("PG_hugetlb set on pages in no pool")
 

@@ -8,6 +8,9 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 MAX_ORDER = 11                  # free_area[0..10], as Linux before 6.4
 HPAGE_ORDER = 9                 # 2 MiB hugepages
 HPAGE_SIZE_KB = (PAGE_SIZE << HPAGE_ORDER) // 1024
+GIGANTIC_ORDER = 18             # 1 GiB hugepages: above MAX_ORDER (hstate_is_gigantic())
+HUGEPAGE_ORDERS = (HPAGE_ORDER, GIGANTIC_ORDER)     # the hstates of x86-64 with pdpe1gb
+NUMA_NO_NODE = -1
 LOCAL_DISTANCE = 10
 REMOTE_DISTANCE = 20
 
@@ -79,9 +82,4 @@ PCP_HIGH = 64           # a per-CPU list longer than this gives a batch back
 
 # Boot.
 MIN_NODE_PAGES = (4 << 20) >> PAGE_SHIFT    # the smallest node the model boots
-MAX_CPUS = 256          # nodeN/cpumap has no more words than a real kernel's CPU mask
-MAX_POSSIBLE_NODES = 64
-MEMMAP_BYTES_PER_PAGE = 64                  # sizeof(struct page): the memmap each node reserves
-KERNEL_IMAGE_PFN = (16 << 20) >> PAGE_SHIFT
-FIRST_MIB_PAGES = (1 << 20) >> PAGE_SHIFT   # reserved below the kernel, as on x86-64
 PAGE_ALLOC_COSTLY_ORDER = 3                 # the largest order slab asks the buddy allocator for

@@ -111,10 +111,10 @@ def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
     ends = np.array([min(e, max_pfn - 1) for e in layout.ends], dtype=np.int64)
     lengths = np.maximum(ends - starts + 1, 0)
     examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
-                           minlength=m.config.possible_nodes).astype(np.int64)
-    bound = target[target != m.mem_map.page_node]
+                           minlength=m.possible_nodes).astype(np.int64)
+    bound = np.bincount(target[target != m.mem_map.page_node], minlength=m.possible_nodes)
     for nid in np.flatnonzero(examined):
-        differ = int(np.count_nonzero(bound == nid))
+        differ = int(bound[nid])
         stats = m.current.counter(int(nid))
         stats.transplant_examined_pfn += int(examined[nid])
         stats.transplant_bail_nid_eq += int(examined[nid]) - differ
@@ -160,7 +160,7 @@ def dnuma_mark_page_range(m: Machine, target: np.ndarray) -> None:
     reserved = differ & ((mm.page_flags & PG_RESERVED) != 0)
     differ &= ~reserved
     for mask, bail_reserved in ((reserved, True), (differ, False)):
-        counts = np.bincount(mm.page_node[mask], minlength=m.config.possible_nodes)
+        counts = np.bincount(mm.page_node[mask], minlength=m.possible_nodes)
         for nid in np.flatnonzero(counts):
             stats = m.current.counter(int(nid))
             if bail_reserved:

@@ -14,15 +14,23 @@ import threading
 import attrs
 import numpy as np
 
+from dnumafs.machines import MachineDescription
+
 from . import boot, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
 from .changes import LAYOUTS, PAGES, ChangeHook
 from .check import check
-from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
+from .constants import (
+    HPAGE_ORDER,
+    MAX_ORDER,
+    PG_HEAD,
+    PG_HUGETLB,
+    ZoneType,
+)
 from .kinds import FILE_CACHE, RECLAIMABLE_SLAB, Kind, PageKinds
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
-from .topology import MachineConfig
+from .topology import MachineConfig, Topology, size_order
 from .zone import Pgdat, Watermarks, Zone, zone_watermarks
 
 BOOT_LAYOUT_ID = 0
@@ -36,13 +44,14 @@ class Machine:
     """A NUMA machine's page allocator with dnuma. Build one with Machine.boot()."""
 
     config: MachineConfig
+    topo: Topology
     mem_map: MemMap
     lock: threading.RLock = attrs.field(factory=threading.RLock)
     # Fixed at boot; kept as plain attributes because the per-page paths check them.
     max_pfn: int = attrs.field(init=False)
-    nr_cpus: int = attrs.field(init=False)
+    nr_cpus: int = attrs.field(init=False)                      # nr_cpu_ids
     kinds: PageKinds = attrs.field(init=False)      # what each allocation holds, counted
-    cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid
+    cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid (or -1)
     pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
     zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
     populated: frozenset[tuple[int, ZoneType]] = frozenset()      # what they were built from
@@ -64,30 +73,38 @@ class Machine:
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
-        self.nr_cpus = self.config.cpus
-        self.kinds = PageKinds.alloc(self.max_pfn, self.config.possible_nodes)
-        self.cpu_node = self.config.cpu_nodes()
+        self.nr_cpus = self.topo.nr_cpu_ids
+        self.kinds = PageKinds.alloc(self.max_pfn, self.topo.nr_node_ids)
+        self.cpu_node = self.topo.cpu_node
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
         self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
-        """Lay each node out contiguously, reserve and allocate some of it, free the rest."""
+        """Boot as config's machine (boot.py): its nodes laid out one after another in pfn
+        order, each of its MemTotal, with its hugepage pools; then allocate some of each."""
         config = config or MachineConfig()
-        sizes = config.node_pages()
-        m = cls(config, MemMap.alloc(sum(sizes)))
+        desc = config.description()
+        topo = Topology.of(desc)
+        sizes = boot.node_present_pages(desc)
+        m = cls(config, topo, MemMap.alloc(sum(sizes.values()), topo.nr_node_ids))
         with m.lock:
-            m.page_node[:] = np.repeat(np.arange(config.nodes, dtype=np.uint8), sizes)
             start = 0
-            for nid, size in enumerate(sizes):
+            for nid in desc.online_nodes:
                 topology.online_node(m, nid)
-                m.current.add_range(start, start + size - 1, nid)
-                boot.boot_node(m, nid, start, start + size)
+                size = sizes.get(nid, 0)
+                if size:
+                    m.page_node[start:start + size] = nid
+                    m.current.add_range(start, start + size - 1, nid)
+                    boot.boot_node(m, nid, start, start + size)
                 start += size
             m.managed_at_boot = m.total_managed_pages()
             topology.rebuild_zonelists(m)
-            for nid in range(config.nodes):
+            for n in desc.nodes:
+                for size_kb, count in n.hugepages:
+                    hugetlb.set_max_huge_pages(m, n.nid, size_order(size_kb), count)
+            for nid in desc.online_nodes:
                 boot.boot_allocate(m, nid)
         return m
 
@@ -108,8 +125,18 @@ class Machine:
     # ---------------------------------------------------------------- topology
 
     @property
+    def desc(self) -> MachineDescription:
+        return self.topo.desc
+
+    @property
     def possible_nodes(self) -> int:
-        return self.config.possible_nodes
+        """nr_node_ids: one past the highest possible node id (the ids below it that are not
+        possible are in no set; possible_node_ids lists those that are)."""
+        return self.topo.nr_node_ids
+
+    @property
+    def possible_node_ids(self) -> tuple[int, ...]:
+        return self.desc.possible_nodes
 
     def online_nodes(self) -> list[int]:
         with self.lock:
@@ -120,17 +147,32 @@ class Machine:
             return [n for n in sorted(self.pgdat) if self.pgdat[n].present_pages > 0]
 
     def nodes_with_cpus(self) -> list[int]:
-        return sorted(set(self.cpu_node))
+        return [nid for nid, cpus in self.topo.node_cpus.items() if cpus]
+
+    def possible_cpus(self) -> tuple[int, ...]:
+        return self.desc.possible_cpus
+
+    def present_cpus(self) -> tuple[int, ...]:
+        return self.desc.present_cpus
+
+    def online_cpus(self) -> tuple[int, ...]:
+        return self.desc.online_cpus
 
     def node_cpus(self, nid: int) -> list[int]:
-        return [c for c, n in enumerate(self.cpu_node) if n == nid]
+        """The CPUs the machine lists under nid (nodeN/cpumap), ascending."""
+        return list(self.topo.node_cpus.get(nid, ()))
 
     def node_first_cpu(self, nid: int) -> int:
         """The CPU that boot and the hugepage pools allocate from for nid (0 if it has none)."""
-        return next((c for c, n in enumerate(self.cpu_node) if n == nid), 0)
+        cpus = self.topo.node_cpus.get(nid)
+        return cpus[0] if cpus else 0
 
     def node_distance(self, a: int, b: int) -> int:
-        return topology.node_distance(a, b)
+        return topology.node_distance(self.topo, a, b)
+
+    def node_distances(self, a: int, nodes: list[int]) -> list[int]:
+        """node_distance(a, b) for each b of nodes."""
+        return topology.distances_from(self.topo, a, nodes)
 
     # -------------------------------------------------------------- page counts
 
@@ -150,10 +192,11 @@ class Machine:
         with self.lock:
             return sum(p.zones[ztype].pgalloc for p in self.pgdat.values())
 
-    def hugepages(self, nid: int) -> tuple[int, int, int]:
-        """(total, free, surplus): nothing maps the pool's pages, and there is no overcommit."""
+    def hugepages(self, nid: int, order: int = HPAGE_ORDER) -> tuple[int, int, int]:
+        """(total, free, surplus) of nid's pool of pages of this order: nothing maps the
+        pool's pages, and there is no overcommit."""
         with self.lock:
-            n = self.pgdat[nid].nr_hugepages
+            n = len(self.pgdat[nid].hugepage_pools[order])
             return n, n, 0
 
     # ---------------------------------------------------------------- allocator
@@ -244,15 +287,35 @@ class Machine:
         for pfn, _ in kinds.allocations_of(self, wanted):
             page_alloc.free_pages(self, pfn, 0)
 
-    def set_nr_hugepages(self, nid: int, count: int) -> int:
-        """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""
+    def hugepage_orders(self) -> tuple[int, ...]:
+        """The orders of the hugepage pools the machine has (its hstates), ascending."""
+        return self.topo.hugepage_orders
+
+    def set_global_nr_hugepages(self, count: int, order: int = HPAGE_ORDER) -> int:
+        """Resize the pools of this order to count pages in all, over the nodes with memory
+        (set_max_huge_pages() without a node); returns the total they reach."""
+        with self.lock:
+            if count < 0:
+                raise ValueError("negative hugepage count")
+            if order not in self.hugepage_orders():
+                raise ValueError(f"no hugepages of order {order}")
+            try:
+                return hugetlb.set_global_huge_pages(self, order, count)
+            finally:
+                self.changes.changed([PAGES])
+
+    def set_nr_hugepages(self, nid: int, count: int, order: int = HPAGE_ORDER) -> int:
+        """Grow or shrink nid's pool of pages of this order (2 MiB or 1 GiB) through its own
+        buddy allocator."""
         with self.lock:
             if nid not in self.pgdat:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
+            if order not in self.hugepage_orders():
+                raise ValueError(f"no hugepages of order {order}")
             try:
-                return hugetlb.set_max_huge_pages(self, nid, count)
+                return hugetlb.set_max_huge_pages(self, nid, order, count)
             finally:
                 self.changes.changed([PAGES])
 
@@ -261,7 +324,7 @@ class Machine:
     def memlayout_add_range(self, start: int, end: int, nid: int) -> None:
         """Add [start, end] -> nid to the pending layout; on error nothing changes."""
         with self.lock:
-            if not 0 <= nid < self.possible_nodes:
+            if nid not in self.possible_node_ids:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
             if self.pending is not None:
                 self.pending.add_range(start, end, nid)

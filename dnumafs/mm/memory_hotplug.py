@@ -367,9 +367,9 @@ def add_memory(m: Machine, phys_addr: int) -> int:
     nid = int(m.current.node_map(m.page_node[pfn - 1:pfn], pfn)[0])
     if nid >= m.possible_nodes:
         raise HotplugError(errno.EINVAL, f"node {nid} is not possible")
-    mm = page_alloc.MemMap.alloc(pfn + blocks.block_pages)
-    for old, new in ((m.mem_map.node, mm.node), (m.mem_map.flags, mm.flags),
-                     (m.mem_map.order, mm.order)):
+    mm = page_alloc.MemMap.alloc(pfn + blocks.block_pages, m.possible_nodes)
+    for old, new in ((m.mem_map.page_node, mm.page_node), (m.mem_map.page_flags, mm.page_flags),
+                     (m.mem_map.page_order, mm.page_order)):
         new[:pfn] = old
     mm.page_node[pfn:] = nid
     mm.page_flags[pfn:] = PG_OFFLINE

@@ -6,6 +6,7 @@ dnuma, which transplants it into its new node's zone.
 """
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING
 
 import attrs
@@ -20,6 +21,7 @@ from .constants import (
     PG_HEAD,
     PG_LOOKUP_NODE,
     PG_PCP,
+    ZoneType,
     page_zonenum,
 )
 from .zone import Zone, zone_watermarks
@@ -32,16 +34,18 @@ if TYPE_CHECKING:
 class MemMap:
     """Page metadata, one entry per pfn (the kernel's array of struct page).
 
-      node[pfn]   the node the page belongs to now
+      node[pfn]   the node the page belongs to now: a byte while every possible node id
+                  fits in one (<= 255), else two (node ids up to MAX_NUMNODES - 1)
       flags[pfn]  PG_* bits from constants
       order[pfn]  order of the free or allocated block whose head is pfn
 
-    Each is a bytearray, which the per-page paths index directly (an item costs a fraction of
-    a numpy scalar access), with a numpy view of it (page_node, page_flags, page_order) for
-    the whole-array work of a commit and of the checker.
+    Each is a bytearray (node a 16-bit array when wide), which the per-page paths index
+    directly (an item costs a fraction of a numpy scalar access), with a numpy view of it
+    (page_node, page_flags, page_order) for the whole-array work of a commit and of the
+    checker.
     """
 
-    node: bytearray
+    node: bytearray | array[int]
     flags: bytearray
     order: bytearray
     page_node: np.ndarray = attrs.field(init=False)
@@ -49,17 +53,20 @@ class MemMap:
     page_order: np.ndarray = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.page_node = np.frombuffer(self.node, dtype=np.uint8)
+        wide = isinstance(self.node, array)
+        self.page_node = np.frombuffer(self.node, dtype=np.uint16 if wide else np.uint8)
         self.page_flags = np.frombuffer(self.flags, dtype=np.uint8)
         self.page_order = np.frombuffer(self.order, dtype=np.uint8)
 
     @classmethod
-    def alloc(cls, max_pfn: int) -> MemMap:
-        return cls(bytearray(max_pfn), bytearray(max_pfn), bytearray(max_pfn))
+    def alloc(cls, max_pfn: int, nr_node_ids: int = 256) -> MemMap:
+        """Page metadata for max_pfn pages whose node ids are below nr_node_ids."""
+        node = bytearray(max_pfn) if nr_node_ids <= 256 else array("H", [0]) * max_pfn
+        return cls(node, bytearray(max_pfn), bytearray(max_pfn))
 
     @property
     def max_pfn(self) -> int:
-        return len(self.node)
+        return len(self.flags)
 
 
 def page_zone(m: Machine, pfn: int) -> Zone:
@@ -177,8 +184,9 @@ def get_page_from_freelist(m: Machine, order: int, nid: int, cpu: int, interleav
     # zone_statistics() compares with the zonelist's first zone, which for a node without
     # memory is on the nearest node that has some.
     preferred = zonelist[0] if zonelist else None
-    if thisnode:
-        zonelist = [z for z in zonelist if z.nid == nid]
+    if thisnode:        # nid's own populated zones, highest first, as its zonelist has them
+        zones = m.pgdat[nid].zones
+        zonelist = [zones[t] for t in reversed(ZoneType) if zones[t].populated]
     need = 1 << order
     mm = m.mem_map
     for min_mark in (False, True):

@@ -5,7 +5,7 @@ import math
 
 import attrs
 
-from .constants import MAX_ORDER, ZoneType
+from .constants import HPAGE_ORDER, HUGEPAGE_ORDERS, MAX_ORDER, ZoneType
 from .stats import NumaStat
 
 
@@ -85,7 +85,9 @@ class Pgdat:
 
     nid: int
     zones: dict[int, Zone]              # by zone type (a ZoneType, or its int: zone_idx())
-    hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
+    # Head pfns of each hugepage pool, by order (2 MiB and 1 GiB pages).
+    hugepage_pools: dict[int, list[int]] = attrs.field(
+        factory=lambda: {order: [] for order in HUGEPAGE_ORDERS})
 
     @classmethod
     def empty(cls, nid: int) -> Pgdat:
@@ -119,6 +121,11 @@ class Pgdat:
         return sum(z.free_pages for z in self.zones.values())
 
     @property
+    def hugepage_pool(self) -> list[int]:
+        """The pool of the default hstate (2 MiB), whose size meminfo's HugePages_* show."""
+        return self.hugepage_pools[HPAGE_ORDER]
+
+    @property
     def numastat(self) -> NumaStat:
         """The node's allocation statistics: its zones' (Linux's sum_zone_numa_event_state())."""
         out = NumaStat()
@@ -129,6 +136,11 @@ class Pgdat:
     @property
     def nr_hugepages(self) -> int:
         return len(self.hugepage_pool)
+
+    @property
+    def hugetlb_pages(self) -> int:
+        """Pages held by every pool, of every size."""
+        return sum(len(pool) << order for order, pool in self.hugepage_pools.items())
 
 
 def zone_watermarks(zone: Zone, total_managed: int) -> Watermarks:
