@@ -10,7 +10,7 @@ CONFIG_DEBUG_VM checks would.
 from __future__ import annotations
 
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import DEBUGFS, RO, Dir, FileSet, StaticDir
+from dnumafs.vfs.tree import DEBUGFS, RO, STATIC, Dir, FileSet, StaticDir
 
 
 def check_show(m: Machine) -> str:
@@ -18,7 +18,9 @@ def check_show(m: Machine) -> str:
     return "".join(f"{err}\n" for err in m.check())
 
 
-DEBUG_ATTRS = {"check": RO(check_show)}
+# The check walks every page: it runs when a reader asks (volatile), never again at each
+# change of the model just because a reader once asked (STATIC).
+DEBUG_ATTRS = {"check": RO(check_show, depends=STATIC, volatile=True)}
 
 
 def debug_dir(m: Machine) -> Dir:

@@ -17,6 +17,7 @@ import attrs
 
 from dnumafs.lib.kstrtox import kstrtoull
 from dnumafs.mm import STAT_NAMES, DnumaStats, Machine, Memlayout
+from dnumafs.mm.changes import STAGED
 from dnumafs.vfs.tree import (
     DEBUGFS,
     RO,
@@ -53,6 +54,7 @@ def start_show(d: MemlayoutDebugfs) -> str:
 
 def start_store(d: MemlayoutDebugfs, buf: bytes) -> None:
     d.start = kstrtoull(buf)
+    d.m.changes.changed([STAGED])
 
 
 def end_show(d: MemlayoutDebugfs) -> str:
@@ -61,6 +63,7 @@ def end_show(d: MemlayoutDebugfs) -> str:
 
 def end_store(d: MemlayoutDebugfs, buf: bytes) -> None:
     d.end = kstrtoull(buf)
+    d.m.changes.changed([STAGED])
 
 
 def node_store(d: MemlayoutDebugfs, buf: bytes) -> None:
@@ -72,6 +75,7 @@ def node_store(d: MemlayoutDebugfs, buf: bytes) -> None:
     nid = kstrtoull(buf)
     d.m.memlayout_add_range(d.start, d.end, nid)
     d.start = d.end = 0
+    d.m.changes.changed([STAGED])
 
 
 def commit_store(d: MemlayoutDebugfs, buf: bytes) -> None:
@@ -219,8 +223,8 @@ def layout_dir(m: Machine, lid: int) -> Dir:
 # --- the directories -------------------------------------------------------------------------
 
 MEMLAYOUT_ATTRS = {
-    "start": RW(start_show, start_store),
-    "end": RW(end_show, end_store),
+    "start": RW(start_show, start_store, depends=frozenset({STAGED})),
+    "end": RW(end_show, end_store, depends=frozenset({STAGED})),
     "node": WO(node_store),
     "commit": WO(commit_store),
     "clear": WO(clear_store),

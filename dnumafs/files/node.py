@@ -12,6 +12,7 @@ from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
+from dnumafs.mm.changes import MACHINE
 from dnumafs.vfs.tree import RO, SYSFS, Dir, FileSet, Node, StaticDir, union
 
 from .format import meminfo_kb, meminfo_line, parse_indexed_name
@@ -33,11 +34,11 @@ def possible_nodes(m: Machine) -> tuple[int, ...]:
 # N_NORMAL_MEMORY is N_MEMORY on x86-64 (no highmem): every zone is normal memory. A node that
 # gains memory by a commit appears in both.
 STATE_ATTRS = {
-    "possible": RO(partial(node_state_show, possible_nodes)),
-    "online": RO(partial(node_state_show, Machine.online_nodes)),
-    "has_memory": RO(partial(node_state_show, Machine.nodes_with_memory)),
-    "has_normal_memory": RO(partial(node_state_show, Machine.nodes_with_memory)),
-    "has_cpu": RO(partial(node_state_show, Machine.nodes_with_cpus)),
+    "possible": RO(partial(node_state_show, possible_nodes), depends=MACHINE),
+    "online": RO(partial(node_state_show, Machine.online_nodes), depends=MACHINE),
+    "has_memory": RO(partial(node_state_show, Machine.nodes_with_memory), depends=MACHINE),
+    "has_normal_memory": RO(partial(node_state_show, Machine.nodes_with_memory), depends=MACHINE),
+    "has_cpu": RO(partial(node_state_show, Machine.nodes_with_cpus), depends=MACHINE),
 }
 
 
@@ -110,12 +111,12 @@ def node_read_cpulist(m: Machine, nid: int) -> str:
 # --- the directories -----------------------------------------------------------------------
 
 NODE_ATTRS = {
-    "meminfo": RO(node_read_meminfo),
-    "numastat": RO(node_read_numastat),
-    "vmstat": RO(node_read_vmstat),
-    "distance": RO(node_read_distance),
-    "cpumap": RO(node_read_cpumap),
-    "cpulist": RO(node_read_cpulist),
+    "meminfo": RO(node_read_meminfo, depends=MACHINE),
+    "numastat": RO(node_read_numastat, depends=MACHINE),
+    "vmstat": RO(node_read_vmstat, depends=MACHINE),
+    "distance": RO(node_read_distance, depends=MACHINE),
+    "cpumap": RO(node_read_cpumap, depends=MACHINE),
+    "cpulist": RO(node_read_cpulist, depends=MACHINE),
 }
 
 

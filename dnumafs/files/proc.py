@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dnumafs.lib.sysctl import proc_dointvec_minmax
 from dnumafs.mm import HPAGE_ORDER, Machine, Watermarks, Zone, ZoneType
+from dnumafs.mm.changes import MACHINE
 from dnumafs.mm.constants import HPAGE_SIZE_KB, PAGE_SHIFT, PAGE_SIZE, PCP_BATCH, PCP_HIGH
 from dnumafs.mm.zone import MAX_NR_ZONES, lowmem_reserve
 from dnumafs.vfs.tree import PROCFS, RO, SYSCTL, WO, Dir, FileSet, StaticDir
@@ -208,10 +209,10 @@ def drop_caches_store(m: Machine, buf: bytes) -> None:
 
 
 PROC_ATTRS = {
-    "meminfo": RO(meminfo_show),
-    "buddyinfo": RO(buddyinfo_show),
-    "zoneinfo": RO(zoneinfo_show),
-    "vmstat": RO(vmstat_show),
+    "meminfo": RO(meminfo_show, depends=MACHINE),
+    "buddyinfo": RO(buddyinfo_show, depends=MACHINE),
+    "zoneinfo": RO(zoneinfo_show, depends=MACHINE),
+    "vmstat": RO(vmstat_show, depends=MACHINE),
 }
 
 SYSCTL_VM_ATTRS = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 
-from dnumafs.vfs.tree import Attr, Dir, Node, StaticDir, Symlink
+from dnumafs.vfs.tree import STATIC, Attr, Dir, Node, StaticDir, Symlink
 
 TOP_DIRECTORIES = ("sys", "proc")
 LIVE_PROC = ("cpuinfo",)
@@ -105,19 +105,21 @@ def read_file(path: Path) -> str:
         raise OSError(errno.EIO, f"{path}: not text") from None
 
 
-def snapshot_node(path: Path) -> Node | None:
-    """The node for one entry of the snapshot, or None for what is not served."""
+def snapshot_node(path: Path, live: bool = False) -> Node | None:
+    """The node for one entry of the snapshot, or None for what is not served. A snapshot's
+    files never change; the live host's (`/`) may, and are read again when asked."""
     try:
         st = path.lstat()
     except OSError:
         return None
     if stat.S_ISDIR(st.st_mode):
-        return SnapshotDir(path)
+        return SnapshotDir(path, live=live)
     if stat.S_ISLNK(st.st_mode):
         return Symlink(partial(os.readlink, path))
     if stat.S_ISREG(st.st_mode):
         # Read-only, with the snapshot's read bits (a root-only file stays so).
-        return Attr(show=partial(read_file, path), mode_mask=st.st_mode & 0o444)
+        return Attr(show=partial(read_file, path), mode_mask=st.st_mode & 0o444,
+                    depends=STATIC, volatile=live)
     return None
 
 
@@ -127,6 +129,7 @@ class SnapshotDir(Dir):
 
     path: Path
     only: tuple[str, ...] | None = None     # the names served, if not all
+    live: bool = False                      # the running host's files, not a snapshot's
 
     def names(self) -> list[str]:
         """The entries lookup serves: directories, links and regular files."""
@@ -144,7 +147,7 @@ class SnapshotDir(Dir):
             return None
         if self.only is not None and name not in self.only:
             return None
-        return snapshot_node(self.path / name)
+        return snapshot_node(self.path / name, self.live)
 
 
 def snapshot_root(root: str | os.PathLike[str]) -> Dir:
@@ -153,8 +156,8 @@ def snapshot_root(root: str | os.PathLike[str]) -> Dir:
     does not make is served (LIVE_PROC): not the host's processes, nor its sysctl tree."""
     path = Path(root)
     if path.resolve() == Path("/"):
-        return StaticDir({"sys": SnapshotDir(path / "sys"),
-                          "proc": SnapshotDir(path / "proc", only=LIVE_PROC)})
+        return StaticDir({"sys": SnapshotDir(path / "sys", live=True),
+                          "proc": SnapshotDir(path / "proc", only=LIVE_PROC, live=True)})
     return SnapshotDir(path, only=TOP_DIRECTORIES)
 
 

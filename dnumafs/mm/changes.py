@@ -16,7 +16,14 @@ import attrs
 PAGES = "pages"          # pages allocated, freed, moved between lists or pools; their counts
 LAYOUTS = "layouts"      # the pending, current and kept layouts, their ranges and statistics
 NODES = "nodes"          # which nodes are online, their zones, zonelists, CPUs and distances
-TOPICS = frozenset({PAGES, LAYOUTS, NODES})
+MODEL_TOPICS = frozenset({PAGES, LAYOUTS, NODES})
+# What the node and proc files show: pages and nodes, not the layouts staged or kept (a
+# commit, which changes pages, announces anything).
+MACHINE = frozenset({PAGES, NODES})
+# The memlayout interface's staged bounds, which only its `start` and `end` files show: a file
+# that declares no topics depends on every model topic, but not on this one.
+STAGED = "staged"
+TOPICS = MODEL_TOPICS | {STAGED}
 
 Topics = frozenset[str] | None       # None: anything may have changed
 Listener = Callable[[Topics], None]

@@ -398,6 +398,8 @@ class CachedOperations(TreeOperations):
         known = self.cache.known(path, node)
         if isinstance(node, Attr):
             st["st_size"] = PAGE_SIZE if known.text is None else len(known.text)
+            if node.volatile:
+                self.cache.expire(path)
             st["st_mtime"] = st["st_ctime"] = known.changed_ns
         return st
 

@@ -32,7 +32,9 @@ from functools import partial
 
 import attrs
 
-from .tree import PAGE_SIZE, Attr, Depends, Dir, Node, Symlink, resolve
+from dnumafs.mm.changes import MODEL_TOPICS
+
+from .tree import PAGE_SIZE, STATIC, Attr, Depends, Dir, Node, Symlink, resolve
 
 log = logging.getLogger(__name__)
 
@@ -187,18 +189,24 @@ class PageCache:
     def filled(self, path: str, offset: int, length: int) -> None:
         """The kernel now holds bytes [offset, offset + length) of path up to date (a read
         served, a write of whole pages). A file whose text changes with the clock is then
-        forgotten and dropped, so that its next read asks again."""
-        if length <= 0:
-            return
-        first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE + 1
+        forgotten and dropped, so that its next read asks again (an empty one too: the
+        kernel now takes its size for 0 and would not ask)."""
         with self._lock:
-            held = self._pages.get(path)
-            self._pages[path] = (range(min(first, held.start), max(last, held.stop)) if held
-                                 else range(first, last))
+            if length > 0:
+                first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE + 1
+                held = self._pages.get(path)
+                self._pages[path] = (range(min(first, held.start), max(last, held.stop))
+                                     if held else range(first, last))
             k = self._known.get(path)
             if k is None or not k.volatile:
                 return
             del self._known[path]
+        self._queue.put(Refresh(topics=frozenset(), written=(path,)))
+
+    def expire(self, path: str) -> None:
+        """The kernel was just given the size of a file made again at each read: have it
+        forget that size soon, or an empty text (size 0, which the kernel reads without
+        asking) would stay empty for good."""
         self._queue.put(Refresh(topics=frozenset(), written=(path,)))
 
     # --- changes ------------------------------------------------------------------------
@@ -251,8 +259,12 @@ class PageCache:
         ones; the paths whose text changed and the highest paths gone (their descendants
         forgotten with them)."""
         with self._lock:
-            items = [(p, k) for p, k in self._known.items() if p in written or topics is None
-                     or topics and (k.depends is None or k.depends & topics)]
+            # A file that never changes (STATIC) is never made again, nor one made again
+            # whenever it is read (volatile); every other one when a topic it shows changed.
+            items = [(p, k) for p, k in self._known.items() if p in written or (
+                not k.volatile and k.depends != STATIC and (
+                    topics is None or (k.depends is None and topics & MODEL_TOPICS)
+                    or (k.depends is not None and k.depends & topics)))]
         changed: list[str] = []
         gone: list[str] = []
         now = time.time_ns()
