@@ -25,7 +25,6 @@ LONG_BITS = 64
 CAP_SYS_NICE = 23
 O_ACCMODE = 3
 O_CLOEXEC = 0o2000000
-AT_FDCWD = -100
 PAGES_CHUNK = 1024      # pages a move_pages reads, checks and answers at a time
 STATUS_PATH_MAX = 64   # longer than any status path
 
@@ -84,6 +83,7 @@ class TaskRecord:
     stat: TaskStat
     tgid: int
     task: Task
+    cpus: frozenset[int] | None = None     # the model CPUs it may run on; None: all
 
 
 @attrs.define
@@ -114,7 +114,7 @@ class View:
         origin = tgid if tgid != tid else int(fields.get("PPid", "0"))
         parent = self.tasks.get(origin)
         task = Task(parent.task.policy) if parent else Task()
-        rec = self.tasks[tid] = TaskRecord(stat, tgid, task)
+        rec = self.tasks[tid] = TaskRecord(stat, tgid, task, parent.cpus if parent else None)
         if parent and tgid == tid:
             parent_space = self.spaces.get(self.space_key(parent.tgid, parent))
             if parent_space is not None:
@@ -245,7 +245,8 @@ class View:
         return Answer()
 
     def local(self, rec: TaskRecord) -> int:
-        return self.facts.local_node(rec.stat.cpu)
+        """The node of the model CPU the task last ran on."""
+        return self.facts.local_node(self.model_cpu(rec.stat.cpu, self.model_cpus(rec)))
 
     def set_mempolicy(self, n: abi.Notification) -> Answer:
         mode_arg, nmask, maxnode = n.args[:3]
@@ -363,30 +364,83 @@ class View:
                 return raw.split(b"\0", 1)[0]
         return None
 
+    def model_cpus(self, rec: TaskRecord | None) -> list[int]:
+        """The model CPUs a task may run on."""
+        cpus = set(self.facts.cpu_node)
+        return sorted(cpus & rec.cpus if rec is not None and rec.cpus is not None else cpus)
+
+    def model_cpu(self, host_cpu: int, cpus: list[int]) -> int:
+        """The model CPU a task on host_cpu is on: of those it may use, the first that folds
+        onto host_cpu (as sched_setaffinity folds them), else the first."""
+        host = sorted(self.host_cpus)
+        folded = [c for c in cpus if host[c % len(host)] == host_cpu]
+        return (folded or cpus or [host_cpu])[0]
+
+    def cpumask_bytes(self) -> int:
+        """cpumask_size(): the model's nr_cpu_ids in longs."""
+        return -(-(max(self.facts.cpu_node, default=0) + 1) // LONG_BITS) * 8
+
+    def sched_setaffinity(self, n: abi.Notification) -> Answer:
+        """The model's CPUs are kept as the task's; the task runs on the host CPUs they fold
+        onto (CPU c on host CPU c mod the host's count)."""
+        pid, length, mask_p = n.args[:3]
+        caller = self.record(n.pid)
+        size = min(length, self.cpumask_bytes())
+        value = int.from_bytes(abi.read_memory(n.pid, mask_p, size), "little")
+        tid = pid & 0xFFFFFFFF or n.pid
+        try:
+            rec = caller if tid == n.pid else self.record(tid)
+        except OSError:
+            raise PolicyError(errno.ESRCH) from None
+        wanted = frozenset(c for c in self.facts.cpu_node if value >> c & 1)
+        if not wanted:
+            raise PolicyError(errno.EINVAL, "no model CPU in the mask")
+        host = sorted(self.host_cpus)
+        os.sched_setaffinity(tid, {host[c % len(host)] for c in wanted})
+        rec.cpus = wanted
+        return Answer()
+
+    def sched_getaffinity(self, n: abi.Notification) -> Answer:
+        pid, length, mask_p = n.args[:3]
+        size = self.cpumask_bytes()
+        if length * 8 < max(self.facts.cpu_node, default=0) + 1 or length & 7:
+            raise PolicyError(errno.EINVAL, "mask shorter than nr_cpu_ids")
+        tid = pid & 0xFFFFFFFF or n.pid
+        try:
+            rec = self.record(tid)
+        except OSError:
+            raise PolicyError(errno.ESRCH) from None
+        value = sum(1 << c for c in self.model_cpus(rec))
+        size = min(length, size)
+        self.write(n.id, n.pid, mask_p, value.to_bytes(size, "little"))
+        return Answer(size)
+
     def open_status(self, n: abi.Notification) -> Answer:
-        """open/openat of a status file for reading: a memfd with the model's lines."""
-        if n.nr == abi.NR_OPENAT:
-            dirfd, path_p, flags = n.args[0] & 0xFFFFFFFF, n.args[1], n.args[2]
-        else:
-            dirfd, path_p, flags = AT_FDCWD & 0xFFFFFFFF, n.args[0], n.args[1]
+        """open/openat of a status or stat file for reading: a memfd with the model's lines."""
+        # Only absolute paths are ours, so openat's directory does not matter.
+        path_p, flags = n.args[1:3] if n.nr == abi.NR_OPENAT else n.args[0:2]
         if flags & O_ACCMODE or not path_p:
             raise Continue
         path = self.read_path(n.pid, path_p)
         if path is None or not path.startswith(b"/proc/"):
             raise Continue
         rec = self.record(n.pid)
-        target = status.status_target(path, rec.tgid, n.pid)
-        if target is None:
+        found = status.status_target(path, rec.tgid, n.pid)
+        if found is None:
             raise Continue
-        del dirfd   # an absolute path: the directory does not matter
+        target, name = found
         try:
-            real = Path(f"/proc/{target}/status").read_text()
+            real = Path(f"/proc/{target}/{name}").read_text()
+            known = self.tasks.get(target) or self.record(target)
         except OSError:
             raise Continue from None     # the kernel's ENOENT
-        model_cpus = sorted(self.facts.cpu_node)
-        text = status.model_status(real, cpus=model_cpus,
-                                   nr_cpu_ids=max(model_cpus, default=0) + 1,
-                                   host_cpus=self.host_cpus, mems=sorted(self.facts.memory))
+        cpus = self.model_cpus(known)
+        if name == "stat":
+            text = status.model_stat(real, self.model_cpu(task_stat(target).cpu, cpus))
+        else:
+            text = status.model_status(real, cpus=cpus,
+                                       nr_cpu_ids=max(self.facts.cpu_node, default=0) + 1,
+                                       mems=sorted(self.facts.memory))
         fd = os.memfd_create("status", os.MFD_CLOEXEC)
         os.write(fd, text.encode())
         os.lseek(fd, 0, os.SEEK_SET)
@@ -399,5 +453,7 @@ class View:
                 abi.NR_MOVE_PAGES: self.move_pages,
                 abi.NR_MIGRATE_PAGES: self.migrate_pages,
                 abi.NR_SET_MEMPOLICY_HOME_NODE: self.set_mempolicy_home_node,
+                abi.NR_SCHED_SETAFFINITY: self.sched_setaffinity,
+                abi.NR_SCHED_GETAFFINITY: self.sched_getaffinity,
                 abi.NR_OPEN: self.open_status,
                 abi.NR_OPENAT: self.open_status}
