@@ -202,7 +202,8 @@ def _supervised_child(argv: list[str], sock: socket.socket) -> NoReturn:
     try:
         abi.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # Python's ignore would be inherited
-        fd = abi.install_filter(abi.NR_MEMPOLICY + abi.NR_AFFINITY + abi.NR_OPENS)
+        fd = abi.install_filter(abi.NR_MEMPOLICY + abi.NR_AFFINITY + abi.NR_OPENS
+                                     + (abi.NR_EXIT_GROUP,))
         socket.send_fds(sock, [b"L"], [fd])
         os.close(fd)
         sock.close()

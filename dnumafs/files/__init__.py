@@ -10,6 +10,7 @@ One module per area, each a set of small show/store functions over the model:
   proc       proc/
   proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
+  process    sys/kernel/debug/process_view/ (the pages of `dnumafs run`'s programs)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
+from .process import process_dir
 from .proc import proc_dir
 from .proc_cpu import proc_cpu_dir
 
@@ -37,6 +39,7 @@ def build_root(machine: Machine) -> Dir:
     return mount_tree({
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
+        "sys/kernel/debug/process_view": process_dir(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),
         "sys/devices/system/node": node_root(machine),
         "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),

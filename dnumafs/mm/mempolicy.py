@@ -157,13 +157,27 @@ def place(policy: Policy | None, page: int, local: int) -> int:
     if policy is None or policy.mode == MPOL_LOCAL:
         return local
     order = sorted(policy.nodes)
-    if policy.mode in (MPOL_INTERLEAVE, MPOL_WEIGHTED_INTERLEAVE):
+    if interleaved(policy):
         return order[(page >> PAGE_SHIFT) % len(order)]
     if policy.mode == MPOL_BIND and local in policy.nodes:
         return local
     if policy.home_node is not None and policy.home_node in policy.nodes:
         return policy.home_node
     return order[0]
+
+
+def spread(policy: Policy | None, count: int, local: int) -> dict[int, int]:
+    """How count pages faulted in under policy fall on the nodes: interleaved evenly, or all
+    on the node place() picks."""
+    if policy is not None and interleaved(policy):
+        order = sorted(policy.nodes)
+        share, extra = divmod(count, len(order))
+        return {n: share + (i < extra) for i, n in enumerate(order) if share + (i < extra)}
+    return {place(policy, 0, local): count} if count else {}
+
+
+def interleaved(policy: Policy | None) -> bool:
+    return policy is not None and policy.mode in (MPOL_INTERLEAVE, MPOL_WEIGHTED_INTERLEAVE)
 
 
 @attrs.define

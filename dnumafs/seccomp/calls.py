@@ -7,6 +7,7 @@ Each handler returns the call's value or raises PolicyError (its errno) or Memor
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -97,6 +98,7 @@ class View:
     tasks: dict[int, TaskRecord] = attrs.field(factory=dict)
     spaces: dict[tuple[int, int, tuple[int, int]], AddressSpace] = attrs.field(factory=dict)
     host_cpus: set[int] = attrs.field(factory=lambda: set(os.sched_getaffinity(0)))
+    charged: bool = True     # the model takes the programs' pages (see exit_group)
 
     # --- tasks ------------------------------------------------------------------------------
 
@@ -446,6 +448,52 @@ class View:
         os.lseek(fd, 0, os.SEEK_SET)
         return Answer(fd=fd, fd_flags=flags & O_CLOEXEC)
 
+    def anonymous_pages(self, tgid: int) -> list[tuple[int, int, int]]:
+        """(start, end, resident anonymous pages) of each of tgid's mappings."""
+        out = []
+        start = end = 0
+        for line in Path(f"/proc/{tgid}/smaps").read_text().splitlines():
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, _, hi = head.partition("-")
+                start, end = int(lo, 16), int(hi, 16)
+            elif head == "Anonymous:":
+                kb = int(line.split()[1])
+                if kb:
+                    out.append((start, end, kb * 1024 // mp.PAGE_SIZE))
+        return out
+
+    def exit_group(self, n: abi.Notification) -> Answer:
+        """The process's anonymous pages are allocated in the model, each mapping's on the
+        nodes its policy (or a move) gives them, and freed again as the exit frees them: the
+        model's allocation counters move by what the program touched. Then the exit goes
+        on."""
+        rec = self.record(n.pid)
+        if self.charged is False:
+            raise Continue
+        space = self.space(rec.tgid)
+        local = self.local(rec)
+        lines: list[str] = []
+        for start, end, count in self.anonymous_pages(rec.tgid):
+            moved = [node for page, node in space.pages.items() if start <= page < end]
+            pol = space.policy_at(start) or rec.task.policy
+            counts = mp.spread(pol, max(count - len(moved), 0), local)
+            for node in moved:
+                counts[node] = counts.get(node, 0) + 1
+            suffix = " interleave" if mp.interleaved(pol) else ""
+            lines += [f"{rec.tgid} {node} {c}{suffix}" for node, c in counts.items()]
+        control = self.mnt / "sys/kernel/debug/process_view"
+        try:
+            for line in lines:
+                (control / "alloc").write_text(line)
+            (control / "free").write_text(str(rec.tgid))
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                self.charged = False    # this mount or user cannot: never again
+            with contextlib.suppress(OSError):
+                (control / "free").write_text(str(rec.tgid))
+        raise Continue
+
     def handlers(self) -> dict[int, Callable[[abi.Notification], Answer]]:
         return {abi.NR_GET_MEMPOLICY: self.get_mempolicy,
                 abi.NR_SET_MEMPOLICY: self.set_mempolicy,
@@ -455,5 +503,6 @@ class View:
                 abi.NR_SET_MEMPOLICY_HOME_NODE: self.set_mempolicy_home_node,
                 abi.NR_SCHED_SETAFFINITY: self.sched_setaffinity,
                 abi.NR_SCHED_GETAFFINITY: self.sched_getaffinity,
+                abi.NR_EXIT_GROUP: self.exit_group,
                 abi.NR_OPEN: self.open_status,
                 abi.NR_OPENAT: self.open_status}
