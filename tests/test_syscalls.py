@@ -1,0 +1,277 @@
+"""The process view (SPEC section 11): under `dnumafs run` the memory-policy system calls and
+/proc/<pid>/status answer for an 8-node model, whatever the host has. Real programs run
+through the kernel: numactl, numactl's own `make check`, and tests/programs/policy.c built
+against libnuma, dynamically and statically; their answers are checked against the mount's
+files and, for bad arguments, against the real kernel's (`--no-syscalls`)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from conftest import TESTS_DIR, force_unmount, run_cli
+from files_helpers import NODE, Mounted, key_values, node_list
+from test_clients import numactl_src  # noqa: F401 (a fixture)
+from test_tools import TOOL_TIMEOUT, _python_for, needs_numactl, needs_run, public_dir, run_in  # noqa: F401
+
+from dnumafs import run as dnuma_run
+from dnumafs.mm import mempolicy as mp
+
+pytest.importorskip("fuse", reason="fusepy is needed to mount")
+
+NODES, CPUS = 8, 8
+PROGRAM = TESTS_DIR / "programs" / "policy.c"
+HOST_NODES = len([n for n in os.listdir("/sys/devices/system/node")
+                  if re.fullmatch(r"node\d+", n)]) if os.path.isdir("/sys/devices/system/node") else 1
+MAKE_CHECK_TIMEOUT = 1200
+
+
+@pytest.fixture(scope="module")
+def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    """An 8-node, 8-CPU model, other users let in (for the unprivileged runs)."""
+    base = tmp_path_factory.mktemp("syscalls")
+    base.chmod(0o755)
+    mnt = base / "mnt"
+    mnt.mkdir()
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("DNUMAFS_RUNTIME_DIR", str(base / "run"))
+        try:
+            r = run_cli("mount", mnt, "--nodes", str(NODES), "--cpus", str(CPUS), "--mem",
+                        "1G", "--allow-other", "--log", base / "mount.log")
+            assert r.returncode == 0, r.stderr
+            yield Mounted(mnt)
+        finally:
+            force_unmount(mnt)
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """policy.c built against libnuma, dynamically and statically linked."""
+    if not shutil.which("gcc") or not Path("/usr/include/numa.h").exists():
+        pytest.skip("needs gcc and libnuma-dev (scripts/install-system-deps)")
+    out = tmp_path_factory.mktemp("programs")
+    out.chmod(0o755)
+    built = {}
+    for kind, extra in (("dynamic", []), ("static", ["-static"])):
+        exe = out / f"policy-{kind}"
+        r = subprocess.run(["gcc", "-O1", "-Wall", *extra, "-o", str(exe), str(PROGRAM),
+                            "-lnuma", "-lpthread"], capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            pytest.skip(f"building {exe.name}: {r.stderr[-1000:]}")
+        built[kind] = exe
+    return built
+
+
+def answers(text: str) -> dict[str, list[int]]:
+    """The program's "key value..." lines."""
+    return {k: [int(v) for v in rest.split()] for k, _, rest in
+            (line.partition(" ") for line in text.splitlines())}
+
+
+def run_no_syscalls(fs: Mounted, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dnumafs", "run", "--no-syscalls",
+                           str(fs.mnt), "--", *argv], capture_output=True, text=True,
+                          timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+def numastat(fs: Mounted, nid: int) -> dict[str, int]:
+    return key_values(fs.read(f"{NODE}/node{nid}/numastat"))
+
+
+# --- the model, by itself -------------------------------------------------------------------
+
+FACTS = mp.NodeFacts(possible=range(8), online=range(8), memory=range(8),
+                     cpu_node={c: c for c in range(8)})
+
+
+def test_policies_as_mpol_new_makes_them():
+    assert mp.new_policy(mp.MPOL_DEFAULT, 0, frozenset(), FACTS) is None
+    pref = mp.new_policy(mp.MPOL_PREFERRED, 0, frozenset({6, 3}), FACTS)
+    assert pref is not None and pref.nodes == {3}
+    local = mp.new_policy(mp.MPOL_PREFERRED, 0, frozenset(), FACTS)
+    assert local is not None and local.mode == mp.MPOL_LOCAL
+    rel = mp.new_policy(mp.MPOL_BIND, mp.MPOL_F_RELATIVE_NODES, frozenset({9}), FACTS)
+    assert rel is not None and rel.nodes == {1} and rel.nodemask() == {9}
+    for mode, flags, nodes in ((mp.MPOL_BIND, 0, frozenset({8, 100})),
+                               (mp.MPOL_DEFAULT, 0, frozenset({1})),
+                               (mp.MPOL_LOCAL, 0, frozenset({1})),
+                               (mp.MPOL_INTERLEAVE, 0, frozenset())):
+        with pytest.raises(mp.PolicyError) as e:
+            mp.new_policy(mode, flags, nodes, FACTS)
+        assert e.value.errno == 22
+    with pytest.raises(mp.PolicyError):
+        mp.split_mode(mp.MPOL_BIND | mp.MPOL_F_STATIC_NODES | mp.MPOL_F_RELATIVE_NODES)
+
+
+def test_ranges_split_and_merge_as_mbind_range():
+    space = mp.AddressSpace()
+    bind = mp.Policy(mp.MPOL_BIND, nodes={5})
+    inter = mp.Policy(mp.MPOL_INTERLEAVE, nodes={1, 2})
+    space.set_range(0x1000, 0x9000, bind)
+    space.set_range(0x3000, 0x5000, inter)
+    assert [(s, e) for s, e, _ in space.ranges] == [(0x1000, 0x3000), (0x3000, 0x5000),
+                                                    (0x5000, 0x9000)]
+    assert space.policy_at(0x4000) is inter and space.policy_at(0x8fff) is bind
+    assert space.policy_at(0x9000) is None
+    space.set_range(0x2000, 0x8000, None)
+    assert [(s, e) for s, e, _ in space.ranges] == [(0x1000, 0x2000), (0x8000, 0x9000)]
+    assert mp.spread(inter, 5, 0) == {1: 3, 2: 2}
+    assert mp.spread(bind, 4, 0) == {5: 4}
+    with pytest.raises(mp.PolicyError):
+        space.set_range(0x1000, 0x2000, mp.Policy(mp.MPOL_PREFERRED, nodes={1}))
+        space.set_home_node(0x1000, 0x2000, 1)
+
+
+# --- numactl and /proc/self/status ----------------------------------------------------------
+
+@needs_run
+@needs_numactl
+def test_numactl_membind_to_a_node_the_host_lacks(fs):
+    out = run_in(fs, "numactl", "--membind=5", "numactl", "--show").stdout
+    assert re.search(r"^policy: bind$", out, re.M), out
+    assert re.search(r"^membind: 5 $", out, re.M), out
+    # a forked child inherits its parent's policy
+    out = run_in(fs, "numactl", "--interleave=2,3", "sh", "-c", "numactl --show").stdout
+    assert re.search(r"^interleavemask: 2 3 $", out, re.M), out
+    if HOST_NODES <= 5:
+        r = run_no_syscalls(fs, "numactl", "--membind=5", "true")
+        assert r.returncode != 0 and "out of range" in r.stderr
+
+
+@needs_run
+def test_status_shows_the_models_cpus_and_nodes(fs):
+    out = run_in(fs, "sh", "-c", "grep _allowed /proc/self/status; "
+                 "cat /proc/thread-self/status | grep Mems_allowed_list").stdout
+    fields = dict(re.findall(r"^(\w+):\t(.*)$", out, re.M))
+    assert node_list(fields["Mems_allowed_list"] + "\n") == node_list(
+        fs.read(f"{NODE}/has_memory"))
+    assert node_list(fields["Cpus_allowed_list"] + "\n") == list(range(CPUS))
+    words = fields["Mems_allowed"].split(",")
+    assert len(words) == mp.MAX_NUMNODES // 32 and int(words[-1], 16) == (1 << NODES) - 1
+    assert int(fields["Cpus_allowed"], 16) == (1 << CPUS) - 1
+    # pinned by taskset to model CPU 6, which the host may not have
+    out = run_in(fs, "taskset", "-c", "6", "bash", "-c",
+                 "grep Cpus_allowed_list /proc/self/status; "
+                 "a=( $(< /proc/self/stat) ); echo ${a[38]}").stdout
+    assert out.split("\n")[:2] == ["Cpus_allowed_list:\t6", "6"]
+
+
+# --- libnuma from C -------------------------------------------------------------------------
+
+@needs_run
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_libnuma_sees_the_model(fs, programs, kind):
+    a = answers(run_in(fs, str(programs[kind]), "show").stdout)
+    top = NODES - 1
+    assert a["available"] == [0] and a["max_node"] == [top] and a["configured"] == [NODES]
+    assert a["start_policy"] == [mp.MPOL_DEFAULT]
+    assert a["onnode"] == [top] * 4
+    assert a["tonode"] == [top - 1] * 4
+    assert a["move"] == [0] and a["moved"] == [top, 1, top, 1]
+    assert a["addr_node"] == [1]
+    assert a["absent"] == [-2, -14]     # ENOENT: never touched; EFAULT: unmapped
+    assert a["membind"] == [mp.MPOL_BIND, 5]
+    assert a["range_mode"] == [mp.MPOL_BIND]
+    assert a["thread_policy"] == [mp.MPOL_INTERLEAVE, 1, 2]
+    assert a["main_policy"] == [mp.MPOL_BIND, 5]
+    assert a["local"] == [mp.MPOL_LOCAL]
+
+
+@needs_run
+def test_bad_arguments_get_the_kernels_errno(fs, programs):
+    """Each bad call gets the errno the real kernel gives it; the one that depends on the
+    node count (maxnode below nr_node_ids) gets the model's."""
+    ours = answers(run_in(fs, str(programs["dynamic"]), "errors").stdout)
+    kernels = answers(run_no_syscalls(fs, str(programs["dynamic"]), "errors").stdout)
+    assert ours.pop("get_short_maxnode") == [22]
+    kernels.pop("get_short_maxnode")
+    assert ours == kernels
+
+
+@needs_run
+def test_garbage_never_crashes_the_supervisor_nor_changes_the_model(fs, programs):
+    before = {n: numastat(fs, n) for n in range(NODES)}
+    for seed in ("4000", "4001"):
+        out = run_in(fs, str(programs["static"]), "fuzz", seed).stdout
+        assert answers(out)["after_fuzz"] == [mp.MPOL_DEFAULT]
+    assert fs.read("sys/kernel/debug/dnumafs/check") == ""
+    assert fs.read("sys/kernel/debug/process_view/pages") == ""
+    # what the fuzzing processes touched was counted, on the nodes their calls chose
+    after = {n: numastat(fs, n) for n in range(NODES)}
+    assert sum(after[n]["numa_hit"] - before[n]["numa_hit"] for n in range(NODES)) > 0
+
+
+@needs_run
+@needs_numactl
+def test_a_programs_pages_land_on_its_nodes_and_are_freed(fs, programs):
+    mb, pages = 8, 8 * 256
+    before = {n: numastat(fs, n) for n in range(NODES)}
+    run_in(fs, "numactl", "--interleave=2,3", str(programs["dynamic"]), "touch", str(mb))
+    mid = {n: numastat(fs, n) for n in range(NODES)}
+    for n in (2, 3):
+        assert mid[n]["interleave_hit"] - before[n]["interleave_hit"] >= pages // 2
+    run_in(fs, "numactl", "--membind=6", str(programs["dynamic"]), "touch", str(mb))
+    after = {n: numastat(fs, n) for n in range(NODES)}
+    assert after[6]["numa_hit"] - mid[6]["numa_hit"] >= pages
+    assert fs.read("sys/kernel/debug/process_view/pages") == ""
+    assert fs.read("sys/kernel/debug/dnumafs/check") == ""
+
+
+# --- numactl's own tests --------------------------------------------------------------------
+
+@needs_run
+@needs_numactl
+def test_numactl_make_check_passes_in_full(fs, numactl_src, tmp_path):  # noqa: F811
+    """All of numactl's `make check`, built outside, run inside `dnumafs run`."""
+    tree = tmp_path / "numactl"
+    shutil.copytree(numactl_src, tree, symlinks=True)
+    r = subprocess.run(["make", "-j2", "check", "TESTS="], cwd=tree, capture_output=True,
+                       text=True, timeout=MAKE_CHECK_TIMEOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "dnumafs", "run", str(fs.mnt), "--", "make",
+                        "check"], cwd=tree, capture_output=True, text=True,
+                       timeout=MAKE_CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+    summary = dict(re.findall(r"^# (\w+): +(\d+)$", r.stdout, re.M))
+    assert summary.get("TOTAL") == "9" and summary.get("PASS") == "9", r.stdout[-3000:]
+
+
+# --- as another user ------------------------------------------------------------------------
+
+@attrs.frozen
+class Nobody:
+    python: str
+    env: dict[str, str]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to act as another user")
+def test_an_unprivileged_user_gets_the_process_view(fs, programs):
+    nobody = 65534
+    site = str(Path(attrs.__file__).resolve().parent.parent)
+    repo = str(Path(dnuma_run.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join([repo, site])
+    python = _python_for(nobody, pythonpath)
+    if python is None:
+        pytest.skip("no Python that another user can run dnumafs with")
+    r = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+                        python, "-m", "dnumafs", "run", str(fs.mnt), "--",
+                        str(programs["static"]), "show"],
+                       env=dict(os.environ, PYTHONPATH=pythonpath), capture_output=True,
+                       text=True, timeout=TOOL_TIMEOUT, cwd="/")
+    if "cannot create a user namespace" in r.stderr:
+        probe = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
+                                "--clear-groups", "unshare", "--user", "--mount", "true"],
+                               capture_output=True, timeout=TOOL_TIMEOUT)
+        assert probe.returncode != 0, r.stderr
+        pytest.skip("unprivileged user namespaces are not allowed here")
+    assert r.returncode == 0, r.stderr
+    a = answers(r.stdout)
+    assert a["max_node"] == [NODES - 1] and a["membind"] == [mp.MPOL_BIND, 5]
+    assert a["moved"] == [NODES - 1, 1, NODES - 1, 1]
