@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import TESTS_DIR, force_unmount, run_cli
 from files_helpers import NODE, Mounted, key_values, node_list
 from test_clients import numactl_src  # noqa: F401 (a fixture)
-from test_tools import TOOL_TIMEOUT, _python_for, needs_numactl, needs_run, public_dir, run_in  # noqa: F401
+from test_tools import TOOL_TIMEOUT, _python_for, needs_numactl, needs_run, run_in
 
 from dnumafs import run as dnuma_run
 from dnumafs.mm import mempolicy as mp
@@ -27,16 +28,25 @@ pytest.importorskip("fuse", reason="fusepy is needed to mount")
 
 NODES, CPUS = 8, 8
 PROGRAM = TESTS_DIR / "programs" / "policy.c"
-HOST_NODES = len([n for n in os.listdir("/sys/devices/system/node")
-                  if re.fullmatch(r"node\d+", n)]) if os.path.isdir("/sys/devices/system/node") else 1
+HOST_NODE_DIR = Path("/sys/devices/system/node")
+HOST_NODES = len([n for n in os.listdir(HOST_NODE_DIR) if re.fullmatch(r"node\d+", n)]
+                 ) if HOST_NODE_DIR.is_dir() else 1
 MAKE_CHECK_TIMEOUT = 1200
 
 
 @pytest.fixture(scope="module")
-def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+def public() -> Iterator[Path]:
+    """A directory any user can reach (the test's own temp dirs are root's alone)."""
+    d = Path(tempfile.mkdtemp(prefix="dnumafs-syscalls-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fs(public: Path) -> Iterator[Mounted]:
     """An 8-node, 8-CPU model, other users let in (for the unprivileged runs)."""
-    base = tmp_path_factory.mktemp("syscalls")
-    base.chmod(0o755)
+    base = public
     mnt = base / "mnt"
     mnt.mkdir()
     with pytest.MonkeyPatch.context() as m:
@@ -51,12 +61,12 @@ def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
 
 
 @pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def programs(public: Path) -> dict[str, Path]:
     """policy.c built against libnuma, dynamically and statically linked."""
     if not shutil.which("gcc") or not Path("/usr/include/numa.h").exists():
         pytest.skip("needs gcc and libnuma-dev (scripts/install-system-deps)")
-    out = tmp_path_factory.mktemp("programs")
-    out.chmod(0o755)
+    out = public / "programs"
+    out.mkdir()
     built = {}
     for kind, extra in (("dynamic", []), ("static", ["-static"])):
         exe = out / f"policy-{kind}"
@@ -243,12 +253,6 @@ def test_numactl_make_check_passes_in_full(fs, numactl_src, tmp_path):  # noqa: 
 
 
 # --- as another user ------------------------------------------------------------------------
-
-@attrs.frozen
-class Nobody:
-    python: str
-    env: dict[str, str]
-
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to act as another user")

@@ -25,9 +25,9 @@ from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
 from .node import node_root
-from .process import process_dir
 from .proc import proc_dir
 from .proc_cpu import proc_cpu_dir
+from .process import process_dir
 
 # Directories made between the subtrees take 0755, but debugfs's root is root-only, as
 # /sys/kernel/debug is (0700).

@@ -56,6 +56,9 @@ def model_facts(mnt: Path) -> NodeFacts:
                      memory=nodes("has_memory") or online, cpu_node=cpu_node)
 
 
+Handlers = dict[int, Callable[[abi.Notification], "Answer"]]
+
+
 @attrs.frozen
 class TaskStat:
     """What /proc/<tid>/stat says of a task that the view needs."""
@@ -81,6 +84,7 @@ def status_fields(tid: int) -> dict[str, str]:
 
 @attrs.define
 class TaskRecord:
+    tid: int
     stat: TaskStat
     tgid: int
     task: Task
@@ -105,18 +109,18 @@ class View:
     def record(self, tid: int) -> TaskRecord:
         """The task's record, made on first sight: a new thread starts from its group
         leader's policy, a new process from its parent's (and its address space from the
-        parent's, as a fork copies it), a reused tid from nothing."""
-        stat = task_stat(tid)
+        parent's, as a fork copies it). A record is trusted while its task lives, which a
+        waiting notification proves; forget_exited drops those of dead and reused tids."""
         rec = self.tasks.get(tid)
-        if rec is not None and rec.stat.start == stat.start:
-            rec.stat = stat
+        if rec is not None:
             return rec
+        stat = task_stat(tid)
         fields = status_fields(tid)
         tgid = int(fields["Tgid"])
         origin = tgid if tgid != tid else int(fields.get("PPid", "0"))
         parent = self.tasks.get(origin)
         task = Task(parent.task.policy) if parent else Task()
-        rec = self.tasks[tid] = TaskRecord(stat, tgid, task, parent.cpus if parent else None)
+        rec = self.tasks[tid] = TaskRecord(tid, stat, tgid, task, parent.cpus if parent else None)
         if parent and tgid == tid:
             parent_space = self.spaces.get(self.space_key(parent.tgid, parent))
             if parent_space is not None:
@@ -133,9 +137,18 @@ class View:
         return self.spaces.setdefault(self.space_key(tgid, rec), AddressSpace())
 
     def forget_exited(self) -> None:
-        """Drop the records of tasks that are gone."""
-        for tid in [t for t in self.tasks if not os.path.exists(f"/proc/{t}")]:
-            del self.tasks[tid]
+        """Drop the records of tasks that are gone, or whose tid now names another task
+        (another start time), and of their address spaces; an exec'd process's address
+        space gets a new key (its new code and stack)."""
+        for tid, rec in list(self.tasks.items()):
+            try:
+                stat = task_stat(tid)
+            except (OSError, ValueError, IndexError):
+                stat = None
+            if stat is None or stat.start != rec.stat.start:
+                del self.tasks[tid]
+            else:
+                rec.stat = stat
         live = {self.space_key(r.tgid, r) for r in self.tasks.values()}
         for key in [k for k in self.spaces if k not in live]:
             del self.spaces[key]
@@ -247,7 +260,9 @@ class View:
         return Answer()
 
     def local(self, rec: TaskRecord) -> int:
-        """The node of the model CPU the task last ran on."""
+        """The node of the model CPU the task last ran on (read now: it moves)."""
+        with contextlib.suppress(OSError):
+            rec.stat = task_stat(rec.tid)
         return self.facts.local_node(self.model_cpu(rec.stat.cpu, self.model_cpus(rec)))
 
     def set_mempolicy(self, n: abi.Notification) -> Answer:
@@ -494,7 +509,7 @@ class View:
                 (control / "free").write_text(str(rec.tgid))
         raise Continue
 
-    def handlers(self) -> dict[int, Callable[[abi.Notification], Answer]]:
+    def handlers(self) -> Handlers:
         return {abi.NR_GET_MEMPOLICY: self.get_mempolicy,
                 abi.NR_SET_MEMPOLICY: self.set_mempolicy,
                 abi.NR_MBIND: self.mbind,

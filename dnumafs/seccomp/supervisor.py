@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import abi
-from .calls import Continue, View, model_facts
 from dnumafs.mm.mempolicy import PolicyError
+
+from . import abi
+from .calls import Continue, Handlers, View, model_facts
 
 # How often the model's node states are read again (a node brought online meanwhile), and
 # the records of exited tasks dropped.
@@ -28,10 +29,10 @@ def exit_status(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
-def answer(view: View, n: abi.Notification) -> None:
+def answer(view: View, handlers: Handlers, n: abi.Notification) -> None:
     """Answer one notification; whatever goes wrong, the supervisor goes on."""
     listener = view.listener
-    handler = view.handlers().get(n.nr)
+    handler = handlers.get(n.nr)
     try:
         if handler is None:
             raise Continue
@@ -62,6 +63,7 @@ def answer(view: View, n: abi.Notification) -> None:
 def supervise(mnt: Path, listener_fd: int, child: int) -> int:
     """Serve the listener until the command and every orphan of it have exited."""
     view = View(mnt=mnt, listener=abi.Listener(listener_fd), facts=model_facts(mnt))
+    handlers = view.handlers()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -93,7 +95,7 @@ def supervise(mnt: Path, listener_fd: int, child: int) -> int:
             elif events & select.POLLIN:
                 n = view.listener.recv()
                 if n is not None:
-                    answer(view, n)
+                    answer(view, handlers, n)
             elif events & (select.POLLHUP | select.POLLERR):
                 poller.unregister(listener_fd)     # no supervised task is left
         now = time.monotonic()
