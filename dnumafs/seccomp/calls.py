@@ -479,14 +479,15 @@ class View:
         return out
 
     def exit_group(self, n: abi.Notification) -> Answer:
-        """The process's anonymous pages are allocated in the model, each mapping's on the
-        nodes its policy (or a move) gives them, and freed again as the exit frees them: the
-        model's allocation counters move by what the program touched. Then the exit goes
-        on."""
+        """A process that set a policy or moved pages: its anonymous pages are allocated in
+        the model, each mapping's on the nodes its policy (or a move) gives them, and freed
+        again as the exit frees them, so the model's allocation counters move by what the
+        program touched. Then the exit goes on."""
         rec = self.record(n.pid)
-        if self.charged is False:
-            raise Continue
         space = self.space(rec.tgid)
+        if not self.charged or (rec.task.policy is None and not space.ranges
+                                and not space.pages):
+            raise Continue      # no policy of its own: the model has no say where it went
         local = self.local(rec)
         lines: list[str] = []
         for start, end, count in self.anonymous_pages(rec.tgid):
