@@ -5,12 +5,15 @@ against libnuma, dynamically and statically; their answers are checked against t
 files and, for bad arguments, against the real kernel's (`--no-syscalls`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,3 +281,55 @@ def test_an_unprivileged_user_gets_the_process_view(fs, programs):
     a = answers(r.stdout)
     assert a["max_node"] == [NODES - 1] and a["membind"] == [mp.MPOL_BIND, 5]
     assert a["moved"] == [NODES - 1, 1, NODES - 1, 1]
+
+
+# --- what is known to bite ------------------------------------------------------------------
+
+@needs_run
+def test_signals_during_trapped_calls_are_not_seen(fs, programs):
+    """A timer signal every 50 us with SA_RESTART: no trapped call fails or livelocks
+    (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)."""
+    a = answers(run_in(fs, str(programs["dynamic"]), "signals", "20000").stdout)
+    assert a["failed"] == [0] and a["ticks"][0] > 0
+
+
+@needs_run
+def test_a_programs_own_listener_gets_ebusy(fs, programs):
+    assert answers(run_in(fs, str(programs["dynamic"]), "listener").stdout)["listener"] == [16]
+    assert answers(run_no_syscalls(fs, str(programs["dynamic"]), "listener").stdout
+                   )["listener"] == [0]
+
+
+def children(pid: int) -> list[int]:
+    with contextlib.suppress(FileNotFoundError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+@needs_run
+def test_the_command_dies_with_the_supervisor(fs):
+    sup = subprocess.Popen([sys.executable, "-m", "dnumafs", "run", str(fs.mnt), "--",
+                            "sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + TOOL_TIMEOUT
+        while not children(sup.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = children(sup.pid)
+        os.kill(sup.pid, signal.SIGKILL)
+        sup.wait(timeout=TOOL_TIMEOUT)
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists()
+    finally:
+        sup.kill()
+        sup.wait()
+
+
+@needs_run
+def test_orphans_are_waited_for_and_reaped(fs, public):
+    """run is the orphans' subreaper: it returns the command's status once the command's
+    orphans are done too, and leaves no zombie."""
+    done = public / "orphan-done"
+    r = run_in(fs, "sh", "-c", f"(sleep 1; echo done > {done}) & exit 3", check=False)
+    assert r.returncode == 3, r.stderr
+    assert done.read_text() == "done\n"

@@ -133,7 +133,11 @@ class View:
         return (tgid, stat.start, stat.mm)
 
     def space(self, tgid: int) -> AddressSpace:
+        """tgid's address space; its code and stack are read again, so one an exec made is
+        a new one (the task's own policy survives an exec, its ranges do not)."""
         rec = self.tasks.get(tgid) or self.record(tgid)
+        with contextlib.suppress(OSError):
+            rec.stat = task_stat(tgid)
         return self.spaces.setdefault(self.space_key(tgid, rec), AddressSpace())
 
     def forget_exited(self) -> None:

@@ -4,17 +4,24 @@
  *   policy errors   calls with bad arguments: each one's errno (or 0)
  *   policy fuzz N   N calls with random pointers, masks and modes, then one good call
  *   policy touch MB      MB of anonymous memory written, under the policy it was run with
- *   policy rate CALL N   N calls of get_mempolicy (trapped) or getppid (not): calls per second */
+ *   policy rate CALL N   N calls of get_mempolicy (trapped) or getppid (not): calls per second
+ *   policy signals N     N get_mempolicy calls under a 50 us SA_RESTART timer: calls that failed
+ *   policy listener      its own seccomp filter with a listener: the errno */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <numa.h>
 #include <numaif.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -213,6 +220,41 @@ static int rate(const char *call, long n)
 	return 0;
 }
 
+static volatile long ticks;
+
+static void tick(int sig)
+{
+	(void)sig;
+	ticks++;
+}
+
+static int signals(long n)
+{
+	struct sigaction sa = {.sa_handler = tick, .sa_flags = SA_RESTART};
+	struct itimerval every = {{0, 50}, {0, 50}};
+	long failed = 0;
+	int mode;
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &every, NULL);
+	for (long i = 0; i < n; i++)
+		if (get_mempolicy(&mode, NULL, 0, NULL, 0) != 0)
+			failed++;
+	setitimer(ITIMER_REAL, &(struct itimerval){0}, NULL);
+	printf("failed %ld\nticks %ld\n", failed, ticks);
+	return 0;
+}
+
+static int listener(void)
+{
+	struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog prog = {1, &allow};
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	long fd = syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER,
+			  SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+	printf("listener %d\n", fd < 0 ? errno : 0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	page = sysconf(_SC_PAGESIZE);
@@ -225,8 +267,13 @@ int main(int argc, char **argv)
 		return fuzz(atoi(argv[2]));
 	if (argc > 2 && !strcmp(argv[1], "touch"))
 		return touch(atol(argv[2]));
+	if (argc > 2 && !strcmp(argv[1], "signals"))
+		return signals(atol(argv[2]));
+	if (argc > 1 && !strcmp(argv[1], "listener"))
+		return listener();
 	if (argc > 3 && !strcmp(argv[1], "rate"))
 		return rate(argv[2], atol(argv[3]));
-	fprintf(stderr, "usage: policy show|errors|fuzz N|touch MB|rate CALL N\n");
+	fprintf(stderr, "usage: policy show|errors|fuzz N|touch MB|rate CALL N|signals N|"
+		"listener\n");
 	return 2;
 }
