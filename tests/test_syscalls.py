@@ -17,14 +17,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 from conftest import TESTS_DIR, force_unmount, run_cli
 from files_helpers import NODE, Mounted, key_values, node_list
 from test_clients import numactl_src  # noqa: F401 (a fixture)
-from test_tools import TOOL_TIMEOUT, _python_for, needs_numactl, needs_run, run_in
+from test_tools import (
+    TOOL_TIMEOUT,
+    needs_another_user,
+    needs_numactl,
+    needs_run,
+    run_as_nobody,
+    run_in,
+)
 
-from dnumafs import run as dnuma_run
 from dnumafs.mm import mempolicy as mp
 
 pytest.importorskip("fuse", reason="fusepy is needed to mount")
@@ -256,29 +261,9 @@ def test_numactl_make_check_passes_in_full(fs, numactl_src, tmp_path):  # noqa: 
 
 # --- as another user ------------------------------------------------------------------------
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root to act as another user")
+@needs_another_user
 def test_an_unprivileged_user_gets_the_process_view(fs, programs):
-    nobody = 65534
-    site = str(Path(attrs.__file__).resolve().parent.parent)
-    repo = str(Path(dnuma_run.__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join([repo, site])
-    python = _python_for(nobody, pythonpath)
-    if python is None:
-        pytest.skip("no Python that another user can run dnumafs with")
-    r = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
-                        python, "-m", "dnumafs", "run", str(fs.mnt), "--",
-                        str(programs["static"]), "show"],
-                       env=dict(os.environ, PYTHONPATH=pythonpath), capture_output=True,
-                       text=True, timeout=TOOL_TIMEOUT, cwd="/")
-    if "cannot create a user namespace" in r.stderr:
-        probe = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
-                                "--clear-groups", "unshare", "--user", "--mount", "true"],
-                               capture_output=True, timeout=TOOL_TIMEOUT)
-        assert probe.returncode != 0, r.stderr
-        pytest.skip("unprivileged user namespaces are not allowed here")
-    assert r.returncode == 0, r.stderr
-    a = answers(r.stdout)
+    a = answers(run_as_nobody(fs.mnt, str(programs["static"]), "show").stdout)
     assert a["max_node"] == [NODES - 1] and a["membind"] == [mp.MPOL_BIND, 5]
     assert a["moved"] == [NODES - 1, 1, NODES - 1, 1]
 
