@@ -195,15 +195,16 @@ def _become(argv: list[str]) -> None:
         raise RunError(f"{argv[0]}: permission denied", 126) from None
 
 
-def _supervised_child(argv: list[str], sock: socket.socket) -> NoReturn:
+def _supervised_child(argv: list[str], sock: socket.socket, supervisor: int) -> NoReturn:
     """The forked command: dies with the supervisor, installs the filter, hands the listener
     over, becomes argv. Never returns into the command line's code."""
     status = 1
     try:
         abi.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != supervisor:      # it died before the line above
+            os._exit(status)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # Python's ignore would be inherited
-        fd = abi.install_filter(abi.NR_MEMPOLICY + abi.NR_AFFINITY + abi.NR_OPENS
-                                     + (abi.NR_EXIT_GROUP,))
+        fd = abi.install_filter(abi.TRAPPED)
         socket.send_fds(sock, [b"L"], [fd])
         os.close(fd)
         sock.close()
@@ -234,10 +235,11 @@ def run(mnt: Path, argv: list[str], *, syscalls: bool = True) -> int:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stdout.flush()
     sys.stderr.flush()
+    supervisor = os.getpid()
     child = os.fork()
     if child == 0:
         ours.close()
-        _supervised_child(argv, theirs)
+        _supervised_child(argv, theirs, supervisor)
     theirs.close()
     _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
     ours.close()

@@ -4,6 +4,7 @@ and returns the command's exit status once no process it supervises is left.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -70,8 +71,11 @@ def supervise(mnt: Path, listener_fd: int, child: int) -> int:
     # The terminal's signals reach the command too: it decides; ours are passed on.
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+        signal.signal(sig, forward)
     poller = select.poll()
     poller.register(listener_fd, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
@@ -90,8 +94,9 @@ def supervise(mnt: Path, listener_fd: int, child: int) -> int:
                 break
         for fd, events in poller.poll(int(REFRESH_SECONDS * 1000)):
             if fd == wake_r:
-                while os.read(wake_r, 256) == 256:
-                    pass
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 256):
+                        pass
             elif events & select.POLLIN:
                 n = view.listener.recv()
                 if n is not None:
