@@ -103,6 +103,11 @@ def numastat(fs: Mounted, nid: int) -> dict[str, int]:
     return key_values(fs.read(f"{NODE}/node{nid}/numastat"))
 
 
+def assert_no_pages_held(fs: Mounted) -> None:
+    held = key_values(fs.read("sys/kernel/debug/process_view/pages"))
+    assert held == {f"node{n}": 0 for n in node_list(fs.read(f"{NODE}/online"))}
+
+
 # --- the model, by itself -------------------------------------------------------------------
 
 FACTS = mp.NodeFacts(possible=range(8), online=range(8), memory=range(8),
@@ -219,7 +224,7 @@ def test_garbage_never_crashes_the_supervisor_nor_changes_the_model(fs, programs
         out = run_in(fs, str(programs["static"]), "fuzz", seed).stdout
         assert answers(out)["after_fuzz"] == [mp.MPOL_DEFAULT]
     assert fs.read("sys/kernel/debug/dnumafs/check") == ""
-    assert fs.read("sys/kernel/debug/process_view/pages") == ""
+    assert_no_pages_held(fs)
 
 
 @needs_run
@@ -234,7 +239,7 @@ def test_a_programs_pages_land_on_its_nodes_and_are_freed(fs, programs):
     run_in(fs, "numactl", "--membind=6", str(programs["dynamic"]), "touch", str(mb))
     after = {n: numastat(fs, n) for n in range(NODES)}
     assert after[6]["numa_hit"] - mid[6]["numa_hit"] >= pages
-    assert fs.read("sys/kernel/debug/process_view/pages") == ""
+    assert_no_pages_held(fs)
     # a program without a policy of its own is not the model's to place
     run_in(fs, str(programs["dynamic"]), "touch", str(mb))
     assert {n: numastat(fs, n) for n in range(NODES)} == after
@@ -245,6 +250,7 @@ def test_a_programs_pages_land_on_its_nodes_and_are_freed(fs, programs):
 
 @needs_run
 @needs_numactl
+@pytest.mark.timeout(MAKE_CHECK_TIMEOUT)
 def test_numactl_make_check_passes_in_full(fs, numactl_src, tmp_path):  # noqa: F811
     """All of numactl's `make check`, built outside, run inside `dnumafs run`."""
     tree = tmp_path / "numactl"
@@ -318,3 +324,23 @@ def test_orphans_are_waited_for_and_reaped(fs, public):
     r = run_in(fs, "sh", "-c", f"(sleep 1; echo done > {done}) & exit 3", check=False)
     assert r.returncode == 3, r.stderr
     assert done.read_text() == "done\n"
+
+
+# --- the file the supervisor reaches the model through --------------------------------------
+
+def test_process_view_files_allocate_and_free_in_the_model(fs):
+    ctl = fs.mnt / "sys/kernel/debug/process_view"
+    before = numastat(fs, 2)
+    (ctl / "alloc").write_text("4242 2 10")
+    (ctl / "alloc").write_text("4242 3 6 interleave")
+    held = key_values(fs.read("sys/kernel/debug/process_view/pages"))
+    assert held["node2"] == 10 and held["node3"] == 6
+    assert numastat(fs, 2)["numa_hit"] - before["numa_hit"] == 10
+    for bad in ("4242 9 1", "4242 2", "4242 2 1 spread", "x 2 1", "4242 -1 1"):
+        r = subprocess.run(["bash", "-c", f"echo '{bad}' > {ctl / 'alloc'}"],
+                           capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        assert r.returncode != 0 and "Invalid argument" in r.stderr, bad
+    assert key_values(fs.read("sys/kernel/debug/process_view/pages")) == held
+    (ctl / "free").write_text("4242")
+    assert_no_pages_held(fs)
+    assert fs.read("sys/kernel/debug/dnumafs/check") == ""

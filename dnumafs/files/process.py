@@ -4,7 +4,7 @@
   alloc  write "PID NODE PAGES [interleave]": PAGES order-0 pages for PID, preferring NODE
          (ENOMEM, the pages got kept, when the model has no more)
   free   write "PID": free every page PID holds
-  pages  "PID NODE PAGES" per process and node, where the pages are now
+  pages  "nodeN PAGES" for each online node: the pages programs hold there now
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def free_store(p: ProcessPages, buf: bytes) -> None:
 
 
 def pages_show(p: ProcessPages) -> str:
-    return "".join(f"{pid} {nid} {count}\n" for pid, nodes in sorted(p.nodes().items())
-                   for nid, count in sorted(nodes.items()))
+    held = p.node_pages()
+    return "".join(f"node{nid} {held[nid]}\n" for nid in p.m.online_nodes())
 
 
 PROCESS_ATTRS = {"alloc": WO(alloc_store), "free": WO(free_store), "pages": RO(pages_show)}

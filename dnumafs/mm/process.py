@@ -46,7 +46,7 @@ class ProcessPages:
             self.m.free_pages(pfn)
         return len(pfns)
 
-    def nodes(self) -> dict[int, Counter[int]]:
-        """Each process's pages per node, where they are now."""
+    def node_pages(self) -> Counter[int]:
+        """The pages held on each node, where they are now."""
         node = self.m.page_node
-        return {pid: Counter(int(node[p]) for p in pfns) for pid, pfns in self.held.items()}
+        return Counter(int(node[p]) for pfns in self.held.values() for p in pfns)

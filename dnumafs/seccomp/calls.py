@@ -93,8 +93,9 @@ class TaskRecord:
 
 @attrs.define
 class View:
-    """The supervisor's state: the model's facts, the tasks it has seen and their address
-    spaces. Keys are (id, starttime), so a reused pid starts afresh."""
+    """The supervisor's state: the model's facts, the tasks it has seen (by tid, checked
+    against their start time each second, so a reused pid starts afresh) and their address
+    spaces (by tgid, start time and exec)."""
 
     mnt: Path
     listener: abi.Listener
