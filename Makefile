@@ -23,8 +23,8 @@ $(STAMP): setup.cfg pyproject.toml scripts/install-system-deps
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
-# The per-test timeout (pytest-timeout, 120 s) is set in setup.cfg.
-test: setup
+# The per-test timeout (pytest-timeout, 120 s) is set in setup.cfg. Types and style first.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Types (mypy, configured in pyproject.toml) and style (ruff).

@@ -93,7 +93,7 @@ def _positive_int(text: str) -> int:
 def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
     """MachineConfig keyword arguments for the options given (the model has the defaults)."""
     cfg: dict[str, Any] = {}
-    for name in ("nodes", "mem", "cpus", "possible_nodes"):
+    for name in ("nodes", "mem", "cpus", "possible_nodes", "block_size"):
         if getattr(args, name) is not None:
             cfg[name] = getattr(args, name)
     if args.node_mem is not None:
@@ -104,6 +104,12 @@ def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--mem {args.mem} is not the sum of --node-mem "
                            f"({sum(args.node_mem)} bytes)")
         cfg.update(node_mem=args.node_mem, nodes=len(args.node_mem), mem=sum(args.node_mem))
+    if "block_size" in cfg:
+        from dnumafs.mm.memory_hotplug import check_block_size
+        try:
+            check_block_size(cfg["block_size"])
+        except ValueError as e:
+            raise CliError(f"--block-size: {e}") from None
     if "mem" in cfg:
         daemon.check_host_memory(cfg["mem"], max(cfg.get("nodes", 1),
                                                  cfg.get("possible_nodes", 1)))
@@ -181,7 +187,8 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
     """The machine's `dnumafs mount` options, for the daemon."""
     argv = []
     for opt, value in (("--nodes", args.nodes), ("--mem", args.mem), ("--cpus", args.cpus),
-                       ("--possible-nodes", args.possible_nodes), ("--tree", args.tree)):
+                       ("--possible-nodes", args.possible_nodes), ("--tree", args.tree),
+                       ("--block-size", args.block_size)):
         if value is not None:
             argv += [opt, str(value)]
     if args.node_mem is not None:
@@ -288,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cpus", type=_positive_int, help="CPUs, spread over the nodes (default 4)")
     m.add_argument("--possible-nodes", type=_positive_int,
                    help="nodes that may come online (default 8)")
+    m.add_argument("--block-size", type=parse_size, metavar="SIZE",
+                   help="memory block size, a power of two from 4M to 2G (default: the "
+                   "kernel's rule, 128M below 64G of memory)")
     m.add_argument("--foreground", "-f", action="store_true",
                    help="serve in this process until unmounted or interrupted")
     m.add_argument("--allow-other", action="store_true",

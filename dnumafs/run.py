@@ -37,6 +37,7 @@ BIND_DIRS: tuple[str, ...] = (
     "sys/devices/system/memory",
     "sys/bus/node/devices",
     "sys/bus/cpu/devices",
+    "sys/bus/memory/devices",
     "sys/kernel/debug",
 )
 # Directories where the model's entries replace the host's, and the host's other entries,

@@ -107,16 +107,28 @@ def buddyinfo(text: str) -> dict[tuple[int, str], list[int]]:
 
 
 def zoneinfo(text: str) -> dict[tuple[int, str], dict[str, int]]:
-    """{(nid, zone): {"free", "min", ..., "managed", "start_pfn"}} of /proc/zoneinfo."""
+    """{(nid, zone): {"free", "min", ..., "managed", "start_pfn", counters...}} of
+    /proc/zoneinfo: the per-node stats under the first populated zone as "node:NAME", its
+    protection as "protection:J" for each zone type J."""
     out: dict[tuple[int, str], dict[str, int]] = {}
     cur: dict[str, int] = {}
+    prefix = ""
     for line in text.splitlines():
         if m := re.fullmatch(r"Node (\d+), zone +(\S+)", line):
             cur = out[(int(m[1]), m[2])] = {}
+        elif line == "  per-node stats":
+            prefix = "node:"
         elif m := re.fullmatch(r"  pages free +(\d+)", line):
             cur["free"] = int(m[1])
-        elif m := re.fullmatch(r" {8}(min|low|high|spanned|present|managed) +(\d+)", line):
+            prefix = ""
+        elif m := re.fullmatch(r" {8}(boost|min|low|high|promo|spanned|present|managed|cma)"
+                               r" +(\d+)", line):
             cur[m[1]] = int(m[2])
+        elif m := re.fullmatch(r" {8}protection: \((\d+(?:, \d+)*)\)", line):
+            cur.update((f"protection:{j}", int(v)) for j, v in enumerate(m[1].split(", ")))
+        elif m := re.fullmatch(r" {6}(\w+) +(\d+)", line):
+            assert len(m[1]) >= 12 or len(line) == 6 + 12 + 1 + len(m[2]), line
+            cur[prefix + m[1]] = int(m[2])
         elif m := re.fullmatch(r"  start_pfn: +(\d+)", line):
             cur["start_pfn"] = int(m[1])
     return out
@@ -164,7 +176,38 @@ def check_agreement(t, total_kb: int | None = None) -> dict[int, dict[str, int]]
             else:
                 assert (n, name) not in buddy
     assert t.read(f"{NODE}/has_normal_memory") == t.read(f"{NODE}/has_memory")
+    check_sums(t, online, meminfo, proc, zones, vmstat)
     return meminfo
+
+
+def check_sums(t, online: list[int], meminfo: dict[int, dict[str, int]], proc: dict[str, int],
+               zones: dict[tuple[int, str], dict[str, int]], vmstat: dict[str, int]) -> None:
+    """What Linux sums adds up: every key nodeN/meminfo and /proc/meminfo share (Cached is
+    the file pages less swap cache and buffers), every nodeN/vmstat counter, and in zoneinfo
+    each node's per-node stats and the zone counters and NUMA events over its zones."""
+    shared = [k for k in meminfo[online[0]] if k in proc]
+    assert len(shared) > 30, shared
+    for key in shared:
+        assert sum(i[key] for i in meminfo.values()) == proc[key], key
+    assert proc["Cached"] == (sum(i["FilePages"] for i in meminfo.values())
+                              - proc["SwapCached"] - proc["Buffers"])
+    node_vmstat = {n: key_values(t.read(f"{NODE}/node{n}/vmstat")) for n in online}
+    for key in node_vmstat[online[0]]:
+        assert sum(v[key] for v in node_vmstat.values()) == vmstat[key], key
+    for n in online:
+        nz = [z for (nid, _), z in zones.items() if nid == n]
+        per_node = [z for z in nz if any(k.startswith("node:") for k in z)]
+        populated = [z for z in nz if z["present"]]
+        assert len(per_node) == (1 if populated else 0) and per_node[:1] == populated[:1]
+        for key, value in node_vmstat[n].items():
+            in_zones = [z[key] for z in populated if key in z]
+            if in_zones and key.startswith("numa_") and len(populated) < len(nz):
+                # a zone emptied by a commit keeps its events, which zoneinfo no longer shows
+                assert sum(in_zones) <= value, (n, key)
+            elif in_zones:
+                assert sum(in_zones) == value, (n, key)
+            elif per_node:
+                assert per_node[0][f"node:{key}"] == value, (n, key)
 
 
 class Mounted:
@@ -206,3 +249,53 @@ class Mounted:
     def layouts(self) -> list[str]:
         return sorted((n for n in self.ls(ML) if n.startswith("layout.")),
                       key=lambda n: int(n.split(".")[1]))
+
+
+# The nodeN/meminfo keys of what drop_caches does not free, which add up to all that boot
+# allocated and that drop_caches leaves.
+KEPT_BY_DROP_CACHES = ("AnonPages", "Shmem", "SUnreclaim", "PageTables", "KernelStack")
+
+
+# --- this machine's own files, the reference for keys and their order -------------------------
+
+# Keys a kernel prints only with a configuration option; the model's kernel has these
+# options (a distribution's x86-64 configuration), this machine's kernel may lack them: they
+# alone may differ between the two.
+CONFIG_KEYS = {
+    "HardwareCorrupted": "CONFIG_MEMORY_FAILURE",
+    "CmaTotal": "CONFIG_CMA", "CmaFree": "CONFIG_CMA",
+    "cma_alloc_success": "CONFIG_CMA", "cma_alloc_fail": "CONFIG_CMA",
+    "Unaccepted": "CONFIG_UNACCEPTED_MEMORY", "nr_unaccepted": "CONFIG_UNACCEPTED_MEMORY",
+}
+HOST_NODE0 = Path("/sys/devices/system/node/node0")
+
+
+def meminfo_keys(text: str) -> list[str]:
+    """The keys of a /proc/meminfo or nodeN/meminfo, in order, config-dependent ones left out."""
+    keys = [re.sub(r"^Node \d+ ", "", line).split(":")[0] for line in text.splitlines()]
+    return [k for k in keys if k not in CONFIG_KEYS]
+
+
+def vmstat_keys(text: str) -> list[str]:
+    return [k for k in (line.split()[0] for line in text.splitlines()) if k not in CONFIG_KEYS]
+
+
+def zoneinfo_sections(text: str) -> list[tuple[str, list[str]]]:
+    """(zone name, its lines' shapes) of each zone in zoneinfo: each line less its figures,
+    indentation kept; the per-CPU blocks after the first left out, as CPU counts differ."""
+    out: list[tuple[str, list[str]]] = []
+    skipping = False
+    for line in text.splitlines():
+        if m := re.fullmatch(r"Node \d+, zone +(\S+)", line):
+            out.append((m[1], []))
+            skipping = False
+            continue
+        shape = re.sub(r"[\s\d,()]*$", "", line)
+        if shape == "    cpu:" and "    cpu:" in out[-1][1]:
+            skipping = True
+        if shape == "  node_unreclaimable:":
+            skipping = False
+        if not skipping and shape.split()[0] not in CONFIG_KEYS:
+            out[-1][1].append(shape + (f" {line.count(',') + 1}" if "protection" in line
+                                       else ""))
+    return out

@@ -6,20 +6,23 @@ import re
 
 import pytest
 from files_helpers import (
+    HOST_NODE0,
     NODE,
     MiB,
     Tree,
     boot,
     key_values,
+    meminfo_keys,
     node_list,
     node_meminfo,
     proc_meminfo,
+    vmstat_keys,
 )
 
 from dnumafs.mm.constants import HPAGE_ORDER
 
-LINUX_MEMINFO_ORDER = ["MemTotal", "MemFree", "MemUsed", "HugePages_Total", "HugePages_Free",
-                       "HugePages_Surp"]
+needs_host_node = pytest.mark.skipif(not HOST_NODE0.is_dir(),
+                                     reason="this machine has no node0 to compare with")
 
 
 @pytest.fixture
@@ -47,7 +50,7 @@ def test_node_dirs_only_for_online_nodes(t):
 
 def test_node_dir_contents(t):
     assert t.ls(f"{NODE}/node0") == ["meminfo", "numastat", "vmstat", "distance", "cpumap",
-                                     "cpulist", "hugepages", "cpu0", "cpu1"]
+                                     "cpulist", "hugepages", "cpu0", "cpu1", "memory0"]
     assert t.readlink(f"{NODE}/node1/cpu3") == "../../cpu/cpu3"
     assert t.node(f"{NODE}/node1/cpu0") is None
     assert t.ls(f"{NODE}/node0/hugepages") == ["hugepages-2048kB"]
@@ -68,10 +71,23 @@ def test_meminfo_format_is_linux(t):
     assert re.fullmatch(r"Node 0 MemTotal: {7}[ \d]{8} kB", lines[0])
     assert re.fullmatch(r"Node 0 MemFree: {8}[ \d]{8} kB", lines[1])
     assert re.fullmatch(r"Node 0 MemUsed: {8}[ \d]{8} kB", lines[2])
-    assert re.fullmatch(r"Node 0 HugePages_Total: [ \d]{5}", lines[3])
-    assert re.fullmatch(r"Node 0 HugePages_Free:  [ \d]{5}", lines[4])
-    assert re.fullmatch(r"Node 0 HugePages_Surp:  [ \d]{5}", lines[5])
-    assert list(node_meminfo(text)) == LINUX_MEMINFO_ORDER
+    assert re.fullmatch(r"Node 0 Inactive\(file\): [ \d]{8} kB", lines[9])
+    for line in lines[:-3]:
+        assert re.fullmatch(r"Node 0 [\w()]+: +[ \d]{8} kB", line) and len(line) == 7 + 27, line
+    assert re.fullmatch(r"Node 0 HugePages_Total: [ \d]{5}", lines[-3])
+    assert re.fullmatch(r"Node 0 HugePages_Free:  [ \d]{5}", lines[-2])
+    assert re.fullmatch(r"Node 0 HugePages_Surp:  [ \d]{5}", lines[-1])
+    assert len(node_meminfo(text)) == len(lines)
+
+
+@needs_host_node
+def test_meminfo_and_vmstat_keys_are_this_machines(t):
+    """nodeN/meminfo and nodeN/vmstat carry every key this machine's kernel prints, in its
+    order (files_helpers.CONFIG_KEYS lists the only ones that may differ, and why)."""
+    assert meminfo_keys(t.read(f"{NODE}/node1/meminfo")) == meminfo_keys(
+        (HOST_NODE0 / "meminfo").read_text())
+    assert vmstat_keys(t.read(f"{NODE}/node1/vmstat")) == vmstat_keys(
+        (HOST_NODE0 / "vmstat").read_text())
 
 
 def test_meminfo_figures(t):
@@ -106,13 +122,18 @@ def test_numastat(t):
 
 def test_vmstat(t):
     stat = key_values(t.read(f"{NODE}/node1/vmstat"))
-    assert list(stat) == ["nr_free_pages", "numa_hit", "numa_miss", "numa_foreign",
-                          "numa_interleave", "numa_local", "numa_other", "nr_hugetlb"]
+    names = list(stat)
+    assert names[:2] == ["nr_free_pages", "nr_free_pages_blocks"]
+    assert names[names.index("numa_hit"):names.index("numa_other") + 1] == [
+        "numa_hit", "numa_miss", "numa_foreign", "numa_interleave", "numa_local", "numa_other"]
     pgdat = t.m.pgdat[1]
     assert stat["nr_free_pages"] == pgdat.free_pages
     assert stat["numa_hit"] == pgdat.numastat["numa_hit"]
     assert stat["numa_local"] == pgdat.numastat["local_node"]
     assert stat["nr_hugetlb"] == 0
+    assert stat["nr_zone_inactive_file"] == stat["nr_inactive_file"] > 0
+    assert stat["nr_kernel_stack"] % 16 == 0, "kernel stacks are 16 kB each"
+    assert stat["nr_swapcached"] == stat["nr_dirty"] == stat["workingset_nodes"] == 0
 
 
 def test_distance_cpumap_cpulist(t):
@@ -138,7 +159,7 @@ def test_node_without_cpus():
     assert t.read(f"{NODE}/node2/cpumap") == "0\n"
     assert t.read(f"{NODE}/node2/cpulist") == "\n"
     assert t.read(f"{NODE}/node1/distance") == "20 10 20\n"
-    assert t.ls(f"{NODE}/node2")[-1] == "hugepages"
+    assert not [n for n in t.ls(f"{NODE}/node2") if re.fullmatch(r"cpu\d+", n)]
 
 
 HP = NODE + "/node{}/hugepages/hugepages-2048kB"
@@ -221,4 +242,5 @@ def test_new_node_appears(t):
     assert t.read(f"{NODE}/node3/distance") == "20 20 10\n"
     assert t.read(f"{NODE}/node0/distance") == "10 20 20\n"
     assert t.read(f"{NODE}/node3/cpulist") == "\n"
-    assert t.ls(f"{NODE}/node3")[-1] == "hugepages"     # no cpuK links
+    # no cpuK links
+    assert not [n for n in t.ls(f"{NODE}/node3") if re.fullmatch(r"cpu\d+", n)]

@@ -8,6 +8,7 @@ import re
 import pytest
 from files_helpers import (
     CPU,
+    KEPT_BY_DROP_CACHES,
     ML,
     NODE,
     MiB,
@@ -16,15 +17,20 @@ from files_helpers import (
     buddyinfo,
     check_agreement,
     key_values,
+    meminfo_keys,
     node_list,
     node_meminfo,
     proc_meminfo,
+    vmstat_keys,
     zoneinfo,
+    zoneinfo_sections,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnumafs.mm.constants import HPAGE_ORDER, MAX_ORDER, ZoneType
+from dnumafs.mm.kinds import Kind
+from dnumafs.mm.zone import lowmem_reserve
 
 
 @pytest.fixture
@@ -35,31 +41,133 @@ def t():
 def test_proc_meminfo_format(t):
     text = t.read("/proc/meminfo")
     lines = text.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
-        "MemTotal", "MemFree", "MemAvailable", "HugePages_Total", "HugePages_Free",
-        "HugePages_Rsvd", "HugePages_Surp", "Hugepagesize", "Hugetlb"]
-    for line in lines[:3] + lines[7:]:
-        assert re.fullmatch(r"[\w()]+: +\d+ kB", line) and len(line) == 16 + 8 + 3, line
-    for line in lines[3:7]:
-        assert re.fullmatch(r"HugePages_\w+: +\d+", line) and len(line) == 19 + 5, line
+    keys = [line.split(":")[0] for line in lines]
+    assert keys[:5] == ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached"]
+    assert keys[-9:] == ["HugePages_Total", "HugePages_Free", "HugePages_Rsvd",
+                         "HugePages_Surp", "Hugepagesize", "Hugetlb", "DirectMap4k",
+                         "DirectMap2M", "DirectMap1G"]
+    for line in lines:
+        if line.startswith("HugePages_"):
+            assert re.fullmatch(r"HugePages_\w+: +\d+", line) and len(line) == 19 + 5, line
+        elif line.startswith("HardwareCorrupted"):
+            assert line == "HardwareCorrupted:     0 kB"
+        else:
+            assert re.fullmatch(r"[\w()]+: +\d+ kB", line), line
+            assert len(line) == 16 + 8 + 3 or line.startswith("VmallocTotal"), line
     info = proc_meminfo(text)
     assert info["Hugepagesize"] == 2048
     assert info["MemTotal"] == t.m.total_managed_pages() * 4
     assert info["MemFree"] == t.m.total_free_pages() * 4
+    # the model has no swap, zswap, CMA, vmalloc, poisoned pages or block devices
+    for key in ("SwapTotal", "SwapFree", "Zswap", "Zswapped", "CmaTotal", "CmaFree",
+                "HardwareCorrupted", "Buffers", "VmallocUsed", "Percpu", "Bounce"):
+        assert info[key] == 0, key
+    assert info["DirectMap4k"] + info["DirectMap2M"] + info["DirectMap1G"] == 64 * 1024
+    assert info["CommitLimit"] == info["MemTotal"] // 2
+
+
+def test_proc_keys_are_this_machines(t):
+    """/proc/meminfo, /proc/vmstat and /proc/zoneinfo carry every key this machine's kernel
+    prints, in its order and shape (files_helpers.CONFIG_KEYS lists the only keys that may
+    differ, and why): per zone, the same lines for the first populated zone (with the
+    per-node stats), any other populated one (counters, NUMA events, per-CPU lists), and the
+    empty Movable and Device zones."""
+    with open("/proc/meminfo") as f:
+        assert meminfo_keys(t.read("/proc/meminfo")) == meminfo_keys(f.read())
+    with open("/proc/vmstat") as f:
+        assert vmstat_keys(t.read("/proc/vmstat")) == vmstat_keys(f.read())
+    with open("/proc/zoneinfo") as f:
+        host = zoneinfo_sections(f.read())
+    mine = zoneinfo_sections(t.read("/proc/zoneinfo"))
+    host_names = [name for name, _ in host]
+    assert [name for name, _ in mine] == host_names[:len(ZONE_INDEX)] * 2
+
+    def shape(sections, per_node: bool, populated: bool, name: str | None = None):
+        return next(lines for n, lines in sections
+                    if (name is None or n == name)
+                    and ("  per-node stats" in lines) == per_node
+                    and ("  start_pfn:" in lines) == populated)
+
+    assert shape(mine, True, True) == shape(host, True, True)
+    host_other = [lines for _, lines in host if "  start_pfn:" in lines
+                  and "  per-node stats" not in lines]
+    if host_other:
+        assert shape(mine, False, True) == host_other[0]
+    for name in ("Movable", "Device"):
+        assert shape(mine, False, False, name) == shape(host, False, False, name)
+
+
+def kind_kb(m, nid, kind):
+    return m.kind_pages(nid)[kind] * 4
+
+
+def test_meminfo_figures_are_the_kinds_counts(t):
+    """Every LRU, slab, page-table and kernel-stack figure is the model's count of the pages
+    allocated of that kind, on each node and in all; boot gives every node some of each."""
+    total = proc_meminfo(t.read("/proc/meminfo"))
+    assert total["Cached"] > 0 and total["SReclaimable"] > 0 and total["AnonPages"] > 0
+    for nid in (0, 1):
+        info = node_meminfo(t.read(f"{NODE}/node{nid}/meminfo"))
+        m = t.m
+        assert info["Active(file)"] == kind_kb(m, nid, Kind.ACTIVE_FILE)
+        assert info["Inactive(file)"] == kind_kb(m, nid, Kind.INACTIVE_FILE)
+        assert info["Active(anon)"] == kind_kb(m, nid, Kind.ACTIVE_ANON)
+        assert info["Inactive(anon)"] == (kind_kb(m, nid, Kind.INACTIVE_ANON)
+                                          + kind_kb(m, nid, Kind.SHMEM))
+        assert info["AnonPages"] == (kind_kb(m, nid, Kind.ACTIVE_ANON)
+                                     + kind_kb(m, nid, Kind.INACTIVE_ANON))
+        assert info["Shmem"] == kind_kb(m, nid, Kind.SHMEM)
+        assert info["FilePages"] == (info["Active(file)"] + info["Inactive(file)"]
+                                     + info["Shmem"])
+        assert info["SReclaimable"] == kind_kb(m, nid, Kind.SLAB_RECLAIMABLE)
+        assert info["SUnreclaim"] == kind_kb(m, nid, Kind.SLAB_UNRECLAIMABLE)
+        assert info["Slab"] == info["SReclaimable"] + info["SUnreclaim"]
+        assert info["KReclaimable"] == info["SReclaimable"]
+        assert info["PageTables"] == kind_kb(m, nid, Kind.PAGETABLE)
+        assert info["KernelStack"] == kind_kb(m, nid, Kind.KERNEL_STACK)
+        assert info["Active"] == info["Active(anon)"] + info["Active(file)"]
+        assert info["Inactive"] == info["Inactive(anon)"] + info["Inactive(file)"]
+        vm = key_values(t.read(f"{NODE}/node{nid}/vmstat"))
+        assert vm["nr_kernel_stack"] == info["KernelStack"]        # kB in both
+        assert vm["nr_file_pages"] * 4 == info["FilePages"]
+        assert info["FilePages"] > 0
+    check_agreement(t)
+    assert t.m.check() == []
+
+
+def mem_available_from_files(t) -> int:
+    """si_mem_available() from zoneinfo and vmstat alone, in kB."""
+    zones = zoneinfo(t.read("/proc/zoneinfo"))
+    vm = key_values(t.read("/proc/vmstat"))
+    reserve = sum(min(max(v for k, v in z.items() if k.startswith("protection:")
+                          and int(k.split(":")[1]) >= ZONE_INDEX[name]) + z["high"],
+                      z["managed"])
+                  for (_, name), z in zones.items())
+    wmark_low = sum(z["low"] for z in zones.values())
+    available = vm["nr_free_pages"] - reserve
+    cache = vm["nr_active_file"] + vm["nr_inactive_file"]
+    slab = vm["nr_slab_reclaimable"] + vm["nr_kernel_misc_reclaimable"]
+    available += cache - min(cache // 2, wmark_low) + slab - min(slab // 2, wmark_low)
+    return max(0, available) * 4
+
+
+ZONE_INDEX = {"DMA": 0, "DMA32": 1, "Normal": 2, "Movable": 3, "Device": 4}
 
 
 def test_mem_available(t):
-    """si_mem_available() without page cache: free pages above the zones' high watermarks."""
+    """si_mem_available(): free pages above the zones' reserves (lowmem_reserve and high
+    watermark), plus the page cache and reclaimable slab less what must stay."""
     info = proc_meminfo(t.read("/proc/meminfo"))
+    assert info["MemAvailable"] == mem_available_from_files(t)
+    assert 0 < info["MemAvailable"] < info["MemFree"] + info["Cached"] + info["SReclaimable"]
     zones = zoneinfo(t.read("/proc/zoneinfo"))
-    reserve = sum(min(z["high"], z["managed"]) for z in zones.values())
-    assert info["MemAvailable"] == info["MemFree"] - reserve * 4
-    assert 0 < info["MemAvailable"] < info["MemFree"]
-    # a machine whose memory is all in hugepages has nothing available, never less than 0
+    assert zones[(0, "DMA")]["protection:1"] > 0, "DMA keeps a reserve from DMA32 users"
+    # a machine whose memory is all in hugepages has little available, never less than 0
+    t.write("/proc/sys/vm/drop_caches", "3")
     for nid in (0, 1):
         t.write(f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages", "100000")
     info = proc_meminfo(t.read("/proc/meminfo"))
-    assert info["MemAvailable"] == max(0, info["MemFree"] - reserve * 4)
+    assert info["MemAvailable"] == mem_available_from_files(t) < info["MemFree"]
     assert info["Hugetlb"] == info["HugePages_Total"] * 2048 > 0
     assert info["HugePages_Free"] == info["HugePages_Total"]
     assert info["HugePages_Rsvd"] == info["HugePages_Surp"] == 0
@@ -79,53 +187,83 @@ def test_buddyinfo(t):
 
 def test_zoneinfo(t):
     zones = zoneinfo(t.read("/proc/zoneinfo"))
-    # every zone of every online node, populated or not
-    assert list(zones) == [(n, z) for n in (0, 1) for z in ("DMA", "DMA32", "Normal")]
+    # every zone of every online node, populated or not, Movable and Device included
+    assert list(zones) == [(n, z) for n in (0, 1) for z in ZONE_INDEX]
     for (nid, name), z in zones.items():
+        assert [z[f"protection:{j}"] for j in range(5)] == (
+            lowmem_reserve(t.m.pgdat[nid], ZONE_INDEX[name]))
+        if ZONE_INDEX[name] >= len(ZoneType):
+            mark = 32 if name == "Movable" else 0
+            assert (z["free"], z["min"], z["low"], z["high"], z["promo"], z["managed"]) == (
+                0, mark, mark, mark, mark, 0)
+            assert "start_pfn" not in z and "nr_free_pages" not in z
+            continue
         zone = next(zz for zz in t.m.pgdat[nid].zones.values() if zz.name == name)
         wm = t.m.watermarks(zone)
-        assert (z["free"], z["min"], z["low"], z["high"]) == (
-            zone.free_pages, wm.min, wm.low, wm.high)
+        assert (z["free"], z["min"], z["low"], z["high"], z["promo"]) == (
+            zone.free_pages, wm.min, wm.low, wm.high, wm.promo)
+        assert wm.high - wm.low == wm.promo - wm.high == wm.low - wm.min
         assert (z["spanned"], z["present"], z["managed"]) == (
             zone.spanned_pages, zone.present_pages, zone.managed_pages)
         if zone.populated:
             assert z["start_pfn"] == zone.zone_start_pfn
+            assert z["nr_free_pages"] == zone.free_pages
+            assert z["nr_zone_active_file"] == t.m.kind_pages(nid, zone.type)[Kind.ACTIVE_FILE]
+            assert z["numa_hit"] == zone.numastat["numa_hit"]
         else:
             assert "start_pfn" not in z and z["present"] == 0
     assert zones[(1, "DMA32")]["start_pfn"] == 0x2000
+    # DMA keeps 1/256 of DMA32's managed pages from allocations that could use DMA32
+    dma32 = t.m.pgdat[0].zones[ZoneType.DMA32].managed_pages
+    assert zones[(0, "DMA")]["protection:1"] == dma32 // 256
+    check_agreement(t)
 
 
 def test_zoneinfo_text(t):
     text = t.read("/proc/zoneinfo")
-    head = text.split("\n  pagesets")[0].splitlines()
-    assert head == [
-        "Node 0, zone      DMA",
-        "  per-node stats",
-        "      nr_hugetlb   0",
-        f"  pages free     {t.m.pgdat[0].zones[0].free_pages}",
-        *[f"        {k:<8} {v}" for k, v in zip(
-            ("min", "low", "high"), (lambda w: (w.min, w.low, w.high))(
-                t.m.watermarks(t.m.pgdat[0].zones[0])))],
-        f"        spanned  {t.m.pgdat[0].zones[0].spanned_pages}",
-        f"        present  {t.m.pgdat[0].zones[0].present_pages}",
-        f"        managed  {t.m.pgdat[0].zones[0].managed_pages}",
-        f"      nr_free_pages {t.m.pgdat[0].zones[0].free_pages}",
+    head = text.split("\n  pages free")[0].splitlines()
+    assert head[:3] == ["Node 0, zone      DMA", "  per-node stats", "      nr_inactive_anon "
+                        f"{t.m.kind_pages(0)[Kind.INACTIVE_ANON] + t.m.kind_pages(0)[Kind.SHMEM]}"]
+    assert "      nr_mapped    0" in head and "      nr_hugetlb   0" in head
+    zone = t.m.pgdat[0].zones[0]
+    w = t.m.watermarks(zone)
+    body = text.split("\n  pagesets")[0].split("  pages free")[1].splitlines()
+    assert body[:11] == [
+        f"     {zone.free_pages}",
+        "        boost    0",
+        f"        min      {w.min}",
+        f"        low      {w.low}",
+        f"        high     {w.high}",
+        f"        promo    {w.promo}",
+        f"        spanned  {zone.spanned_pages}",
+        f"        present  {zone.present_pages}",
+        f"        managed  {zone.managed_pages}",
+        "        cma      0",
+        "        protection: (0, {0}, {0}, {0}, {0})".format(
+            t.m.pgdat[0].zones[1].managed_pages // 256),
     ]
+    assert body[11] == f"      nr_free_pages {zone.free_pages}"
     assert "    cpu: 3\n              count:    " in text
-    assert text.endswith("\n")
+    assert "  vm stats threshold: " in text and "\n  node_unreclaimable:  0\n" in text
+    assert "Node 1, zone   Device\n  pages free     0\n" in text
+    assert text.endswith("        protection: (0, 0, 0, 0, 0)\n")
 
 
 def test_proc_vmstat(t):
     stat = key_values(t.read("/proc/vmstat"))
-    assert list(stat) == ["nr_free_pages", "numa_hit", "numa_miss", "numa_foreign",
-                          "numa_interleave", "numa_local", "numa_other", "nr_hugetlb",
-                          "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree",
-                          "drop_pagecache", "drop_slab",
-                          "htlb_buddy_alloc_success", "htlb_buddy_alloc_fail"]
+    names = list(stat)
+    assert names[:3] == ["nr_free_pages", "nr_free_pages_blocks", "nr_zone_inactive_anon"]
+    assert names.index("numa_hit") < names.index("nr_inactive_anon") < names.index(
+        "nr_dirty_threshold") < names.index("pgpgin") < names.index("pgfree")
+    assert names[-1] == "nr_unstable"
     nodes = [key_values(t.read(f"{NODE}/node{n}/vmstat")) for n in (0, 1)]
+    assert list(nodes[0]) == names[:names.index("nr_dirty_threshold")]
     for name in nodes[0]:
         assert stat[name] == nodes[0][name] + nodes[1][name], name
     assert stat["pgalloc_dma32"] == t.m.pgalloc(ZoneType.DMA32) > 0
+    assert stat["pgalloc_movable"] == stat["pgalloc_device"] == stat["pswpin"] == 0
+    assert 0 < stat["nr_dirty_background_threshold"] < stat["nr_dirty_threshold"]
+    assert stat["nr_memmap_boot_pages"] == 64 * MiB // 4096 * 64 // 4096
     freed = t.m.free_boot_allocations(limit=100)
     assert key_values(t.read("/proc/vmstat"))["pgfree"] == stat["pgfree"] + freed
     got = t.m.set_nr_hugepages(0, 1 << 20)      # more than fits: the last try fails
@@ -134,27 +272,68 @@ def test_proc_vmstat(t):
     assert after["htlb_buddy_alloc_fail"] == stat["htlb_buddy_alloc_fail"] + 1
 
 
-def test_drop_caches_frees_the_boot_allocations(t):
-    held = sum(1 << o for _, o in t.m.boot_allocations)
-    free = t.m.total_free_pages()
-    on_pcp = sum(z.pcp_pages for p in t.m.pgdat.values() for z in p.zones.values())
+def test_drop_caches_frees_page_cache_then_reclaimable_slab(t):
+    """1 frees the file LRU, 2 the reclaimable slab; anonymous memory, shmem, unreclaimable
+    slab, page tables and kernel stacks stay; MemFree grows by what was freed."""
+    def meminfo():
+        return {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in (0, 1)}
+
+    STAY = (*KEPT_BY_DROP_CACHES, "Active(anon)")
+    t.m.drain_pcp()
+    before = meminfo()
+    free = proc_meminfo(t.read("/proc/meminfo"))["MemFree"]
     # proc_dointvec_minmax: no `+`, nothing but whitespace around, 1..4
     for bad in (b"0", b"5", b"x", b"", b"-1", b"+3", b"3 4", b"3x", b"0x10", b" \n",
                 b"1" * 21, b"3\0"):
         assert t.write("/proc/sys/vm/drop_caches", bad) == errno.EINVAL, bad
-    assert t.m.boot_allocations and t.m.total_free_pages() == free
     assert t.write("/proc/sys/vm/drop_caches", b"4") is None     # only silences the message
-    assert sum(1 << o for _, o in t.m.boot_allocations) == held
-    assert t.read("/proc/vmstat").count("drop_pagecache 0\n") == 1
-    assert t.write("/proc/sys/vm/drop_caches", b" \t0x3 \n") is None   # base 0, spaces around
-    assert t.m.boot_allocations == []
+    assert meminfo() == before and t.read("/proc/vmstat").count("drop_pagecache 0\n") == 1
+    assert t.write("/proc/sys/vm/drop_caches", b" \t0x1 \n") is None   # base 0, spaces around
+    after = meminfo()
+    for n in (0, 1):
+        assert after[n]["Active(file)"] == after[n]["Inactive(file)"] == 0
+        assert after[n]["FilePages"] == after[n]["Shmem"]
+        assert after[n]["SReclaimable"] == before[n]["SReclaimable"]
+        assert all(after[n][k] == before[n][k] for k in STAY)
+    t.m.drain_pcp()
+    dropped = sum(before[n]["Active(file)"] + before[n]["Inactive(file)"] for n in (0, 1))
+    assert proc_meminfo(t.read("/proc/meminfo"))["MemFree"] == free + dropped > free
+    assert t.write("/proc/sys/vm/drop_caches", b"02") is None            # octal 2: slab only
+    after = meminfo()
+    for n in (0, 1):
+        assert after[n]["SReclaimable"] == after[n]["KReclaimable"] == 0
+        assert all(after[n][k] == before[n][k] for k in STAY)
+        assert after[n]["SUnreclaim"] > 0 or after[n]["PageTables"] > 0
     vmstat = key_values(t.read("/proc/vmstat"))
     assert (vmstat["drop_pagecache"], vmstat["drop_slab"]) == (1, 1)
-    assert t.write("/proc/sys/vm/drop_caches", b"02") is None            # octal 2: slab only
-    vmstat = key_values(t.read("/proc/vmstat"))
-    assert (vmstat["drop_pagecache"], vmstat["drop_slab"]) == (1, 2)
+    check_agreement(t)
+    assert t.m.check() == []
+
+
+def test_kinds_stay_on_their_node_until_freed_then_the_pages_move():
+    """A commit moves node 0's memory to node 1: its allocated pages cannot change node, so
+    their counts stay on node 0; drop_caches frees the page cache, which is transplanted to
+    node 1 as free memory, while node 0 keeps counting what stays allocated."""
+    t = Tree(boot())
+    before = {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in (0, 1)}
+    t.add_range(0, 0x1fff, 1)
+    assert t.write(f"{ML}/commit", "1") is None
+    moved = {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in (0, 1)}
+    for key in ("Active(file)", "Inactive(file)", "AnonPages", "Slab", "KernelStack"):
+        assert moved[0][key] == before[0][key], key
+    assert moved[0]["MemFree"] == 0 < moved[1]["MemFree"]
+    cache0 = before[0]["Active(file)"] + before[0]["Inactive(file)"]
+    assert cache0 > 0
+    assert t.write("/proc/sys/vm/drop_caches", "1") is None
     t.m.drain_pcp()
-    assert t.m.total_free_pages() == free + on_pcp + held
+    after = {n: node_meminfo(t.read(f"{NODE}/node{n}/meminfo")) for n in (0, 1)}
+    assert after[0]["Active(file)"] == after[0]["Inactive(file)"] == 0
+    assert after[0]["AnonPages"] == before[0]["AnonPages"] > 0
+    assert after[0]["MemTotal"] == moved[0]["MemTotal"] - cache0
+    assert after[1]["MemFree"] - moved[1]["MemFree"] >= cache0
+    assert int(t.read(f"{ML}/stats/transplant-on-free")) >= cache0 // 4
+    check_agreement(t)
+    assert t.m.check() == []
 
 
 def test_cpu_lists_and_links(t):
@@ -266,7 +445,8 @@ OPS = st.one_of(
     st.tuples(st.just("commit")),
     st.tuples(st.just("clear")),
     st.tuples(st.just("free"), st.integers(1, 512)),
-    st.tuples(st.just("alloc"), st.integers(0, 9), st.integers(0, 3)),
+    st.tuples(st.just("alloc"), st.integers(0, 9), st.integers(0, 3), st.sampled_from(Kind)),
+    st.tuples(st.just("drop_caches"), st.integers(1, 3)),
     st.tuples(st.just("hugepages"), st.integers(0, 3), st.integers(0, 4)),
 )
 
@@ -287,7 +467,9 @@ def test_files_agree_after_any_operations(ops):
         elif op[0] == "free":
             t.m.free_boot_allocations(limit=op[1])
         elif op[0] == "alloc":
-            t.m.alloc_pages(op[1], cpu=op[2])
+            t.m.alloc_pages(op[1], cpu=op[2], kind=op[3])
+        elif op[0] == "drop_caches":
+            assert t.write("/proc/sys/vm/drop_caches", str(op[1])) is None
         elif op[0] == "hugepages":
             _, nid, n = op
             path = f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages"

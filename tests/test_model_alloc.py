@@ -22,12 +22,12 @@ from dnumafs.mm import ZoneType
 from dnumafs.mm.constants import (
     HPAGE_ORDER,
     MAX_ORDER,
-    PAGE_ALLOC_COSTLY_ORDER,
     PG_HEAD,
     PG_HUGETLB,
     PG_PCP,
     PG_RESERVED,
 )
+from dnumafs.mm.kinds import Kind
 
 DMA, DMA32 = ZoneType.DMA, ZoneType.DMA32
 
@@ -426,27 +426,61 @@ def test_pgfree_counts_the_pages_boot_frees_into_the_buddy_allocator():
 # ---------------------------------------------------------------- drop_caches
 
 def test_drop_caches_frees_page_cache_and_slab_apart():
-    """Boot allocations up to PAGE_ALLOC_COSTLY_ORDER stand for slab, larger ones for page
-    cache: 1 frees the page cache, 2 the slab, each counting its event once."""
+    """1 frees the file LRU's page cache, 2 the reclaimable slab, each counting its event
+    once; anonymous memory, shmem, unreclaimable slab, page tables and kernel stacks stay."""
     m = boot(nodes=2, mem=64 * MiB, boot_alloc_percent=20.0)
+    kind_of = {p: Kind(m.kinds.kind[p]) for p, _ in m.boot_allocations}
     held = dict(m.boot_allocations)
-    slab = {p: o for p, o in held.items() if o <= PAGE_ALLOC_COSTLY_ORDER}
-    cache = {p: o for p, o in held.items() if o > PAGE_ALLOC_COSTLY_ORDER}
-    assert slab and cache
+    assert {Kind.INACTIVE_FILE, Kind.SLAB_RECLAIMABLE, Kind.SLAB_UNRECLAIMABLE,
+            Kind.INACTIVE_ANON} <= set(kind_of.values()) and Kind.NONE not in kind_of.values()
     free = m.total_free_pages() + sum(len(lst) for pg in m.pgdat.values()
                                       for z in pg.zones.values() for lst in z.pcp.values())
+
+    def left(dropped):
+        return {p: o for p, o in held.items() if kind_of[p] not in dropped}
+
     m.drop_caches(1)
-    assert dict(m.boot_allocations) == slab
+    dropped = {Kind.ACTIVE_FILE, Kind.INACTIVE_FILE}
+    assert dict(m.boot_allocations) == left(dropped)
     assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (1, 0)
+    assert all(m.kind_pages(n)[k] == 0 for n in (0, 1) for k in dropped)
     m.drop_caches(2)
-    assert m.boot_allocations == []
+    dropped.add(Kind.SLAB_RECLAIMABLE)
+    assert dict(m.boot_allocations) == left(dropped)
     assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (1, 1)
+    kept = {k: sum(m.kind_pages(n)[k] for n in (0, 1)) for k in set(Kind) - dropped}
+    assert kept == {k: sum(1 << held[p] for p in held if kind_of[p] == k) for k in kept}
+    assert kept[Kind.SLAB_UNRECLAIMABLE] and kept[Kind.INACTIVE_ANON]
     m.drain_pcp()
-    assert m.total_free_pages() == free + sum(1 << o for o in held.values())
+    assert m.total_free_pages() == free + sum(o for p, o in
+                                              ((p, 1 << o) for p, o in held.items())
+                                              if kind_of[p] in dropped)
     m.drop_caches(3)                        # nothing left to free: still two events
     m.drop_caches(4)                        # only silences Linux's message
     assert (m.vm_events["drop_pagecache"], m.vm_events["drop_slab"]) == (2, 2)
+    assert dict(m.boot_allocations) == left(dropped)
     assert_model_ok(m, tracked={})
+
+
+def test_kinds_are_counted_where_allocated_and_uncounted_when_freed():
+    """An allocation of a kind counts on its node and zone until freed; a marked page keeps
+    counting on its old node (an allocated page never changes node) until its free
+    transplants it; the checker finds a count that disagrees with the blocks."""
+    m = boot(nodes=2, mem=64 * MiB, boot_alloc_percent=0.0)
+    assert all(m.kind_pages(n) == [0] * len(Kind) for n in (0, 1))
+    pfn = m.alloc_pages(3, nid=1, kind=Kind.SHMEM)
+    assert pfn is not None and m.page_node[pfn] == 1
+    assert m.kind_pages(1)[Kind.SHMEM] == 8 == m.kind_pages(1, int(ZoneType.DMA32))[Kind.SHMEM]
+    m.memlayout_add_range(0, m.max_pfn - 1, 0)
+    m.memlayout_commit()
+    assert m.kind_pages(1)[Kind.SHMEM] == 8 and m.check() == []
+    m.free_pages(pfn)
+    assert m.page_node[pfn] == 0 and m.kind_pages(1)[Kind.SHMEM] == 0
+    assert m.kind_pages(0)[Kind.SHMEM] == 0
+    assert m.check() == []
+    pfn = m.alloc_pages(0, nid=0, kind=Kind.PAGETABLE)
+    m.kinds.counts[0][ZoneType.DMA32][Kind.PAGETABLE] += 1
+    assert any("PAGETABLE" in e for e in m.check())
 
 
 @pytest.mark.parametrize("mode", [0, 5, -1, 8])

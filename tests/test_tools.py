@@ -19,7 +19,16 @@ from pathlib import Path
 
 import attrs
 import pytest
-from files_helpers import ML, NODE, Mounted, key_values, node_list, node_meminfo, proc_meminfo
+from files_helpers import (
+    KEPT_BY_DROP_CACHES,
+    ML,
+    NODE,
+    Mounted,
+    key_values,
+    node_list,
+    node_meminfo,
+    proc_meminfo,
+)
 
 from dnumafs import run as dnuma_run
 
@@ -161,10 +170,13 @@ def check_numastat_m(text: str, model: dict[int, NodeFigures]) -> None:
     """numastat -m: every nodeN/meminfo key, in MB (hugepages counted at 2 MB each)."""
     table = numastat_table(text)
     keys = list(next(iter(model.values())).meminfo)
-    assert list(table) == keys, text       # numastat prints noise for keys Linux lacks
+    # numastat prints noise for keys Linux lacks, and leaves out, saying so, the keys of newer
+    # kernels it does not know (numactl 2.0.16: SwapCached, SecPageTables, FileHugePages...)
+    unknown = re.findall(r"^Token (\S+) not in hash table\.$", text, re.M)
+    assert set(unknown) <= set(keys) and sorted(table) == sorted(set(keys) - set(unknown)), text
     check_numastat_mb(table, {
         n: {k: v * HPAGE_MB if k.startswith("HugePages_") else v / 1024
-            for k, v in fig.meminfo.items()}
+            for k, v in fig.meminfo.items() if k in table}
         for n, fig in model.items()})
 
 
@@ -261,12 +273,15 @@ def test_tools_through_stripe_all_to_and_transplant(fs, run_dnumafs):
     assert all(moved[n].meminfo["MemFree"] == 0 for n in (0, 1, 2))
     assert moved[1].meminfo["MemTotal"] >= 4 * HPAGE_MB * 1024
 
-    # the pool is freed and the caches dropped: every page but the reserved ones lands on 3
+    # the pool is freed and the caches dropped: every page but the reserved ones and what
+    # drop_caches does not free (anonymous memory, unreclaimable slab...) lands on 3
     assert fs.write(HP.format(1), "0") is None
     assert fs.write("/proc/sys/vm/drop_caches", "3") is None
     freed = check_tools(fs, 4)
     total = proc_meminfo(fs.read("/proc/meminfo"))["MemTotal"]
-    assert freed[3].meminfo["MemTotal"] == total > moved[3].meminfo["MemTotal"]
+    kept = {n: sum(freed[n].meminfo[k] for k in KEPT_BY_DROP_CACHES) for n in (0, 1, 2)}
+    assert all(freed[n].meminfo["MemTotal"] == kept[n] for n in kept)
+    assert freed[3].meminfo["MemTotal"] == total - sum(kept.values()) > moved[3].meminfo["MemTotal"]
     assert int(fs.read(f"{ML}/stats/transplant-on-free")) > 0
 
 

@@ -24,6 +24,7 @@ from dnumafs import daemon
 from dnumafs.client import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
 from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 
+from .blocks import bench_blocks
 from .report import SEED_MINUTES, Row, median_range
 from .syscalls import bench_syscalls
 
@@ -533,6 +534,7 @@ def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:
             lambda: bench_numactl(mounts, notes),
             lambda: bench_syscalls(mounts, notes),
             lambda: bench_transplant_files(mounts),
+            lambda: bench_blocks(mounts, notes),
         ]
         for step in steps:
             rows += step()

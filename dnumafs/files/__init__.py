@@ -7,6 +7,7 @@ One module per area, each a set of small show/store functions over the model:
   cpu        sys/devices/system/cpu/
   cache      sys/devices/system/cpu/cpuK/cache/
   bus        sys/bus/
+  memory     sys/devices/system/memory/, sys/bus/memory/, nodeN/memoryM
   proc       proc/
   proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
@@ -24,6 +25,7 @@ from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
 from .memlayout import memlayout_dir, module_dir
+from .memory import memory_bus_dir, memory_root
 from .node import node_root
 from .proc import proc_dir
 from .proc_cpu import proc_cpu_dir
@@ -43,7 +45,8 @@ def build_root(machine: Machine) -> Dir:
         "sys/module/memlayout_debugfs": module_dir(machine),
         "sys/devices/system/node": node_root(machine),
         "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),
-        "sys/bus": bus_dir(machine),
+        "sys/devices/system/memory": memory_root(machine),
+        "sys/bus": union(bus_dir(machine), memory_bus_dir(machine)),
         "proc": union(proc_dir(machine), proc_cpu_dir(machine)),
     })
 

@@ -12,7 +12,12 @@ from dnumafs.mm.constants import PAGE_SIZE
 def meminfo_kb(key: str, pages: int) -> str:
     """`%-16s%8lu kB` of a size in pages: a /proc/meminfo line, and a nodeN/meminfo line
     after its `Node %d `."""
-    return f"{key + ':':<16}{pages * (PAGE_SIZE // 1024):8d} kB"
+    return meminfo_line(key, pages * (PAGE_SIZE // 1024))
+
+
+def meminfo_line(key: str, kb: int) -> str:
+    """show_val_kb() of a size in kB."""
+    return f"{key + ':':<16}{kb:8d} kB"
 
 
 def parse_indexed_name(name: str, prefix: str) -> int | None:

@@ -13,22 +13,13 @@ from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.lib.kstrtox import kstrtoull
-from dnumafs.mm import Machine, Pgdat
-from dnumafs.mm.constants import HPAGE_ORDER, HPAGE_SIZE_KB
-from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir
+from dnumafs.mm import Machine
+from dnumafs.mm.constants import HPAGE_SIZE_KB
+from dnumafs.vfs.tree import RO, RW, SYSFS, Dir, FileSet, Node, StaticDir, union
 
-from .format import meminfo_kb, parse_indexed_name
-
-# vmstat names (Linux's numa_stat_name()) of the model's per-node NUMA counters, which
-# nodeN/numastat shows under their own names.
-NUMA_EVENT_NAMES = {
-    "numa_hit": "numa_hit",
-    "numa_miss": "numa_miss",
-    "numa_foreign": "numa_foreign",
-    "interleave_hit": "numa_interleave",
-    "local_node": "numa_local",
-    "other_node": "numa_other",
-}
+from .format import meminfo_kb, meminfo_line, parse_indexed_name
+from .memory import node_memory_links
+from .vmstat import meminfo_figures, node_vmstat_items
 
 HUGEPAGES_DIR = f"hugepages-{HPAGE_SIZE_KB}kB"
 
@@ -57,20 +48,36 @@ STATE_ATTRS = {
 
 # --- nodeN/ attributes ---------------------------------------------------------------------
 
+# nodeN/meminfo's keys after MemTotal, MemFree and MemUsed, in node_read_meminfo()'s order
+# (x86-64: no highmem, no shadow call stack); their figures are vmstat.meminfo_figures()'.
+NODE_MEMINFO_KEYS = (
+    "SwapCached", "Active", "Inactive", "Active(anon)", "Inactive(anon)", "Active(file)",
+    "Inactive(file)", "Unevictable", "Mlocked", "Dirty", "Writeback", "FilePages", "Mapped",
+    "AnonPages", "Shmem", "KernelStack", "PageTables", "SecPageTables", "NFS_Unstable",
+    "Bounce", "WritebackTmp", "KReclaimable", "Slab", "SReclaimable", "SUnreclaim",
+    "AnonHugePages", "ShmemHugePages", "ShmemPmdMapped", "FileHugePages", "FilePmdMapped",
+)
+
+
 def node_read_meminfo(m: Machine, nid: int) -> str:
-    """nodeN/meminfo: the keys Linux has that the model counts, in Linux's order.
+    """nodeN/meminfo: every key Linux prints, in its order, from the node's counters.
 
     MemTotal is the node's managed pages and MemFree its pages on the buddy free lists, as
     si_meminfo_node() and NR_FREE_PAGES (pages on per-CPU lists are not free there either).
     Hugepages are taken from the buddy allocator, so they are in MemUsed.
     """
     pgdat = m.pgdat[nid]
-    total, free = pgdat.managed_pages, pgdat.free_pages
+    items = node_vmstat_items(m, pgdat)
+    total, free = pgdat.managed_pages, items["nr_free_pages"]
+    figures = meminfo_figures(items)
     hp_total, hp_free, hp_surp = m.hugepages(nid)
     lines = [
-        f"Node {nid} {meminfo_kb('MemTotal', total)}",
-        f"Node {nid} {meminfo_kb('MemFree', free)}",
-        f"Node {nid} {meminfo_kb('MemUsed', total - free)}",
+        meminfo_kb("MemTotal", total),
+        meminfo_kb("MemFree", free),
+        meminfo_kb("MemUsed", total - free),
+        *(meminfo_line(key, figures[key]) for key in NODE_MEMINFO_KEYS),
+    ]
+    lines = [f"Node {nid} {line}" for line in lines] + [
         f"Node {nid} HugePages_Total: {hp_total:5d}",
         f"Node {nid} HugePages_Free:  {hp_free:5d}",
         f"Node {nid} HugePages_Surp:  {hp_surp:5d}",
@@ -85,17 +92,10 @@ def node_read_numastat(m: Machine, nid: int) -> str:
     return "".join(f"{name} {value}\n" for name, value in counts.items())
 
 
-def node_vmstat_items(pgdat: Pgdat) -> dict[str, int]:
-    """The node's vmstat counters the model keeps, in Linux's order: zone items (free pages on
-    the buddy lists), NUMA events (numa_stat_name()), node items (hugetlb pages, in pages)."""
-    items = {"nr_free_pages": pgdat.free_pages}
-    items.update((NUMA_EVENT_NAMES[name], value) for name, value in pgdat.numastat.items())
-    items["nr_hugetlb"] = pgdat.nr_hugepages << HPAGE_ORDER
-    return items
-
-
 def node_read_vmstat(m: Machine, nid: int) -> str:
-    items = node_vmstat_items(m.pgdat[nid])
+    """nodeN/vmstat: the zone counters over the node's zones, its NUMA events, its node
+    counters, each line `name value`."""
+    items = node_vmstat_items(m, m.pgdat[nid])
     return "".join(f"{name} {value}\n" for name, value in items.items())
 
 
@@ -159,14 +159,15 @@ def cpu_link_target(cpu: int) -> str:
 
 
 def node_dir(m: Machine, nid: int) -> Dir:
-    """nodeN/: fixed attributes, hugepages/, and a cpuK link for each of the node's CPUs."""
+    """nodeN/: fixed attributes, hugepages/, a cpuK link for each of the node's CPUs, and a
+    memoryM link for each memory block with pages on the node (these change with layouts)."""
     files = FileSet(SYSFS, m.lock)
     children = files.attrs(NODE_ATTRS, m, nid)
     children["hugepages"] = StaticDir({HUGEPAGES_DIR: StaticDir(
         files.attrs(HUGEPAGES_ATTRS, m, nid))})
     for cpu in m.node_cpus(nid):
         children[f"cpu{cpu}"] = files.symlink(cpu_link_target, cpu)
-    return StaticDir(children)
+    return union(StaticDir(children), node_memory_links(m, nid))
 
 
 def node_names(m: Machine, states: dict[str, Node]) -> list[str]:

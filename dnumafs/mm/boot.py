@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import page_alloc
+from . import kinds, page_alloc
 from .constants import (
     FIRST_MIB_PAGES,
     KERNEL_IMAGE_PFN,
     MEMMAP_BYTES_PER_PAGE,
-    PAGE_ALLOC_COSTLY_ORDER,
     PAGE_SIZE,
     PG_RESERVED,
     ZoneType,
@@ -59,9 +58,11 @@ def boot_node(m: Machine, nid: int, start: int, end: int) -> None:
 
 
 def boot_allocate(m: Machine, nid: int) -> None:
-    """Allocate boot_alloc_percent of the node, in blocks of mixed order, for use later."""
+    """Allocate boot_alloc_percent of the node, in blocks of mixed order, each of a kind
+    that a running machine holds in blocks of that order (kinds.boot_kind())."""
     target = int(m.pgdat[nid].managed_pages * m.config.boot_alloc_percent / 100)
     rng = random.Random(m.config.seed * 1000 + nid)
+    kind_rng = random.Random(f"kinds {m.config.seed} {nid}")   # apart: orders stay as they were
     cpu = m.node_first_cpu(nid)
     done = 0
     while done < target:
@@ -71,11 +72,6 @@ def boot_allocate(m: Machine, nid: int) -> None:
         if pfn is None:
             break
         m.boot_allocs[pfn] = order
+        kinds.charge(m, pfn, order, kinds.boot_kind(order, kind_rng))
         done += 1 << order
 
-
-def is_slab(order: int) -> bool:
-    """Which boot allocations stand for slab and which for page cache: slab takes blocks up
-    to PAGE_ALLOC_COSTLY_ORDER (the largest its caches ask for), the page cache the larger
-    ones (large folios). So slab is a few percent of the pages, as on a running machine."""
-    return order <= PAGE_ALLOC_COSTLY_ORDER

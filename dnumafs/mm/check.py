@@ -11,12 +11,14 @@ from .constants import (
     PG_HEAD,
     PG_HUGETLB,
     PG_LOOKUP_NODE,
+    PG_OFFLINE,
     PG_PCP,
     PG_RESERVED,
     ZoneType,
-    zone_idx,
-    zone_type_bounds,
+    page_zonenum,
 )
+from .kinds import check_kinds
+from .memory_hotplug import page_zonenums
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -50,7 +52,8 @@ def check(m: Machine) -> list[str]:
                         continue
                     if not flags[pfn] & PG_BUDDY or order[pfn] != o:
                         errs.append(f"{where}: free block {pfn:#x} head lacks PG_buddy/order {o}")
-                    if zone_idx(pfn) != zone.type or zone_idx(pfn + n - 1) != zone.type:
+                    if page_zonenum(flags[pfn], pfn) != zone.type \
+                            or page_zonenum(flags[pfn + n - 1], pfn + n - 1) != zone.type:
                         errs.append(f"{where}: free block {pfn:#x} order {o} leaves its zone")
                     if (node[pfn:pfn + n] != nid).any():
                         errs.append(f"{where}: free block {pfn:#x} order {o} has pages of "
@@ -62,7 +65,8 @@ def check(m: Machine) -> list[str]:
             for cpu, lst in zone.pcp.items():
                 for pfn in lst:
                     npcp += 1
-                    if not flags[pfn] & PG_PCP or node[pfn] != nid or zone_idx(pfn) != zone.type:
+                    if not flags[pfn] & PG_PCP or node[pfn] != nid \
+                            or page_zonenum(flags[pfn], pfn) != zone.type:
                         errs.append(f"{where}: cpu {cpu} pcp page {pfn:#x} not of this zone or "
                                     "unflagged")
                     own(pfn, 1)
@@ -74,11 +78,12 @@ def check(m: Machine) -> list[str]:
     heads = np.flatnonzero(flags & PG_HEAD)
     sizes = np.left_shift(1, order[heads].astype(np.int64))
     allocated = _allocations_per_pfn(m, heads, sizes)
-    owners = np.cumsum(cover[:-1]) + allocated + ((flags & PG_RESERVED) != 0)
+    offline = (flags & PG_OFFLINE) != 0
+    owners = np.cumsum(cover[:-1]) + allocated + ((flags & PG_RESERVED) != 0) + offline
     bad = np.flatnonzero(owners != 1)
     for bad_pfn in bad[:MAX_REPORTED]:
         errs.append(f"pfn {bad_pfn:#x} has {owners[bad_pfn]} owners (free block, pcp, allocation, "
-                    "reserved)")
+                    "reserved, offline)")
     if bad.size > MAX_REPORTED:
         errs.append(f"... {bad.size} pfns in all without exactly one owner")
     for head, size in zip(heads.tolist(), sizes.tolist()):
@@ -91,9 +96,13 @@ def check(m: Machine) -> list[str]:
     _check_zones(m, errs)
     _check_layout(m, errs, owners_alloc=allocated > 0)
     _check_hugepages(m, errs)
+    _check_blocks(m, errs, offline)
+    errs += check_kinds(m)
     total = m.total_managed_pages()
-    if total != m.managed_at_boot:
-        errs.append(f"managed pages {total} != {m.managed_at_boot} at boot")
+    nr_offline = int(np.count_nonzero(offline))
+    if total != m.managed_at_boot + m.blocks.hot_added_pages - nr_offline:
+        errs.append(f"managed pages {total} != {m.managed_at_boot} at boot and "
+                    f"{m.blocks.hot_added_pages} added, less {nr_offline} offline")
     return errs
 
 
@@ -106,32 +115,33 @@ def _allocations_per_pfn(m: Machine, heads: np.ndarray, sizes: np.ndarray) -> np
 
 
 def _check_zones(m: Machine, errs: list[str]) -> None:
-    """present/managed agree with the page arrays; spans cover every page of the zone."""
+    """present/managed agree with the page arrays (offline pages are in no zone); spans cover
+    every page of the zone."""
+    nz = len(ZoneType)
+    key = m.page_node.astype(np.int16) * nz + page_zonenums(m, 0, m.max_pfn)
+    key[(m.page_flags & PG_OFFLINE) != 0] = -1
+    present = key >= 0
     reserved = (m.page_flags & PG_RESERVED) != 0
-    for ztype in ZoneType:
-        lo, hi = zone_type_bounds(ztype, m.max_pfn)
-        if lo >= hi:
-            counts = np.zeros(m.possible_nodes, dtype=np.int64)
-            rcounts = counts
-        else:
-            counts = np.bincount(m.page_node[lo:hi], minlength=m.possible_nodes)
-            rcounts = np.bincount(m.page_node[lo:hi][reserved[lo:hi]], minlength=m.possible_nodes)
-        for nid, pgdat in m.pgdat.items():
+    counts = np.bincount(key[present], minlength=m.possible_nodes * nz)
+    rcounts = np.bincount(key[reserved & present], minlength=m.possible_nodes * nz)
+    keys, first = np.unique(key, return_index=True)
+    rkeys, rlast = np.unique(key[::-1], return_index=True)
+    firsts = dict(zip(keys.tolist(), first.tolist()))
+    lasts = dict(zip(rkeys.tolist(), (m.max_pfn - 1 - rlast).tolist()))
+    for k in np.flatnonzero(counts).tolist():
+        if k // nz not in m.pgdat:
+            errs.append(f"pages on node {k // nz}, which is not online")
+    for nid, pgdat in m.pgdat.items():
+        for ztype in ZoneType:
             zone = pgdat.zones[ztype]
+            k = nid * nz + ztype
             where = f"node {nid} zone {ztype.label}"
-            if zone.present_pages != counts[nid]:
-                errs.append(f"{where}: present {zone.present_pages} != {counts[nid]} pages")
-            if zone.managed_pages != counts[nid] - rcounts[nid]:
-                errs.append(f"{where}: managed {zone.managed_pages} != "
-                            f"{counts[nid] - rcounts[nid]}")
-            if counts[nid]:
-                pfns = np.flatnonzero(m.page_node[lo:hi] == nid)
-                first, last = lo + int(pfns[0]), lo + int(pfns[-1])
-                if first < zone.zone_start_pfn or last >= zone.zone_end_pfn:
-                    errs.append(f"{where}: pages {first:#x}..{last:#x} outside span")
-        for on_node in np.flatnonzero(counts):
-            if int(on_node) not in m.pgdat:
-                errs.append(f"pages on node {on_node}, which is not online")
+            if zone.present_pages != counts[k]:
+                errs.append(f"{where}: present {zone.present_pages} != {counts[k]} pages")
+            if zone.managed_pages != counts[k] - rcounts[k]:
+                errs.append(f"{where}: managed {zone.managed_pages} != {counts[k] - rcounts[k]}")
+            if counts[k] and (firsts[k] < zone.zone_start_pfn or lasts[k] >= zone.zone_end_pfn):
+                errs.append(f"{where}: pages {firsts[k]:#x}..{lasts[k]:#x} outside span")
 
 
 def _check_layout(m: Machine, errs: list[str], owners_alloc: np.ndarray) -> None:
@@ -158,3 +168,17 @@ def _check_hugepages(m: Machine, errs: list[str]) -> None:
                 errs.append(f"node {nid} hugepage {pfn:#x} is not an allocated order-9 block")
     if int(np.count_nonzero(m.page_flags & PG_HUGETLB)) != pooled:
         errs.append("PG_hugetlb set on pages in no pool")
+
+
+def _check_blocks(m: Machine, errs: list[str], offline: np.ndarray) -> None:
+    """An offline block's pages are all PG_OFFLINE and nothing else; an online one's none."""
+    bp = m.blocks.block_pages
+    per_block = np.add.reduceat(offline, np.arange(0, m.max_pfn, bp))
+    sizes = np.diff(np.append(np.arange(0, m.max_pfn, bp), m.max_pfn))
+    state = np.frombuffer(m.blocks.online, dtype=np.uint8)
+    bad = np.flatnonzero(np.where(state != 0, per_block != 0, per_block != sizes))
+    for bid in bad[:MAX_REPORTED].tolist():
+        errs.append(f"memory{bid} is {'online' if state[bid] else 'offline'} but has "
+                    f"{per_block[bid]} of {sizes[bid]} pages offline")
+    if (m.page_flags[offline] != PG_OFFLINE).any():
+        errs.append("offline pages with other flags")

@@ -13,15 +13,17 @@ REMOTE_DISTANCE = 20
 
 
 class ZoneType(enum.IntEnum):
-    """Zone types in Linux's order (lowest first); a pfn's type never changes."""
+    """Zone types in Linux's order (lowest first). The kernel zones are a pfn's by its
+    address; MOVABLE has no range of its own: it holds the blocks onlined into it."""
 
     DMA = 0
     DMA32 = 1
     NORMAL = 2
+    MOVABLE = 3
 
     @property
     def label(self) -> str:
-        return ("DMA", "DMA32", "Normal")[self]
+        return ("DMA", "DMA32", "Normal", "Movable")[self]
 
 
 # First pfn past each zone type: DMA below 16 MiB, DMA32 below 4 GiB.
@@ -42,12 +44,20 @@ def zone_idx(pfn: int) -> int:
     return 0 if pfn < _DMA_END else 1 if pfn < _DMA32_END else 2
 
 
+def page_zonenum(flags: int, pfn: int) -> int:
+    """page_zonenum(): the zone type of a page of these flags at pfn, as an int."""
+    return 3 if flags & PG_MOVABLE_ZONE else zone_idx(pfn)
+
+
 def zone_type_of(pfn: int) -> ZoneType:
     return ZoneType(zone_idx(pfn))
 
 
 def zone_type_bounds(ztype: ZoneType, max_pfn: int) -> tuple[int, int]:
-    """[first, last+1) pfns of a zone type on a machine of max_pfn pages."""
+    """[first, last+1) pfns of a kernel zone type on a machine of max_pfn pages; none for
+    MOVABLE, which boot never populates."""
+    if ztype == ZoneType.MOVABLE:
+        return max_pfn, max_pfn
     lo = 0 if ztype == ZoneType.DMA else ZONE_END_PFN[ZoneType(ztype - 1)]
     return min(lo, max_pfn), min(ZONE_END_PFN[ztype], max_pfn)
 
@@ -59,6 +69,8 @@ PG_LOOKUP_NODE = 0x04  # allocated page whose node differs from the layout: look
 PG_PCP = 0x08          # free order-0 page on a per-CPU list
 PG_HEAD = 0x10         # head of an allocated block (order in page_order)
 PG_HUGETLB = 0x20      # head of a block owned by a node's hugepage pool
+PG_MOVABLE_ZONE = 0x40  # in ZONE_MOVABLE (its memory block was onlined movable)
+PG_OFFLINE = 0x80      # in an offline memory block: in no zone, owned by no one
 
 # Per-CPU page lists (struct per_cpu_pages): fixed for every zone, as the model has no
 # zone_batchsize() to scale them by.

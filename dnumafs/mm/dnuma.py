@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import page_alloc, topology
-from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, zone_idx
+from . import memory_hotplug, page_alloc, topology
+from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, page_zonenum
 from .memlayout import Memlayout
 from .zone import Zone
 
@@ -82,6 +82,7 @@ def memlayout_commit(m: Machine) -> Memlayout | None:
         drained = page_alloc.drain_all_pages(m)
         target = layout.node_map(m.mem_map.page_node)
         count_examined(m, layout, target)
+        memory_hotplug.move_offline_pages(m, target)
         dnuma_move_free_pages(m, target)
         dnuma_mark_page_range(m, target)
         del target
@@ -204,7 +205,7 @@ def dnuma_add_page_to_new_zone(m: Machine, pfn: int, n: int, old: int, new: int)
     populated or emptied a zone. A zone that a commit's move of free pages leaves without
     pages has its statistics drained (drain-zonestat, counted at the node it went to).
     """
-    zt = zone_idx(pfn)
+    zt = page_zonenum(m.mem_map.flags[pfn], pfn)
     zold, znew = m.pgdat[old].zones[zt], m.pgdat[new].zones[zt]
     zold.present_pages -= n
     zold.managed_pages -= n

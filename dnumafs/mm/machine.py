@@ -14,9 +14,10 @@ import threading
 import attrs
 import numpy as np
 
-from . import boot, dnuma, hugetlb, page_alloc, topology
+from . import boot, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
+from .kinds import FILE_CACHE, RECLAIMABLE_SLAB, Kind, PageKinds
 from .memlayout import Memlayout, MemlayoutError
 from .page_alloc import MemMap
 from .stats import DnumaStats, NodeStats, RetiredStats, VmEvents
@@ -39,6 +40,7 @@ class Machine:
     # Fixed at boot; kept as plain attributes because the per-page paths check them.
     max_pfn: int = attrs.field(init=False)
     nr_cpus: int = attrs.field(init=False)
+    kinds: PageKinds = attrs.field(init=False)      # what each allocation holds, counted
     cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid
     pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
     zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
@@ -56,13 +58,16 @@ class Machine:
     next_layout_id: int = attrs.field(init=False)
     retired: RetiredStats = attrs.field(factory=RetiredStats)
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
+    blocks: memory_hotplug.MemoryBlocks = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
         self.nr_cpus = self.config.cpus
+        self.kinds = PageKinds.alloc(self.max_pfn, self.config.possible_nodes)
         self.cpu_node = self.config.cpu_nodes()
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
+        self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
@@ -152,8 +157,10 @@ class Machine:
     # ---------------------------------------------------------------- allocator
 
     def alloc_pages(self, order: int = 0, nid: int | None = None, cpu: int = 0,
-                    interleave: bool = False, thisnode: bool = False) -> int | None:
-        """Allocate 2^order pages, preferring nid (or cpu's node); None if nothing fits."""
+                    interleave: bool = False, thisnode: bool = False,
+                    kind: Kind = Kind.NONE) -> int | None:
+        """Allocate 2^order pages, preferring nid (or cpu's node), to hold kind; None if
+        nothing fits."""
         if not 0 <= order < MAX_ORDER:
             raise ValueError(f"order {order} out of range 0..{MAX_ORDER - 1}")
         if not 0 <= cpu < self.nr_cpus:
@@ -162,8 +169,11 @@ class Machine:
             pref = self.cpu_node[cpu] if nid is None else nid
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
-            return page_alloc.get_page_from_freelist(self, order, pref, cpu, interleave,
-                                                     thisnode)
+            pfn = page_alloc.get_page_from_freelist(self, order, pref, cpu, interleave,
+                                                    thisnode)
+            if pfn is not None:
+                kinds.charge(self, pfn, order, kind)
+            return pfn
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
         """Free the allocated block whose head is pfn (its order is the allocation's)."""
@@ -190,33 +200,41 @@ class Machine:
         with self.lock:
             return list(self.boot_allocs.items())
 
-    def free_boot_allocations(self, limit: int | None = None, slab: bool | None = None) -> int:
-        """Free boot allocations, oldest first, until limit pages are freed (None: all); only
-        those that stand for slab (slab True) or page cache (False), or both (None).
+    def free_boot_allocations(self, limit: int | None = None) -> int:
+        """Free boot allocations, oldest first, until limit pages are freed (None: all).
         Returns the pages freed."""
         with self.lock:
             freed = 0
             for pfn, order in list(self.boot_allocs.items()):
                 if limit is not None and freed >= limit:
                     break
-                if slab is None or boot.is_slab(order) == slab:
-                    freed += 1 << order
-                    page_alloc.free_pages(self, pfn, 0)
+                freed += 1 << order
+                page_alloc.free_pages(self, pfn, 0)
             return freed
 
+    def kind_pages(self, nid: int, ztype: int | None = None) -> list[int]:
+        """Pages of each Kind allocated on node nid (in one zone type, or in all)."""
+        with self.lock:
+            return self.kinds.node(nid) if ztype is None else list(self.kinds.zone(nid, ztype))
+
     def drop_caches(self, mode: int) -> None:
-        """vm.drop_caches: 1 frees the page cache, 2 the slab, 3 both (the boot allocations
-        stand for them, split by boot.is_slab()), 4 nothing (in Linux it only silences the
-        message); each counts its vm event, as Linux does."""
+        """vm.drop_caches: 1 frees the page cache (the file LRU: not shmem, which is
+        swap-backed), 2 the reclaimable slab, 3 both, 4 nothing (in Linux it only silences
+        the message); anonymous memory, unreclaimable slab, page tables and kernel stacks
+        stay. Each counts its vm event, as Linux does."""
         if not 1 <= mode <= 4:
             raise ValueError(f"drop_caches mode {mode} is not in 1..4")
         with self.lock:
             if mode & DROP_PAGECACHE:
-                self.free_boot_allocations(slab=False)
+                self._free_kinds(FILE_CACHE)
                 self.vm_events.drop_pagecache += 1
             if mode & DROP_SLAB:
-                self.free_boot_allocations(slab=True)
+                self._free_kinds(RECLAIMABLE_SLAB)
                 self.vm_events.drop_slab += 1
+
+    def _free_kinds(self, wanted: frozenset[Kind]) -> None:
+        for pfn, _ in kinds.allocations_of(self, wanted):
+            page_alloc.free_pages(self, pfn, 0)
 
     def set_nr_hugepages(self, nid: int, count: int) -> int:
         """Grow or shrink nid's pool of 2 MiB pages through its own buddy allocator."""
@@ -303,6 +321,20 @@ class Machine:
     def node_stats(self) -> NodeStats:
         """node_stat() of every node stat_nids() names, each read when looked up."""
         return NodeStats(range(self.possible_nodes), self.node_stat)
+
+    # ------------------------------------------------------------ memory blocks
+
+    def memory_block_set_state(self, bid: int, how: memory_hotplug.OnlineType) -> bool:
+        """Online or offline memory block bid; False if it already was (nothing done).
+        Raises memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return memory_hotplug.set_state(self, bid, how)
+
+    def memory_probe(self, phys_addr: int) -> int:
+        """Hot-add a memory block at phys_addr (x86's probe file); returns its block id.
+        Raises memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return memory_hotplug.add_memory(self, phys_addr)
 
     # ---------------------------------------------------------------------- check
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import attrs
 import numpy as np
 
-from . import dnuma
+from . import dnuma, kinds
 from .constants import (
     MAX_ORDER,
     PCP_BATCH,
@@ -20,7 +20,7 @@ from .constants import (
     PG_HEAD,
     PG_LOOKUP_NODE,
     PG_PCP,
-    zone_idx,
+    page_zonenum,
 )
 from .zone import Zone, zone_watermarks
 
@@ -64,7 +64,8 @@ class MemMap:
 
 def page_zone(m: Machine, pfn: int) -> Zone:
     """The zone the page belongs to now: its node's zone of its type."""
-    return m.pgdat[m.mem_map.node[pfn]].zones[zone_idx(pfn)]
+    mm = m.mem_map
+    return m.pgdat[mm.node[pfn]].zones[page_zonenum(mm.flags[pfn], pfn)]
 
 
 # --- the free lists --------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def get_page_from_freelist(m: Machine, order: int, nid: int, cpu: int, interleav
     zonelist = m.zonelists[nid]
     # zone_statistics() compares with the zonelist's first zone, which for a node without
     # memory is on the nearest node that has some.
-    preferred = zonelist[0].nid if zonelist else nid
+    preferred = zonelist[0] if zonelist else None
     if thisnode:
         zonelist = [z for z in zonelist if z.nid == nid]
     need = 1 << order
@@ -202,16 +203,17 @@ def prep_new_page(mm: MemMap, zone: Zone, pfn: int, order: int) -> None:
     zone.pgalloc += 1 << order
 
 
-def zone_statistics(m: Machine, preferred: int, zone: Zone, nid: int, cpu: int,
+def zone_statistics(m: Machine, preferred: Zone | None, zone: Zone, nid: int, cpu: int,
                     interleave: bool) -> None:
-    """Count an allocation against preferred, the node of the preferred zone; interleave_hit
-    when it came from nid, the node the interleave asked for."""
-    stat = m.pgdat[zone.nid].numastat
-    if zone.nid == preferred:
+    """Count an allocation in the zone it came from, against preferred, the zonelist's
+    first zone (numa_foreign is counted there); interleave_hit when it came from nid, the
+    node the interleave asked for."""
+    stat = zone.numastat
+    if preferred is None or zone.nid == preferred.nid:
         stat.numa_hit += 1
     else:
         stat.numa_miss += 1
-        m.pgdat[preferred].numastat.numa_foreign += 1
+        preferred.numastat.numa_foreign += 1
     if zone.nid == m.cpu_node[cpu]:
         stat.local_node += 1
     else:
@@ -227,6 +229,7 @@ def free_pages(m: Machine, pfn: int, cpu: int) -> None:
     mm = m.mem_map
     m.boot_allocs.pop(pfn, None)
     order = mm.order[pfn]
+    kinds.uncharge(m, pfn, order)
     mm.flags[pfn] &= ~PG_HEAD & 0xFF
     m.vm_events.pgfree += 1 << order
     free_block(m, pfn, order, cpu)

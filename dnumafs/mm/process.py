@@ -12,6 +12,7 @@ from collections import Counter
 
 import attrs
 
+from .kinds import Kind
 from .machine import Machine
 
 
@@ -27,14 +28,14 @@ class ProcessPages:
     held: dict[int, list[int]] = attrs.field(factory=dict)
 
     def alloc(self, pid: int, nid: int, count: int, interleave: bool = False) -> None:
-        """count pages for pid, preferring nid (an interleaved allocation asks for nid);
-        NoMemory, with those it got kept, when the allocator finds none."""
+        """count anonymous pages for pid, preferring nid (an interleaved allocation asks for
+        nid); NoMemory, with those it got kept, when the allocator finds none."""
         if nid not in self.m.online_nodes():
             raise ValueError(f"node {nid} is not online")
         cpu = self.m.node_first_cpu(nid)
         pfns = self.held.setdefault(pid, [])
         for _ in range(count):
-            pfn = self.m.alloc_pages(0, nid, cpu, interleave=interleave)
+            pfn = self.m.alloc_pages(0, nid, cpu, interleave=interleave, kind=Kind.ACTIVE_ANON)
             if pfn is None:
                 raise NoMemory(f"no free page for process {pid} on node {nid}")
             pfns.append(pfn)

@@ -59,6 +59,7 @@ class MachineConfig:
     possible_nodes: int = attrs.field(default=8, validator=_check_nodes)
     boot_alloc_percent: float = 5.0     # of each node's managed pages, allocated at boot
     seed: int = 0
+    block_size: int | None = None       # memory block bytes; None: the kernel's rule
 
     def node_pages(self) -> list[int]:
         """Pages of each node at boot: node_mem's, or an equal share of mem (the last node

@@ -27,6 +27,7 @@ class Zone:
     free_area: list[dict[int, None]] = attrs.field(factory=lambda: [{} for _ in range(MAX_ORDER)])
     pcp: dict[int, list[int]] = attrs.field(factory=dict)
     pgalloc: int = 0            # pages allocated from this zone (vmstat pgalloc_*)
+    numastat: NumaStat = attrs.field(factory=NumaStat)     # zone_statistics() counts here
 
     @property
     def name(self) -> str:
@@ -75,6 +76,7 @@ class Watermarks:
     min: int
     low: int
     high: int
+    promo: int          # WMARK_PROMO: high and one step more (memory tiering's target)
 
 
 @attrs.define(eq=False)
@@ -83,7 +85,6 @@ class Pgdat:
 
     nid: int
     zones: dict[int, Zone]              # by zone type (a ZoneType, or its int: zone_idx())
-    numastat: NumaStat = attrs.field(factory=NumaStat)
     hugepage_pool: list[int] = attrs.field(factory=list)   # head pfns, order HPAGE_ORDER
 
     @classmethod
@@ -118,6 +119,14 @@ class Pgdat:
         return sum(z.free_pages for z in self.zones.values())
 
     @property
+    def numastat(self) -> NumaStat:
+        """The node's allocation statistics: its zones' (Linux's sum_zone_numa_event_state())."""
+        out = NumaStat()
+        for zone in self.zones.values():
+            out.add(zone.numastat)
+        return out
+
+    @property
     def nr_hugepages(self) -> int:
         return len(self.hugepage_pool)
 
@@ -125,9 +134,30 @@ class Pgdat:
 def zone_watermarks(zone: Zone, total_managed: int) -> Watermarks:
     """Linux's min_free_kbytes = sqrt(16 * lowmem kB), shared by managed pages."""
     if total_managed <= 0 or zone.managed_pages <= 0:
-        return Watermarks(0, 0, 0)
+        return Watermarks(0, 0, 0, 0)
     min_free_kb = max(128, min(262144, int(math.isqrt(16 * total_managed * 4))))
     pages_min = (min_free_kb // 4) * zone.managed_pages // total_managed
     # watermark_scale_factor 10: 0.1% of the zone, or a quarter of min, whichever is more.
     step = max(pages_min // 4, zone.managed_pages * 10 // 10000)
-    return Watermarks(pages_min, pages_min + step, pages_min + 2 * step)
+    return Watermarks(pages_min, pages_min + step, pages_min + 2 * step, pages_min + 3 * step)
+
+
+# Linux's zone types past the model's: ZONE_MOVABLE and ZONE_DEVICE, which it never populates
+# but lists (zoneinfo, lowmem_reserve[]), so MAX_NR_ZONES counts them.
+MAX_NR_ZONES = len(ZoneType) + 2
+LOWMEM_RESERVE_RATIO = (256, 256, 32, 0, 0)     # sysctl_lowmem_reserve_ratio, by zone type
+
+
+def lowmem_reserve(pgdat: Pgdat, ztype: int) -> list[int]:
+    """zone->lowmem_reserve[] of pgdat's zone of type ztype (setup_per_zone_lowmem_reserve()):
+    what an allocation that could use a higher zone j must leave of this one, the managed
+    pages of the zones above it up to j over the zone's ratio; nothing in an empty zone."""
+    out = [0] * MAX_NR_ZONES
+    ratio = LOWMEM_RESERVE_RATIO[ztype]
+    if not ratio or not pgdat.zones[ztype].managed_pages:
+        return out
+    above = 0
+    for j in range(ztype + 1, MAX_NR_ZONES):
+        above += pgdat.zones[j].managed_pages if j in pgdat.zones else 0
+        out[j] = above // ratio
+    return out
