@@ -176,7 +176,8 @@ def _serve(args: argparse.Namespace, mp: Path) -> int:
             raise CliError(f"cannot boot this machine: {e}") from None
         log.info("serving %s (pid %d)", mp, os.getpid())
         try:
-            fuse_ops.serve(root, str(mp), allow_other=args.allow_other)
+            fuse_ops.serve(root, str(mp), allow_other=args.allow_other,
+                           per_open=args.per_open_snapshot)
         except RuntimeError as e:
             raise CliError(f"{mp}: libfuse could not mount it (status {e})") from None
         log.info("unmounted %s", mp)
@@ -195,6 +196,8 @@ def _daemon_options(args: argparse.Namespace) -> list[str]:
         argv += ["--node-mem", ",".join(map(str, args.node_mem))]
     if args.allow_other:
         argv.append("--allow-other")
+    if args.per_open_snapshot:
+        argv.append("--per-open-snapshot")
     return argv
 
 
@@ -300,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernel's rule, 128M below 64G of memory)")
     m.add_argument("--foreground", "-f", action="store_true",
                    help="serve in this process until unmounted or interrupted")
+    m.add_argument("--per-open-snapshot", action="store_true",
+                   help="make each file's text at each open's first read and serve that open "
+                        "from it, as direct I/O, instead of from the kernel's page cache")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users in (mode bits are then checked by the kernel, "
                         "as on sysfs); without it only the mounting user sees the files")

@@ -158,8 +158,8 @@ class MemlayoutWriter:
 
     def write(self, name: str, value: int) -> None:
         text = f"{value:#x}\n" if name in ("start", "end") else f"{value}\n"
-        try:
-            os.write(self.fds[name], text.encode())
+        try:        # at offset 0: a value never crosses a page of the kernel's cache
+            os.pwrite(self.fds[name], text.encode(), 0)
         except OSError as e:
             raise ClientError(f"{self.tree.path(MEMLAYOUT_DIR)}/{name}: writing "
                               f"{text.strip()}: {e.strerror}") from None

@@ -37,6 +37,14 @@ def fs(mount_dnumafs) -> Mounted:
                                  "--possible-nodes", "4"))
 
 
+@pytest.fixture
+def fs_per_open(mount_dnumafs) -> Mounted:
+    """The same machine with a text per open, where opens reach the daemon as in Linux
+    (tests/test_pagecache.py has the page cache's refusals and sizes)."""
+    return Mounted(mount_dnumafs("--nodes", "2", "--mem", "64M", "--cpus", "4",
+                                 "--possible-nodes", "4", "--per-open-snapshot"))
+
+
 def test_echo_and_cat(fs):
     r = fs.sh("""
         set -e
@@ -147,10 +155,11 @@ def refused(path: Path, writing: bool) -> tuple[str, int] | None:
     return None
 
 
-def test_files_without_show_or_store_fail_where_linux_fails(fs):
+def test_files_without_show_or_store_fail_where_linux_fails(fs_per_open):
     """Root too: sysfs and sysctls refuse the open (kernfs_fop_open, sysctl_perm); procfs
     fails the write with EIO (proc_reg_write); debugfs fails the read or write with EACCES
     (simple_attr_read/write), and nothing changes."""
+    fs = fs_per_open
     before = fs.read("/proc/zoneinfo")
     assert refused(fs.path(f"{NODE}/node0/meminfo"), writing=True) == ("open", errno.EACCES)
     assert refused(fs.path(f"{NODE}/online"), writing=True) == ("open", errno.EACCES)
@@ -172,8 +181,9 @@ def test_files_without_show_or_store_fail_where_linux_fails(fs):
     assert fs.layouts() == ["layout.0"]
 
 
-def test_sizes_and_modes_as_linux(fs):
+def test_sizes_and_modes_as_linux(fs_per_open):
     """st_size 4096 for sysfs, 0 for procfs and debugfs; debugfs's root is 0700."""
+    fs = fs_per_open
     for path in (f"{NODE}/online", f"{NODE}/node0/meminfo", BACKLOG_MAX):
         assert os.stat(fs.path(path)).st_size == 4096, path
     for path in ("/proc/meminfo", "/proc/sys/vm/drop_caches", f"{ML}/start",
@@ -396,7 +406,7 @@ def test_a_layout_of_thousands_of_ranges_lists_whole(fs):
     try:
         for start, end, nid in ranges:
             for name, value in (("start", start), ("end", end), ("node", nid)):
-                os.write(fds[name], f"{value:#x}\n".encode())
+                os.pwrite(fds[name], f"{value:#x}\n".encode(), 0)   # see README
     finally:
         for fd in fds.values():
             os.close(fd)

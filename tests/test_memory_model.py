@@ -14,6 +14,7 @@ from model_helpers import MiB, alloc, boot
 from dnumafs.mm import Machine, ZoneType
 from dnumafs.mm import memory_hotplug as mh
 from dnumafs.mm.constants import PAGE_SHIFT, PG_BUDDY, PG_HEAD, PG_OFFLINE, PG_PCP, PG_RESERVED
+from dnumafs.mm.kinds import FILE_CACHE, RECLAIMABLE_SLAB
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
 
 GiB = 1 << 30
@@ -310,12 +311,21 @@ class BlocksModel(RuleBasedStateMachine):
             assert self.m.page_order[pfn] == order and self.m.page_flags[pfn] & PG_HEAD
             self.m.free_pages(pfn)
 
-    @rule(limit=st.sampled_from([1, 64, None]), slab=st.sampled_from([None, True]))
-    def free_boot(self, limit, slab):
+    @rule(limit=st.sampled_from([1, 64, None]))
+    def free_boot(self, limit):
         before = boot_pages(self.m)
-        freed = self.m.free_boot_allocations(limit, slab=slab)
+        freed = self.m.free_boot_allocations(limit)
         self.boot_pages -= freed
         assert boot_pages(self.m) == before - freed
+
+    @rule(mode=st.sampled_from([1, 2, 3]))
+    def drop_caches(self, mode):
+        m = self.m
+        m.drop_caches(mode)
+        dropped = (FILE_CACHE if mode & 1 else frozenset()) | (
+            RECLAIMABLE_SLAB if mode & 2 else frozenset())
+        assert not any(m.kinds.kind[pfn] in dropped for pfn in m.boot_allocs)
+        self.boot_pages = boot_pages(m)
 
     @rule(first=st.integers(0, 15), blocks=st.integers(1, 8), nid=st.integers(0, 3),
           half=st.booleans())

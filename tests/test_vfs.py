@@ -260,7 +260,7 @@ def test_read_whole_in_pieces_and_at_offsets(standin):
     text = big_text().encode()
     assert len(text) > 128 * 1024            # more than one FUSE read
     assert f.read_bytes() == text
-    assert os.stat(f).st_size == 4096        # as sysfs, whatever the content
+    assert os.stat(f).st_size == len(text)   # exact, for the kernel's page cache
     fd = os.open(f, os.O_RDONLY)
     try:
         for off in (0, 1, 4095, 4096, 100000, len(text) - 1, len(text), len(text) + 10):
@@ -275,7 +275,8 @@ def test_read_whole_in_pieces_and_at_offsets(standin):
 
 
 def test_each_open_reads_one_snapshot(standin):
-    f = standin() / "test/counter"
+    f = standin("--per-open-snapshot") / "test/counter"
+    assert os.stat(f).st_size == 4096        # as sysfs, whatever the content
     fd1 = os.open(f, os.O_RDONLY)
     fd2 = os.open(f, os.O_RDONLY)
     try:
@@ -326,7 +327,8 @@ def test_append_and_offsets_carry_whole_values(standin):
 
 
 def test_open_refuses_what_the_file_cannot_do_even_for_root(standin):
-    t = standin() / "test"
+    """With a text per open; tests/test_pagecache.py has the page cache's refusals."""
+    t = standin("--per-open-snapshot") / "test"
     for path, flags in ((t / "readonly", os.O_WRONLY), (t / "readonly", os.O_RDWR),
                         (t / "writeonly", os.O_RDONLY), (t / "writes", os.O_WRONLY)):
         with pytest.raises(PermissionError):
@@ -423,7 +425,8 @@ def test_stat_shows_sysfs_like_modes(standin):
     t = standin() / "test"
     assert stat.S_IMODE(os.stat(t / "secret").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(t / "writeonly").st_mode) == 0o200
-    assert os.stat(t / "value").st_size == 4096
+    assert os.stat(t / "value").st_size == len((t / "value").read_bytes())
+    assert os.stat(t / "writeonly").st_size == 4096     # so that a read asks, and fails
     st = os.stat(t / "entries")
     assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755 and st.st_nlink == 2
     st = os.lstat(t / "link")

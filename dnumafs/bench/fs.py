@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dnumafs import daemon
 from dnumafs.client import MEMLAYOUT_DIR, MemlayoutWriter, MountedTree, stripe_ranges
+from dnumafs.mm.constants import MAX_POSSIBLE_NODES
 from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 
 from .blocks import bench_blocks
@@ -32,6 +33,7 @@ RUNS = 5            # runs of each measure; the median is reported, the range be
 READS = 1000        # open/read/close cycles per run of a read measure
 SEED_SECONDS = SEED_MINUTES * 60
 MEMINFO = "sys/devices/system/node/node0/meminfo"
+HUGEPAGES = "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
 
 
 def checkout_env() -> dict[str, str]:
@@ -280,11 +282,15 @@ def lxcfs_mount(notes: list[str]) -> Iterator[Path | None]:
 
 
 def bench_reads(mounts: Mounts, notes: list[str]) -> list[Row]:
-    """open/read/close of one generated file: dnumafs, LXCFS and the real files, one run."""
-    mnt, _, _ = mounts.mount()
+    """open/read/close of one generated file: dnumafs from the page cache and with a text per
+    open, LXCFS and the real files, interleaved in one run; then right after a change."""
+    cached, _, _ = mounts.mount()
+    per_open, _, _ = mounts.mount("--per-open-snapshot")
     sources: dict[str, str] = {
-        "dnumafs node0/meminfo": str(mnt / MEMINFO),
-        "dnumafs /proc/meminfo": str(mnt / "proc/meminfo"),
+        "dnumafs node0/meminfo": str(cached / MEMINFO),
+        "dnumafs /proc/meminfo": str(cached / "proc/meminfo"),
+        "dnumafs --per-open-snapshot node0/meminfo": str(per_open / MEMINFO),
+        "dnumafs --per-open-snapshot /proc/meminfo": str(per_open / "proc/meminfo"),
     }
     rows: list[Row] = []
     with lxcfs_mount(notes) as lx:
@@ -303,20 +309,24 @@ def bench_reads(mounts: Mounts, notes: list[str]) -> list[Row]:
         for _ in range(3):                                 # after the kernel's caches expire
             time.sleep(ENTRY_TIMEOUT + 0.1)
             for name, path in sources.items():
-                if name.startswith(("dnumafs", "LXCFS")):
+                if name.startswith(("dnumafs --per-open", "LXCFS")):
                     cold[name].append(read_cycle(path, 1))
-    mounts.umount(mnt)
     lx_warm = statistics.median(warm["LXCFS /proc/meminfo"]) if lx is not None else None
     lx_cold = statistics.median(cold["LXCFS /proc/meminfo"]) if lx is not None else None
     for name in sources:
         med, lo, hi = median_range(warm[name])
         aim, met = "-", None
-        value = f"{med * 1e6:.0f} us ({lo * 1e6:.0f}..{hi * 1e6:.0f})"
+        value = f"{med * 1e6:.1f} us ({lo * 1e6:.1f}..{hi * 1e6:.1f})"
+        real = next((r for file in ("node0/meminfo", "/proc/meminfo") if name.endswith(file)
+                     for r in [f"real sysfs {file}" if "node0" in file else f"real {file}"]
+                     if r in sources), None)
+        if name.startswith("dnumafs") and real is not None:
+            ratio = med / statistics.median(warm[real])
+            value += f" = real x {ratio:.2f}"
+            if "per-open" not in name:
+                aim, met = "<= 1.0x real", ratio <= 1.0
         if lx_warm is not None and name != "LXCFS /proc/meminfo":
             value += f" = LXCFS x {med / lx_warm:.2f}"
-        if name.startswith("dnumafs"):
-            aim = "<= LXCFS" if lx_warm is not None else "<= LXCFS (LXCFS missing)"
-            met = med <= lx_warm if lx_warm is not None else None
         rows.append(Row(f"read {name} (open, read, close), median of {RUNS}x{READS}",
                         value, aim, met))
     for name, times in cold.items():
@@ -327,12 +337,62 @@ def bench_reads(mounts: Mounts, notes: list[str]) -> list[Row]:
             value += f" = LXCFS x {med / lx_cold:.2f}"
             aim, met = "<= LXCFS", med <= lx_cold
         rows.append(Row(f"read {name}, kernel caches expired, median of 3", value, aim, met))
+    for mode, mnt in (("", cached), (" --per-open-snapshot", per_open)):
+        after = read_after_change(mnt)
+        rows.append(Row(f"read dnumafs{mode} node0/meminfo right after a change of it "
+                        f"(nr_hugepages written), median of {len(after)}",
+                        f"{statistics.median(after) * 1e6:.0f} us", "-"))
+    mounts.umount(per_open)
+    mounts.umount(cached)
+    return rows
+
+
+def read_after_change(mnt: Path, n: int = 200) -> list[float]:
+    """Seconds of one open, read, close of node0/meminfo, each right after a write that
+    changed it (the write not timed)."""
+    path, times = str(mnt / MEMINFO), []
+    fd = os.open(mnt / HUGEPAGES, os.O_WRONLY)
+    try:
+        for i in range(n):
+            os.write(fd, b"%d\n" % (i % 2))
+            times.append(read_cycle(path, 1))
+    finally:
+        os.write(fd, b"0\n")
+        os.close(fd)
+    return times
+
+
+def bench_commit_invalidation(mounts: Mounts) -> list[Row]:
+    """A commit's cost, through the files, on the machine with the most nodes the model boots
+    (1024 once it can), with the kernel holding every node file and proc file: from the page
+    cache (the commit returns once the changed files are dropped) and with a text per open."""
+    nodes = min(1024, MAX_POSSIBLE_NODES)
+    opts = ("--nodes", str(nodes), "--possible-nodes", str(nodes), "--cpus", str(2 * nodes),
+            "--mem", f"{16 * nodes}M")
+    rows: list[Row] = []
+    for mode in ((), ("--per-open-snapshot",)):
+        mnt, _, _ = mounts.mount(*opts, *mode)
+        tree = MountedTree(mnt)
+        files = [os.path.join(d, f) for top in ("sys/devices/system/node", "proc")
+                 for d, _, names in os.walk(mnt / top) for f in names]
+        times = []
+        for shift in range(1, 4):       # each commit moves memory of every node
+            for f in files:             # the kernel holds every one of them
+                with contextlib.suppress(OSError):
+                    Path(f).read_bytes()
+            ranges = rotated_stripes(tree.max_pfn(), 0, nodes - 1, 4096, shift)
+            times.append(stage_and_commit(tree, ranges)[1])
+        mounts.umount(mnt)
+        label = " --per-open-snapshot" if mode else ""
+        rows.append(Row(f"{nodes} nodes{label}: commit of a restripe (write to `commit`), "
+                        f"{len(files)} node and proc files read before, median of 3",
+                        f"{statistics.median(times) * 1e3:.0f} ms", "-"))
     return rows
 
 
 def fuse_requests_per_read(notes: list[str]) -> list[Row]:
     """Count the FUSE requests one read costs, from libfuse's debug log of a daemon serving the
-    default machine: with warm kernel caches, and after they expire."""
+    default machine from the page cache: warm, and right after a change of the file."""
     d = Path(tempfile.mkdtemp(prefix="dnumafs-bench-ops-"))
     mnt = d / "mnt"
     mnt.mkdir()
@@ -359,7 +419,7 @@ def fuse_requests_per_read(notes: list[str]) -> list[Row]:
         marker("warm1")
         read_cycle(path, 10)
         marker("warm2")
-        time.sleep(ENTRY_TIMEOUT + 0.1)
+        Path(mnt / HUGEPAGES).write_text("1\n")
         marker("cold1")
         read_cycle(path, 1)
         marker("cold2")
@@ -388,8 +448,9 @@ def fuse_requests_per_read(notes: list[str]) -> list[Row]:
 
     return [
         Row("FUSE requests per open/read/close, warm kernel caches", show(warm, 10),
-            "3 (open, read, release)", sum(warm.values()) <= 30),
-        Row("FUSE requests per open/read/close, caches expired", show(cold, 1), "-"),
+            "0 (the page cache)", sum(warm.values()) == 0),
+        Row("FUSE requests per open/read/close right after a change of the file",
+            show(cold, 1), "-"),
         Row("FUSE requests per `cat` (reads to EOF), warm", show(cat, 1), "-"),
     ]
 
@@ -530,6 +591,7 @@ def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:
             lambda: bench_seed_files(mounts),
             lambda: bench_big_files(mounts, gib),
             lambda: bench_reads(mounts, notes),
+            lambda: bench_commit_invalidation(mounts),
             lambda: fuse_requests_per_read(notes),
             lambda: bench_numactl(mounts, notes),
             lambda: bench_syscalls(mounts, notes),

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from dnumafs.mm import Machine
-from dnumafs.vfs.tree import Dir, StaticDir, union
+from dnumafs.vfs.tree import ChangeSource, Dir, StaticDir, union
 
 from .bus import bus_dir
 from .cache import cache_root
@@ -38,7 +40,7 @@ DIR_MODES = {"sys/kernel/debug": 0o700}
 
 def build_root(machine: Machine) -> Dir:
     """The mount's root directory: each subtree at its path, one line each."""
-    return mount_tree({
+    return mount_tree(changes=machine.changes, subtrees={
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
         "sys/kernel/debug/process_view": process_dir(machine),
@@ -51,7 +53,7 @@ def build_root(machine: Machine) -> Dir:
     })
 
 
-def mount_tree(subtrees: dict[str, Dir]) -> Dir:
+def mount_tree(subtrees: dict[str, Dir], changes: ChangeSource | None = None) -> Dir:
     """A root holding each subtree at its path, with the directories between made as needed
     (listed in the order first named, with their DIR_MODES mode or 0755)."""
     root: dict[str, Any] = {}
@@ -61,7 +63,7 @@ def mount_tree(subtrees: dict[str, Dir]) -> Dir:
         for part in parents:
             d = d.setdefault(part, {})
         d[name] = sub
-    return _static_dir(root, "")
+    return attrs.evolve(_static_dir(root, ""), changes=changes)
 
 
 def _static_dir(children: dict[str, Any], path: str) -> StaticDir:

@@ -21,6 +21,7 @@ from dnumafs.vfs.tree import (
     DEBUGFS,
     RO,
     RW,
+    STATIC,
     SYSFS,
     WO,
     Attr,
@@ -180,7 +181,7 @@ def range_show(m: Machine, lid: int, start: int, end: int) -> str:
     return f"{nid}\n"
 
 
-RANGE_ATTR = RO(range_show)
+RANGE_ATTR = RO(range_show, depends=STATIC)     # a range keeps its node while it exists
 
 
 def layout_entries(m: Machine, lid: int) -> list[tuple[str, NodeKind]]:

@@ -15,7 +15,6 @@ from dnumafs.vfs.tree import PROCFS, RO, SYSCTL, WO, Dir, FileSet, StaticDir
 from .format import meminfo_kb, meminfo_line
 from .vmstat import (
     EXTRA_ZONE_NAMES,
-    SWAP_CLUSTER_MAX,
     global_vmstat_items,
     meminfo_figures,
     node_stat_items,
@@ -181,17 +180,14 @@ def zoneinfo_zone(m: Machine, nid: int, ztype: ZoneType) -> str:
 
 
 def zoneinfo_empty_zone(nid: int, name: str) -> str:
-    """ZONE_MOVABLE or ZONE_DEVICE, which the model never populates: an empty Movable zone
-    has SWAP_CLUSTER_MAX for each watermark, a Device zone none."""
-    mark = SWAP_CLUSTER_MAX if name == "Movable" else 0
+    """ZONE_DEVICE, which the model never populates: no pages, no watermarks."""
     out = [f"Node {nid}, zone {name:>8s}"]
-    zoneinfo_head(out, 0, Watermarks(mark, mark, mark, mark), (0, 0, 0), [0] * MAX_NR_ZONES)
+    zoneinfo_head(out, 0, Watermarks(0, 0, 0, 0), (0, 0, 0), [0] * MAX_NR_ZONES)
     return "\n".join(out) + "\n"
 
 
 def zoneinfo_show(m: Machine) -> str:
-    """/proc/zoneinfo: every zone of every online node, populated or not, Movable and Device
-    included."""
+    """/proc/zoneinfo: every zone of every online node, populated or not, Device included."""
     return "".join(
         "".join(zoneinfo_zone(m, nid, ztype) for ztype in ZoneType)
         + "".join(zoneinfo_empty_zone(nid, name) for name in EXTRA_ZONE_NAMES)

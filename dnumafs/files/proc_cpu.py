@@ -148,7 +148,7 @@ def proc_cpu_dir(m: Machine) -> Dir:
     files = FileSet(PROCFS, m.lock)
     return StaticDir({
         "cpuinfo": files.attr(RO(cpuinfo_show), m, host),
-        "stat": files.attr(RO(stat_show), m, clock),
+        "stat": files.attr(RO(stat_show, volatile=True), m, clock),
         "interrupts": files.attr(RO(interrupts_show), m),
         "softirqs": files.attr(RO(softirqs_show), m),
     })

@@ -19,11 +19,8 @@ PAGE_KB = PAGE_SIZE // 1024
 VM_DIRTY_RATIO, VM_DIRTY_BACKGROUND_RATIO = 20, 10      # vm.dirty_ratio, dirty_background_ratio
 
 # Zone names past the model's zone types, which Linux lists though they are empty here.
-EXTRA_ZONE_NAMES = ("Movable", "Device")
+EXTRA_ZONE_NAMES = ("Device",)
 assert len(ZoneType) + len(EXTRA_ZONE_NAMES) == MAX_NR_ZONES
-# An empty ZONE_MOVABLE's watermarks: __setup_per_zone_wmarks() gives its min
-# clamp(managed / 1024, SWAP_CLUSTER_MAX, 128), and low, high and promo no more.
-SWAP_CLUSTER_MAX = 32
 
 ZONE_STAT_NAMES = (
     "nr_free_pages", "nr_free_pages_blocks", "nr_zone_inactive_anon", "nr_zone_active_anon",
@@ -150,7 +147,6 @@ def zone_reserves(m: Machine) -> tuple[int, int]:
             reserve += min(max(lowmem_reserve(pgdat, zone.type)) + wmark.high,
                            zone.managed_pages)
             low += wmark.low
-        low += SWAP_CLUSTER_MAX
     return reserve, low
 
 

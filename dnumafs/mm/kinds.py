@@ -85,6 +85,12 @@ class PageKinds:
         return cls(bytearray(max_pfn), [[[0] * NR_KINDS for _ in ZoneType]
                                         for _ in range(possible_nodes)])
 
+    def grown(self, max_pfn: int) -> PageKinds:
+        """The same kinds over more pfns (memory hot-added past the end holds none)."""
+        kind = bytearray(max_pfn)
+        kind[:len(self.kind)] = self.kind
+        return PageKinds(kind, self.counts)
+
     def node(self, nid: int) -> list[int]:
         """Pages of each kind on node nid, over its zones."""
         return [sum(col) for col in zip(*self.counts[nid])]

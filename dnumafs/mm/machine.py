@@ -15,6 +15,7 @@ import attrs
 import numpy as np
 
 from . import boot, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
+from .changes import LAYOUTS, PAGES, ChangeHook
 from .check import check
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB, ZoneType
 from .kinds import FILE_CACHE, RECLAIMABLE_SLAB, Kind, PageKinds
@@ -59,6 +60,7 @@ class Machine:
     retired: RetiredStats = attrs.field(factory=RetiredStats)
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
     blocks: memory_hotplug.MemoryBlocks = attrs.field(init=False)
+    changes: ChangeHook = attrs.field(factory=ChangeHook)    # told of every change below
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -173,6 +175,7 @@ class Machine:
                                                     thisnode)
             if pfn is not None:
                 kinds.charge(self, pfn, order, kind)
+            self.changes.changed([PAGES])
             return pfn
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
@@ -188,11 +191,14 @@ class Machine:
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
             page_alloc.free_pages(self, pfn, cpu)
+            self.changes.changed([PAGES])
 
     def drain_pcp(self) -> int:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""
         with self.lock:
-            return page_alloc.drain_all_pages(self)
+            drained = page_alloc.drain_all_pages(self)
+            self.changes.changed([PAGES])
+            return drained
 
     @property
     def boot_allocations(self) -> list[tuple[int, int]]:
@@ -210,6 +216,7 @@ class Machine:
                     break
                 freed += 1 << order
                 page_alloc.free_pages(self, pfn, 0)
+            self.changes.changed([PAGES])
             return freed
 
     def kind_pages(self, nid: int, ztype: int | None = None) -> list[int]:
@@ -231,6 +238,7 @@ class Machine:
             if mode & DROP_SLAB:
                 self._free_kinds(RECLAIMABLE_SLAB)
                 self.vm_events.drop_slab += 1
+            self.changes.changed([PAGES])
 
     def _free_kinds(self, wanted: frozenset[Kind]) -> None:
         for pfn, _ in kinds.allocations_of(self, wanted):
@@ -243,7 +251,10 @@ class Machine:
                 raise ValueError(f"node {nid} is not online")
             if count < 0:
                 raise ValueError("negative hugepage count")
-            return hugetlb.set_max_huge_pages(self, nid, count)
+            try:
+                return hugetlb.set_max_huge_pages(self, nid, count)
+            finally:
+                self.changes.changed([PAGES])
 
     # ------------------------------------------------------------------ memlayout
 
@@ -254,20 +265,25 @@ class Machine:
                 raise MemlayoutError(errno.EINVAL, f"node {nid} is not possible")
             if self.pending is not None:
                 self.pending.add_range(start, end, nid)
-                return
-            layout = Memlayout(self.next_layout_id)
-            layout.add_range(start, end, nid)       # raises before it changes anything
-            self.pending = dnuma.memlayout_register(self, layout)
+            else:
+                layout = Memlayout(self.next_layout_id)
+                layout.add_range(start, end, nid)       # raises before it changes anything
+                self.pending = dnuma.memlayout_register(self, layout)
+            self.changes.changed([LAYOUTS])
 
     def memlayout_clear(self) -> None:
         with self.lock:
             if self.pending is not None:
                 dnuma.memlayout_destroy(self, self.pending)
                 self.pending = None
+                self.changes.changed([LAYOUTS])
 
     def memlayout_commit(self) -> Memlayout | None:
         with self.lock:
-            return dnuma.memlayout_commit(self)
+            try:
+                return dnuma.memlayout_commit(self)
+            finally:
+                self.changes.changed()      # pages, nodes, layouts and their statistics
 
     def layout(self, lid: int) -> Memlayout | None:
         """The pending, current or backlog layout numbered lid, or None."""
@@ -286,6 +302,7 @@ class Machine:
         with self.lock:
             self.backlog_max = n
             dnuma.ml_backlog_trim(self)
+            self.changes.changed([LAYOUTS])
 
     # ------------------------------------------------------------------ statistics
 
@@ -328,13 +345,18 @@ class Machine:
         """Online or offline memory block bid; False if it already was (nothing done).
         Raises memory_hotplug.HotplugError, changing nothing."""
         with self.lock:
-            return memory_hotplug.set_state(self, bid, how)
+            changed = memory_hotplug.set_state(self, bid, how)
+            if changed:
+                self.changes.changed()      # pages, zones, node sizes and links
+            return changed
 
     def memory_probe(self, phys_addr: int) -> int:
         """Hot-add a memory block at phys_addr (x86's probe file); returns its block id.
         Raises memory_hotplug.HotplugError, changing nothing."""
         with self.lock:
-            return memory_hotplug.add_memory(self, phys_addr)
+            bid = memory_hotplug.add_memory(self, phys_addr)
+            self.changes.changed()          # a new block, perhaps a new node
+            return bid
 
     # ---------------------------------------------------------------------- check
 

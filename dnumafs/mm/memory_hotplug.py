@@ -374,6 +374,7 @@ def add_memory(m: Machine, phys_addr: int) -> int:
     mm.page_node[pfn:] = nid
     mm.page_flags[pfn:] = PG_OFFLINE
     m.mem_map, m.max_pfn = mm, mm.max_pfn
+    m.kinds = m.kinds.grown(mm.max_pfn)
     bid = len(blocks.online)
     blocks.online.append(0)
     blocks.hot_added_pages += blocks.block_pages

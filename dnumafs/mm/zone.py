@@ -133,18 +133,27 @@ class Pgdat:
 
 def zone_watermarks(zone: Zone, total_managed: int) -> Watermarks:
     """Linux's min_free_kbytes = sqrt(16 * lowmem kB), shared by managed pages."""
-    if total_managed <= 0 or zone.managed_pages <= 0:
+    if total_managed <= 0:
         return Watermarks(0, 0, 0, 0)
     min_free_kb = max(128, min(262144, int(math.isqrt(16 * total_managed * 4))))
-    pages_min = (min_free_kb // 4) * zone.managed_pages // total_managed
-    # watermark_scale_factor 10: 0.1% of the zone, or a quarter of min, whichever is more.
-    step = max(pages_min // 4, zone.managed_pages * 10 // 10000)
+    share = (min_free_kb // 4) * zone.managed_pages // total_managed
+    # ZONE_MOVABLE keeps no reserve of its own (__setup_per_zone_wmarks): a small min,
+    # clamped to SWAP_CLUSTER_MAX..128, which an empty Movable zone shows as 32.
+    if zone.type == ZoneType.MOVABLE:
+        pages_min = min(128, max(SWAP_CLUSTER_MAX, zone.managed_pages // 1024))
+    elif zone.managed_pages <= 0:
+        return Watermarks(0, 0, 0, 0)
+    else:
+        pages_min = share
+    # watermark_scale_factor 10: 0.1% of the zone, or a quarter of its share, whichever is more.
+    step = max(share // 4, zone.managed_pages * 10 // 10000)
     return Watermarks(pages_min, pages_min + step, pages_min + 2 * step, pages_min + 3 * step)
 
 
-# Linux's zone types past the model's: ZONE_MOVABLE and ZONE_DEVICE, which it never populates
-# but lists (zoneinfo, lowmem_reserve[]), so MAX_NR_ZONES counts them.
-MAX_NR_ZONES = len(ZoneType) + 2
+# Linux's zone type past the model's: ZONE_DEVICE, which it never populates but lists
+# (zoneinfo, lowmem_reserve[]), so MAX_NR_ZONES counts it.
+MAX_NR_ZONES = len(ZoneType) + 1
+SWAP_CLUSTER_MAX = 32
 LOWMEM_RESERVE_RATIO = (256, 256, 32, 0, 0)     # sysctl_lowmem_reserve_ratio, by zone type
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import attrs
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
-from .tree import PAGE_SIZE, Attr, Dir, Node, NodeKind, Symlink, resolve
+from .pagecache import PageCache, kernel_has_no_open
+from .tree import PAGE_SIZE, Attr, ChangeSource, Dir, Node, NodeKind, StaticDir, Symlink, resolve
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ codecs.register(_path_codec)
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
 NEGATIVE_TIMEOUT = 0
+# With the page cache, every change is told to the kernel, so it may keep entries and
+# attributes as long as it likes (a day).
+CACHED_TIMEOUT = 86400.0
 
 
 # The most text that open files may hold at once, identical texts counted once. A reader
@@ -365,6 +369,80 @@ class TreeOperations(Operations):
     removexattr = setxattr = statfs = None
 
 
+class CachedOperations(TreeOperations):
+    """The operations when the kernel serves reads from its page cache (see pagecache.py):
+    open answers ENOSYS, so the kernel sends no open or release for the mount's files and
+    keeps their pages; getattr gives each file's exact length and the time its text last
+    changed; a write reaches store() and returns once the kernel has dropped what it changed.
+
+    Without open, a file's own refusals happen where requests still come: a write of a file
+    without store fails at its truncate (`echo 1 > f`, O_TRUNC) or at the write, a read of a
+    file without show at the read (its st_size is a page, so that the read reaches us); other
+    users get the mode bits checked by the kernel, as before.
+    """
+
+    def __init__(self, root: Dir, cache: PageCache, changes: ChangeSource | None) -> None:
+        super().__init__(root)
+        self.cache = cache
+        self.changes = changes
+
+    def init(self, path: str) -> None:  # type: ignore[override]  # unregistered above
+        self.cache.notifier.capture()
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        node = self._resolve(path)
+        st = super().getattr(path, fh)
+        if isinstance(node, Dir):
+            self.cache.known(path, node)         # for the notice when it goes away
+            return st
+        known = self.cache.known(path, node)
+        if isinstance(node, Attr):
+            st["st_size"] = PAGE_SIZE if known.text is None else len(known.text)
+            st["st_mtime"] = st["st_ctime"] = known.changed_ns
+        return st
+
+    def open(self, path: str, fi: Any) -> int:
+        raise FuseOSError(errno.ENOSYS)         # FUSE_NO_OPEN_SUPPORT: no open, no release
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        """Pages for the kernel's cache, from the text the kernel was given the size of."""
+        node = self._attr(path)
+        if node.show is None:
+            raise FuseOSError(node.fs.no_show_errno)
+        text = self.cache.known(path, node).text
+        if text is None:                       # the show failed (a layout destroyed)
+            text = node.read()
+        data = text[offset:offset + size]
+        self.cache.filled(path, offset, len(data))
+        return data
+
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        """store(), then have the kernel drop what it changed before answering."""
+        if self.changes is not None:
+            self.changes.take_announced()       # what came before is not this write's
+        ok = False
+        try:
+            self._attr(path).write(data)
+            ok = True
+            whole = -offset % PAGE_SIZE         # the pages the kernel filled whole
+            self.cache.filled(path, offset + whole,
+                              (len(data) - whole) // PAGE_SIZE * PAGE_SIZE)
+        finally:
+            announced = self.changes.take_announced() if self.changes is not None else None
+            # A store that announced nothing may still have changed something (a new file's
+            # store, state outside the model): take it as a change of anything.
+            if ok and announced == frozenset():
+                announced = None
+            self.cache.sync([path], announced if ok else frozenset())
+        return len(data)
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        return super().truncate(path, length, None)
+
+    def release(self, path: str, fi: Any) -> int:
+        return 0
+
+
 # One stat per kind, filled once: readdir hands libfuse only the type bits (its d_type).
 _DIRENT_STATS = {mode: c_stat(st_mode=mode) for mode in LETTER_MODES.values()}
 
@@ -382,35 +460,63 @@ class _FUSE(FUSE):
         return 0
 
 
-def fuse_options(*, allow_other: bool = False) -> dict[str, Any]:
-    """The mount options: sysfs-like permission checks and short kernel caches."""
+def fuse_options(*, allow_other: bool = False, cached: bool = False) -> dict[str, Any]:
+    """The mount options: sysfs-like permission checks; kernel caches kept a second, or, when
+    every change is told to the kernel (cached), for as long as the kernel likes."""
+    timeout = CACHED_TIMEOUT if cached else ENTRY_TIMEOUT
     return dict(
         fsname="dnumafs",
         subtype="dnumafs",
         # The kernel checks mode bits for everyone but root; open() refuses the rest.
         default_permissions=True,
         allow_other=allow_other,
-        entry_timeout=ENTRY_TIMEOUT,
-        attr_timeout=ATTR_TIMEOUT,
+        entry_timeout=timeout,
+        attr_timeout=timeout if cached else ATTR_TIMEOUT,
         negative_timeout=NEGATIVE_TIMEOUT,
+        # A write through the page cache goes to the daemon as one request (up to 128 KiB),
+        # not a request per page: each request is taken as one value.
+        big_writes=cached,
     )
 
 
-def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool = False) -> None:
+def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
+          per_open: bool = False) -> None:
     """Mount root at mountpoint and serve it in this process until unmounted.
+
+    Reads come from the kernel's page cache (CachedOperations), unless per_open asks for a
+    text per open (TreeOperations), or the kernel cannot keep pages without open (before
+    4.19), which is then said in the log.
 
     Always in the foreground: fusepy's background mode forks inside libfuse, which kills
     Python's threads, so callers that want a daemon run this in a child process. libfuse
     unmounts on SIGINT, SIGTERM and SIGHUP and then this returns. Raises RuntimeError if
     libfuse fails to mount.
     """
-    # One thread serves every request, one after another. Every show and store takes the
-    # machine lock anyway, so libfuse's worker threads would only contend for it and for the
-    # GIL: measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone and more
-    # than twice as fast with 4 readers at once. Requests from many processes still interleave
-    # safely; a commit is atomic for them all.
     limit = RateLimit()
-    for name in (__name__, "fuse"):     # ours, and fusepy's own per-request messages
+    for name in (__name__, "fuse", "dnumafs.vfs.pagecache"):   # and fusepy's own messages
         logging.getLogger(name).addFilter(limit)
-    _FUSE(TreeOperations(root), mountpoint, raw_fi=True, foreground=True, nothreads=True,
-         debug=debug, encoding=PATH_ENCODING, **fuse_options(allow_other=allow_other))
+    if not per_open and not kernel_has_no_open():
+        log.warning("kernel %s keeps no page cache without open (Linux 4.19+): "
+                    "serving a text per open instead", os.uname().release)
+        per_open = True
+    options = dict(raw_fi=True, foreground=True, debug=debug, encoding=PATH_ENCODING)
+    if per_open:
+        # One thread serves every request, one after another. Every show and store takes the
+        # machine lock anyway, so libfuse's worker threads would only contend for it and for
+        # the GIL: measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone
+        # and more than twice as fast with 4 readers at once.
+        _FUSE(TreeOperations(root), mountpoint, nothreads=True, **options,
+              **fuse_options(allow_other=allow_other))
+        return
+    # Several threads: a writer waits for its notices, whose stat of a path may need a
+    # lookup served meanwhile; reads rarely come at all.
+    changes = root.changes if isinstance(root, StaticDir) else None
+    cache = PageCache(root, os.path.abspath(mountpoint))
+    if changes is not None:
+        changes.subscribe(cache.changed)
+    cache.start()
+    try:
+        _FUSE(CachedOperations(root, cache, changes), mountpoint, nothreads=False, **options,
+              **fuse_options(allow_other=allow_other, cached=True))
+    finally:
+        cache.stop()

@@ -16,7 +16,7 @@ import errno
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -67,6 +67,21 @@ SYSCTL = FileSystem("sysctl", st_size=0, root_only=False, refuse_at_open=True,
                     max_write=PAGE_SIZE, cstring=False)
 
 
+# The topics of the model's changes a file's text depends on (dnumafs.mm.changes): None for
+# every change (the default, so that a new file is never left stale), empty for a text that
+# never changes.
+Depends = frozenset[str] | None
+STATIC: Depends = frozenset()
+
+
+class ChangeSource(Protocol):
+    """The model's change hook as the file layer sees it (dnumafs.mm.changes.ChangeHook)."""
+
+    def subscribe(self, listener: Callable[[Depends], None]) -> None: ...
+
+    def take_announced(self) -> Depends: ...
+
+
 @attrs.frozen
 class Attr:
     """One sysfs/debugfs/procfs attribute file.
@@ -83,6 +98,10 @@ class Attr:
     # Bits a file keeps of the mode its show and store give it: a file served from elsewhere
     # (a snapshot) keeps its own readers, so a root-only file stays root-only.
     mode_mask: int = 0o777
+    depends: Depends = None
+    # A text that changes with the clock, not with the model (/proc/stat's idle time): the
+    # kernel may keep it only from one read to the next.
+    volatile: bool = False
 
     @property
     def mode(self) -> int:
@@ -148,6 +167,8 @@ class StaticDir(Dir):
 
     children: Mapping[str, Node] = attrs.field(factory=dict)
     mode: int = 0o755       # 0o700 for debugfs's root, as /sys/kernel/debug
+    # On a mount's root: the hook that announces the model's changes, for the page cache.
+    changes: ChangeSource | None = None
 
     def names(self) -> Iterable[str]:
         return list(self.children)
@@ -225,18 +246,22 @@ class AttrDef:
 
     show: Callable[..., str] | None = None
     store: Callable[..., None] | None = None
+    depends: Depends = None
+    volatile: bool = False
 
 
-def RO(show: Callable[..., str]) -> AttrDef:       # noqa: N802 (named as the kernel's macros)
-    return AttrDef(show=show)
+def RO(show: Callable[..., str], *, depends: Depends = None,  # noqa: N802 (the kernel's names)
+       volatile: bool = False) -> AttrDef:
+    return AttrDef(show=show, depends=depends, volatile=volatile)
 
 
-def RW(show: Callable[..., str], store: Callable[..., None]) -> AttrDef:  # noqa: N802
-    return AttrDef(show=show, store=store)
+def RW(show: Callable[..., str], store: Callable[..., None], *,  # noqa: N802
+       depends: Depends = None) -> AttrDef:
+    return AttrDef(show=show, store=store, depends=depends)
 
 
 def WO(store: Callable[..., None]) -> AttrDef:     # noqa: N802
-    return AttrDef(store=store)
+    return AttrDef(store=store, depends=STATIC)
 
 
 @attrs.frozen
@@ -250,7 +275,7 @@ class FileSet:
     def attr(self, d: AttrDef, *args: Any) -> Attr:
         return Attr(show=partial(d.show, *args) if d.show else None,
                     store=partial(d.store, *args) if d.store else None,
-                    fs=self.fs, lock=self.lock)
+                    fs=self.fs, lock=self.lock, depends=d.depends, volatile=d.volatile)
 
     def attrs(self, table: Mapping[str, AttrDef], *args: Any) -> dict[str, Node]:
         """A directory's attribute table, each function bound to args."""

@@ -1,0 +1,59 @@
+"""The model's change hook: every change to the model is announced here, after it is made.
+
+Whoever shows the model (the files' page cache, events) subscribes. A change names the kinds
+of state it touched (TOPICS), or None for "anything may have changed": a subscriber must treat
+None as every topic, so a change that forgets to be precise is only slower, never missed.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+import attrs
+
+# What a change may touch. Files that declare the topics they depend on are looked at again
+# only when one of them changes; a file that declares nothing depends on every topic.
+PAGES = "pages"          # pages allocated, freed, moved between lists or pools; their counts
+LAYOUTS = "layouts"      # the pending, current and kept layouts, their ranges and statistics
+NODES = "nodes"          # which nodes are online, their zones, zonelists, CPUs and distances
+TOPICS = frozenset({PAGES, LAYOUTS, NODES})
+
+Topics = frozenset[str] | None       # None: anything may have changed
+Listener = Callable[[Topics], None]
+
+
+@attrs.define(eq=False)
+class ChangeHook:
+    """Announces the model's changes to its listeners, in the changing thread (with the
+    machine's lock held, so a listener only records what changed and acts later)."""
+
+    generation: int = 0
+    _listeners: list[Listener] = attrs.field(factory=list)
+    _local: threading.local = attrs.field(factory=threading.local)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def changed(self, topics: Iterable[str] | None = None) -> None:
+        """Announce a change that touched topics (None: anything)."""
+        self.generation += 1
+        if not self._listeners:         # the model alone (a bench, a test): nothing to tell
+            return
+        what = None if topics is None else frozenset(topics)
+        if what is not None and not what <= TOPICS:
+            raise ValueError(f"unknown topics {sorted(what - TOPICS)}")
+        self._local.announced = union(getattr(self._local, "announced", frozenset()), what)
+        for listener in self._listeners:
+            listener(what)
+
+    def take_announced(self) -> Topics:
+        """What this thread announced since it last asked (empty: nothing), so that a
+        caller that ran some code can tell whether, and how, it changed the model."""
+        what: Topics = getattr(self._local, "announced", frozenset())
+        self._local.announced = frozenset()
+        return what
+
+
+def union(a: Topics, b: Topics) -> Topics:
+    """Two changes' topics together (None absorbs everything)."""
+    return None if a is None or b is None else a | b

@@ -1,0 +1,306 @@
+"""Reads from the kernel's page cache: what the daemon keeps of the texts the kernel caches, and
+the invalidation of the ones a change of the model touched.
+
+The kernel (with FUSE_NO_OPEN_SUPPORT, Linux 4.19+, once open answers ENOSYS) sends no open or
+release and keeps each file's pages and attributes; it asks the daemon only for what it does
+not hold. So the daemon keeps, for every path the kernel has asked about, the text it gave (and
+its length, the file's st_size). After each change of the model it makes those texts again,
+compares, and tells the kernel to drop exactly the ones that differ (their pages and
+attributes) and the entries that are gone, through libfuse's low-level notify calls, before the
+writer whose write made the change gets its answer. A new text is made first and the kernel
+told second, so a read that reaches the daemon after the notice gets the new text.
+
+The notices go out from a thread of their own: the kernel holds a page locked while the daemon
+fills it, so a notice sent from a thread that serves requests could wait for itself. For the
+same reason a notice drops only the pages the kernel holds up to date, the ones the daemon
+served (or a write filled whole), and the attributes: a write to a page the kernel did not
+hold keeps that page locked, and not up to date, until the write is answered, and the
+writer waits for its notices.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import attrs
+
+from .tree import PAGE_SIZE, Attr, Depends, Dir, Node, Symlink, resolve
+
+log = logging.getLogger(__name__)
+
+# How long a writer waits for its change's notices: a bound, so that a wedged kernel or
+# daemon cannot hang the writer for ever (the notices are then late, never lost).
+SYNC_TIMEOUT = 10.0
+
+FUSE_ROOT_ID = 1
+
+
+def kernel_has_no_open(release: str | None = None) -> bool:
+    """Whether this kernel keeps page cache with no open (FUSE_NO_OPEN_SUPPORT, Linux 4.19)."""
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (4, 19)
+
+
+class Notifier:
+    """libfuse 2's low-level invalidation calls over the mount's channel (captured at init,
+    from the thread that runs libfuse's init callback)."""
+
+    def __init__(self) -> None:
+        from fuse import _libfuse  # the libfuse fusepy loaded (it carries the session)
+
+        self._lib = _libfuse
+        self._lib.fuse_get_session.restype = ctypes.c_void_p
+        self._lib.fuse_get_session.argtypes = [ctypes.c_void_p]
+        self._lib.fuse_session_next_chan.restype = ctypes.c_void_p
+        self._lib.fuse_session_next_chan.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._lib.fuse_lowlevel_notify_inval_inode.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
+        self._lib.fuse_lowlevel_notify_inval_entry.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        self._chan: int | None = None
+
+    def capture(self) -> None:
+        """Take the channel from the current request's context (call from init)."""
+        fuse = self._lib.fuse_get_context().contents.fuse
+        self._chan = self._lib.fuse_session_next_chan(self._lib.fuse_get_session(fuse), None)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._chan)
+
+    def inval_inode(self, ino: int, pages: range) -> int:
+        """Drop the inode's attributes and its cached pages in the range (none if empty): 0,
+        or -ENOENT if the kernel has forgotten the inode."""
+        off, length = ((pages.start * PAGE_SIZE, len(pages) * PAGE_SIZE) if pages
+                       else (-1, 0))
+        return int(self._lib.fuse_lowlevel_notify_inval_inode(self._chan, ino, off, length))
+
+    def inval_entry(self, parent: int, name: bytes) -> int:
+        return int(self._lib.fuse_lowlevel_notify_inval_entry(self._chan, parent, name,
+                                                              len(name)))
+
+
+@attrs.define
+class Known:
+    """A path the kernel has asked about, and what the daemon gave it: a file's text (None
+    for a file without show), a symlink's target, nothing for a directory."""
+
+    kind: type[Attr] | type[Symlink] | type[Dir]
+    text: bytes | None
+    depends: Depends
+    volatile: bool
+    changed_ns: int
+
+
+def render(node: Node) -> bytes | None:
+    """What the kernel may cache of node now."""
+    if isinstance(node, Attr):
+        if node.show is None:
+            return None
+        try:
+            return node.read()
+        except OSError:
+            return None
+    if isinstance(node, Symlink):
+        return node.target().encode()
+    return None
+
+
+def _kind(node: Node) -> type[Attr] | type[Symlink] | type[Dir]:
+    return Dir if isinstance(node, Dir) else type(node)
+
+
+@attrs.define(eq=False)
+class Refresh:
+    """One batch of work for the notifying thread: the topics changed (None: anything), the
+    paths written (always dropped: the kernel put the written bytes in their pages), and the
+    event a waiting writer waits on."""
+
+    topics: Depends
+    written: tuple[str, ...] = ()
+    done: threading.Event | None = None
+
+
+@attrs.define(eq=False)
+class PageCache:
+    """The texts the kernel may hold, and the thread that keeps them in step with the model."""
+
+    root: Dir
+    mountpoint: str
+    notifier: Notifier = attrs.field(factory=Notifier)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _known: dict[str, Known] = attrs.field(factory=dict)
+    # The pages of each file the kernel may hold up to date: served, or written whole.
+    _pages: dict[str, range] = attrs.field(factory=dict)
+    _inos: dict[str, int] = attrs.field(factory=dict)     # the notifying thread's own
+    _epoch: int = 0             # counts changes, so that a text made across one is made again
+    _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dnumafs-inval", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=SYNC_TIMEOUT)
+
+    # --- what requests ask --------------------------------------------------------------
+
+    def known(self, path: str, node: Node) -> Known:
+        """The text the kernel gets for path: the one it was given, unless the file's text
+        changes with the clock and was read since. A text made while the model changed is
+        made again: the change's remaking may have looked at the known texts before this
+        one was among them."""
+        with self._lock:
+            k = self._known.get(path)
+        if k is not None and k.kind is _kind(node):
+            return k
+        depends = node.depends if isinstance(node, Attr) else None
+        volatile = isinstance(node, Attr) and node.volatile
+        while True:
+            epoch = self._epoch
+            text = render(node)         # outside the lock: it takes the model's
+            with self._lock:
+                if epoch == self._epoch:
+                    k = Known(_kind(node), text, depends, volatile, time.time_ns())
+                    return self._known.setdefault(path, k)
+
+    def filled(self, path: str, offset: int, length: int) -> None:
+        """The kernel now holds bytes [offset, offset + length) of path up to date (a read
+        served, a write of whole pages). A file whose text changes with the clock is then
+        forgotten and dropped, so that its next read asks again."""
+        if length <= 0:
+            return
+        first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE + 1
+        with self._lock:
+            held = self._pages.get(path)
+            self._pages[path] = (range(min(first, held.start), max(last, held.stop)) if held
+                                 else range(first, last))
+            k = self._known.get(path)
+            if k is None or not k.volatile:
+                return
+            del self._known[path]
+        self._queue.put(Refresh(topics=frozenset(), written=(path,)))
+
+    # --- changes ------------------------------------------------------------------------
+
+    def changed(self, topics: Depends) -> None:
+        """The model changed (a listener of its hook, called with the model's lock held):
+        queue the work; the writer, if any, waits for it with sync()."""
+        with self._lock:
+            self._epoch += 1
+        self._queue.put(Refresh(topics))
+
+    def sync(self, written: Iterable[str], topics: Depends) -> None:
+        """Remake and drop whatever topics touched, and the written paths, before returning."""
+        done = threading.Event()
+        with self._lock:
+            self._epoch += 1
+        self._queue.put(Refresh(topics, tuple(written), done))
+        if not done.wait(SYNC_TIMEOUT):
+            log.warning("page cache: notices still pending after %.0f s", SYNC_TIMEOUT)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while not self._queue.empty():      # coalesce what came meanwhile
+                batch.append(self._queue.get())
+            work = [r for r in batch if r is not None]
+            try:
+                if work:
+                    self._apply(work)
+            except Exception:
+                log.error("page cache: invalidation failed", exc_info=True)
+            finally:
+                for r in work:
+                    if r.done is not None:
+                        r.done.set()
+            if len(work) < len(batch):
+                return
+
+    def _apply(self, work: list[Refresh]) -> None:
+        topics: Depends = frozenset()
+        written: set[str] = set()
+        for r in work:
+            topics = None if topics is None or r.topics is None else topics | r.topics
+            written.update(r.written)
+        changed, gone = self.remake(topics, written)
+        self._notify(sorted(set(changed) | written), gone)
+
+    def remake(self, topics: Depends, written: set[str]) -> tuple[list[str], list[str]]:
+        """Make again every known text that topics may touch (empty: none) and the written
+        ones; the paths whose text changed and the highest paths gone (their descendants
+        forgotten with them)."""
+        with self._lock:
+            items = [(p, k) for p, k in self._known.items() if p in written or topics is None
+                     or topics and (k.depends is None or k.depends & topics)]
+        changed: list[str] = []
+        gone: list[str] = []
+        now = time.time_ns()
+        for path, k in sorted(items):
+            if any(path.startswith(g + "/") for g in gone[-1:]):
+                continue
+            node = resolve(self.root, path)
+            if node is None or _kind(node) is not k.kind:
+                gone.append(path)
+                continue
+            if k.kind is Dir:
+                continue
+            text = render(node)
+            if text != k.text:
+                with self._lock:
+                    k.text, k.changed_ns = text, now
+                changed.append(path)
+        with self._lock:
+            for g in gone:
+                for p in [p for p in self._known if p == g or p.startswith(g + "/")]:
+                    del self._known[p]
+        return changed, gone
+
+    def _ino(self, path: str, fresh: bool = False) -> int | None:
+        """libfuse's node id for path (st_ino, as the mount has no use_ino), kept: a stat
+        would ask for the attributes just dropped, and make a text that changes with the
+        clock before its reader asks."""
+        if path == "/":
+            return FUSE_ROOT_ID
+        ino = None if fresh else self._inos.get(path)
+        if ino is None:
+            try:
+                ino = self._inos[path] = os.lstat(self.mountpoint + path).st_ino
+            except OSError:
+                return None
+        return ino
+
+    def _inval(self, path: str, call: Callable[[int], int]) -> None:
+        """Make call(node id of path), again with a fresh id if the kept one is stale."""
+        ino = self._ino(path)
+        rc = call(ino) if ino is not None else None
+        if rc == -errno.ENOENT:      # the kernel forgot it (and may know it by a new id)
+            ino = self._ino(path, fresh=True)
+            if ino is not None:
+                call(ino)
+
+    def _notify(self, changed: list[str], gone: list[str]) -> None:
+        if not self.notifier.ready:
+            return
+        for path in changed:
+            with self._lock:
+                pages = self._pages.pop(path, range(0))
+            self._inval(path, partial(self.notifier.inval_inode, pages=pages))
+        for path in gone:
+            parent, _, name = path.rpartition("/")
+            raw = name.encode("utf-8", "surrogateescape")
+            self._inval(parent or "/", partial(self.notifier.inval_entry, name=raw))
+            for p in [p for p in self._inos if p == path or p.startswith(path + "/")]:
+                del self._inos[p]
+
