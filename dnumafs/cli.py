@@ -337,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_answer(args.mnt)
     argv = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
     try:
-        return run.run(Path(args.mnt), argv)
+        return run.run(Path(args.mnt), argv, syscalls=args.syscalls)
     except run.RunError as e:
         print(f"dnumafs: {e}", file=sys.stderr)
         return e.status
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "real ones, so unmodified tools read the model. Needs "
                                    "root or unprivileged user namespaces.")
     r.add_argument("mnt", metavar="MNT")
+    r.add_argument("--no-syscalls", dest="syscalls", action="store_false",
+                   help="let the memory-policy system calls and /proc/PID/status reach the "
+                        "real kernel (no seccomp supervisor: the host's nodes)")
     r.add_argument("command_argv", metavar="-- CMD [ARG...]", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
     return p

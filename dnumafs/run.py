@@ -11,7 +11,13 @@ import ctypes.util
 import errno
 import os
 import re
+import signal
+import socket
+import sys
 from pathlib import Path
+from typing import NoReturn
+
+from dnumafs.seccomp import abi
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -178,14 +184,8 @@ def bind_model(mnt: Path) -> list[str]:
     return bound
 
 
-def run(mnt: Path, argv: list[str]) -> int:
-    """Bind the model, then become argv (so its exit status is ours); 127 if not found."""
-    if not argv:
-        raise RunError("no command given (dnumafs run MNT -- CMD [ARG...])")
-    mnt = mnt.resolve()
-    if not (mnt / "sys/devices/system/node").is_dir():
-        raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
-    bind_model(mnt)
+def _become(argv: list[str]) -> None:
+    """exec argv; RunError with the shell's status if it cannot be run."""
     for name, value in TOOL_ENV.items():
         os.environ.setdefault(name, value)
     try:
@@ -194,4 +194,61 @@ def run(mnt: Path, argv: list[str]) -> int:
         raise RunError(f"{argv[0]}: command not found", 127) from None
     except PermissionError:
         raise RunError(f"{argv[0]}: permission denied", 126) from None
-    return 127
+
+
+def _supervised_child(argv: list[str], sock: socket.socket, supervisor: int) -> NoReturn:
+    """The forked command: dies with the supervisor, installs the filter, hands the listener
+    over, becomes argv. Never returns into the command line's code."""
+    status = 1
+    try:
+        abi.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != supervisor:      # it died before the line above
+            os._exit(status)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # Python's ignore would be inherited
+        fd = abi.install_filter(abi.TRAPPED)
+        socket.send_fds(sock, [b"L"], [fd])
+        os.close(fd)
+        sock.close()
+        _become(argv)
+    except RunError as e:
+        print(f"dnumafs: {e}", file=sys.stderr)
+        status = e.status
+    except (abi.SeccompError, OSError) as e:
+        print(f"dnumafs: {e} (--no-syscalls runs without the process view)", file=sys.stderr)
+    finally:
+        os._exit(status)
+
+
+def run(mnt: Path, argv: list[str], *, syscalls: bool = True) -> int:
+    """Bind the model, then run argv (its exit status is ours; 127 if not found): under the
+    supervisor that answers its memory-policy calls for the model, or, without syscalls,
+    by becoming it."""
+    if not argv:
+        raise RunError("no command given (dnumafs run MNT -- CMD [ARG...])")
+    mnt = mnt.resolve()
+    if not (mnt / "sys/devices/system/node").is_dir():
+        raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
+    bind_model(mnt)
+    if not syscalls:
+        _become(argv)
+        return 127
+    abi.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    supervisor = os.getpid()
+    child = os.fork()
+    if child == 0:
+        ours.close()
+        _supervised_child(argv, theirs, supervisor)
+    theirs.close()
+    _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
+    ours.close()
+    if not fds:
+        # The child said why and exited before it could be supervised.
+        _pid, wstatus = os.waitpid(child, 0)
+        return os.waitstatus_to_exitcode(wstatus)
+    # Imported here, after the fork: the model's modules load numpy, whose threads the
+    # child must not inherit.
+    from dnumafs.seccomp.supervisor import supervise
+    return supervise(mnt, fds[0], child)

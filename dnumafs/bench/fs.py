@@ -27,6 +27,7 @@ from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 
 from .blocks import bench_blocks
 from .report import SEED_MINUTES, Row, median_range
+from .syscalls import bench_syscalls
 
 RUNS = 5            # runs of each measure; the median is reported, the range beside it
 READS = 1000        # open/read/close cycles per run of a read measure
@@ -593,6 +594,7 @@ def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:
             lambda: bench_commit_invalidation(mounts),
             lambda: fuse_requests_per_read(notes),
             lambda: bench_numactl(mounts, notes),
+            lambda: bench_syscalls(mounts, notes),
             lambda: bench_transplant_files(mounts),
             lambda: bench_blocks(mounts, notes),
         ]

@@ -12,6 +12,7 @@ One module per area, each a set of small show/store functions over the model:
   proc       proc/
   proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
+  process    sys/kernel/debug/process_view/ (the pages of `dnumafs run`'s programs)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .memory import memory_bus_dir, memory_root
 from .node import node_root
 from .proc import proc_dir
 from .proc_cpu import proc_cpu_dir
+from .process import process_dir
 
 # Directories made between the subtrees take 0755, but debugfs's root is root-only, as
 # /sys/kernel/debug is (0700).
@@ -46,6 +48,7 @@ def build_root(machine: Machine) -> Dir:
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
         "sys/kernel/mm/hugepages": hugepages_root(machine),
+        "sys/kernel/debug/process_view": process_dir(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),
         "sys/devices/system/node": node_root(machine),
         "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),
