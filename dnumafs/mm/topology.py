@@ -3,7 +3,7 @@ the zonelists built from them (mm/page_alloc.c's build_zonelists()). The boot pr
 is in boot.py."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -170,7 +170,8 @@ def node_distance(topo: Topology, a: int, b: int) -> int:
 ZONE_TYPES_DOWN = tuple(reversed(ZoneType))
 
 
-def build_zonelists(topo: Topology, pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
+def build_zonelists(distances: Callable[[int, list[int]], list[int]],
+                    pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
     """Each node's fallback list of populated zones: nodes by distance (itself first), and
     within a node its zones from the highest type down, as build_zonelists() orders them."""
     nodes = sorted(pgdat)
@@ -179,7 +180,7 @@ def build_zonelists(topo: Topology, pgdat: dict[int, Pgdat]) -> dict[int, list[Z
     with_zones = [n for n in nodes if zones[n]]
     zonelists = {}
     for pref in nodes:
-        order = sorted(zip(distances_from(topo, pref, with_zones),
+        order = sorted(zip(distances(pref, with_zones),
                            (n != pref for n in with_zones), with_zones))
         zonelists[pref] = [z for _, _, n in order for z in zones[n]]
     return zonelists
@@ -196,12 +197,12 @@ def online_node(m: Machine, nid: int) -> None:
         m.pgdat[nid] = Pgdat.empty(nid)
 
 
-def rebuild_zonelists(m: Machine) -> bool:
+def rebuild_zonelists(m: Machine, force: bool = False) -> bool:
     """Rebuild the zonelists (build_all_zonelists()) if the set of populated zones or of
-    online nodes changed; say if it did."""
+    online nodes changed, or if forced (the distances changed); say if it did."""
     populated = populated_zones(m.pgdat)
-    if populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
+    if not force and populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
         return False
     m.populated = populated
-    m.zonelists = build_zonelists(m.topo, m.pgdat)
+    m.zonelists = build_zonelists(m.node_distances, m.pgdat)
     return True
