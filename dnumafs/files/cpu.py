@@ -3,11 +3,12 @@ whose description gives its topology (the synthetic one), cpuK/topology/.
 
 The sets are the machine's: possible, present and online CPUs, and offline = possible but not
 online (cpu_possible_mask & ~cpu_online_mask). A cpuK/ directory exists for each present CPU,
-as register_cpu() makes them; its online file for every one but an online CPU 0, which
-x86-64 cannot take offline. A snapshot's topology and caches are its own and served from it (files/
-snapshot.py), so the model makes no topology/ for it. CPUs move between nodes through
-debugfs (files/numa_topology.py), so cpuK's node link is looked up at each walk. Files are as on an x86-64 kernel (drivers/base/topology.c),
-including its cluster_id of 65535 where the CPU reports no cluster.
+as register_cpu() makes them; its online file (0644: CPU hotplug, dnumafs.mm.cpu_hotplug) for
+every one but an online CPU 0, which x86-64 cannot take offline. A snapshot's topology and
+caches are its own and served from it (files/snapshot.py), so the model makes no topology/ for
+it. CPUs move between nodes through debugfs (files/numa_topology.py), so cpuK's node link is
+looked up at each walk. Files are as on an x86-64 kernel (drivers/base/topology.c), including
+its cluster_id of 65535 where the CPU reports no cluster.
 """
 from __future__ import annotations
 
