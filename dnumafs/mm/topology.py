@@ -152,19 +152,15 @@ class Topology:
 
 
 def distances_from(topo: Topology, a: int, nodes: list[int]) -> list[int]:
-    """node_distance(a, b) for each b of nodes: the machine's table between nodes online at
-    boot; a node onlined later (or a machine without a table) has Linux's defaults, 10 to
-    itself, 20 otherwise."""
+    """The boot distance from a to each b of nodes (Machine.node_distances() puts the rows
+    written since over it): the machine's table between nodes online at boot; a node onlined
+    later (or a machine without a table) has Linux's defaults, 10 to itself, 20 otherwise."""
     row = topo.distance_rows.get(a)
     index = topo.distance_index
     if row is None:
         return [LOCAL_DISTANCE if b == a else REMOTE_DISTANCE for b in nodes]
     return [row[index[b]] if b in index else LOCAL_DISTANCE if b == a else REMOTE_DISTANCE
             for b in nodes]
-
-
-def node_distance(topo: Topology, a: int, b: int) -> int:
-    return distances_from(topo, a, [b])[0]
 
 
 ZONE_TYPES_DOWN = tuple(reversed(ZoneType))
