@@ -129,6 +129,8 @@ def test_cpu_hotplug_drains_and_follows():
     assert "node1" in t.ls(f"{CPU}/cpu2")            # the device stays under its node
     assert t.write(f"{CPU}/cpu2/online", "0") is None   # already so: success
     assert t.write(f"{CPU}/cpu2/online", "2") == errno.EINVAL
+    with pytest.raises(ValueError, match="offline"):
+        m.alloc_pages(0, cpu=3)
     assert t.write(f"{CPU}/cpu3/online", "on") is None
     assert node_list(t.read(f"{NODE}/has_cpu")) == [0, 1]
     assert "online" not in t.ls(f"{CPU}/cpu0")

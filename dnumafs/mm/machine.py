@@ -241,6 +241,7 @@ class Machine:
         if not 0 <= cpu < self.nr_cpus:
             raise ValueError(f"cpu {cpu} does not exist")
         with self.lock:
+            self._check_online(cpu)
             pref = self.cpu_node[cpu] if nid is None else nid
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
@@ -263,8 +264,15 @@ class Machine:
                                  "hugepage pool")
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
+            self._check_online(cpu)
             page_alloc.free_pages(self, pfn, cpu)
             self.changes.changed([PAGES])
+
+    def _check_online(self, cpu: int) -> None:
+        """An offline CPU runs nothing, so nothing allocates or frees for it: its drained
+        per-CPU lists stay empty."""
+        if cpu not in self.cpus.online:
+            raise ValueError(f"cpu {cpu} is offline")
 
     def drain_pcp(self) -> int:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""
