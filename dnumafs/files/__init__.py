@@ -13,6 +13,7 @@ One module per area, each a set of small show/store functions over the model:
   proc_cpu   proc/cpuinfo, proc/stat, proc/interrupts, proc/softirqs
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
   process    sys/kernel/debug/process_view/ (the pages of `dnumafs run`'s programs)
+  numa_topology  sys/kernel/debug/numa_topology/ (CPU moves, distance rows)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .hugetlb import hugepages_root
 from .memlayout import memlayout_dir, module_dir
 from .memory import memory_bus_dir, memory_root
 from .node import node_root
+from .numa_topology import numa_topology_dir
 from .proc import proc_dir
 from .proc_cpu import proc_cpu_dir
 from .process import process_dir
@@ -47,6 +49,7 @@ def build_root(machine: Machine) -> Dir:
     return mount_tree(changes=machine.changes, subtrees={
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
         "sys/kernel/debug/dnumafs": debug_dir(machine),
+        "sys/kernel/debug/numa_topology": numa_topology_dir(machine),
         "sys/kernel/mm/hugepages": hugepages_root(machine),
         "sys/kernel/debug/process_view": process_dir(machine),
         "sys/module/memlayout_debugfs": module_dir(machine),

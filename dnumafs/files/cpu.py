@@ -3,11 +3,12 @@ whose description gives its topology (the synthetic one), cpuK/topology/.
 
 The sets are the machine's: possible, present and online CPUs, and offline = possible but not
 online (cpu_possible_mask & ~cpu_online_mask). A cpuK/ directory exists for each present CPU,
-as register_cpu() makes them; its online file for every one but an online CPU 0, which
-x86-64 cannot take offline. A snapshot's topology and caches are its own and served from it (files/
-snapshot.py), so the model makes no topology/ for it. The model's CPUs never change node
-(dnuma moves memory, not CPUs). Files are as on an x86-64 kernel (drivers/base/topology.c),
-including its cluster_id of 65535 where the CPU reports no cluster.
+as register_cpu() makes them; its online file (0644: CPU hotplug, dnumafs.mm.cpu_hotplug) for
+every one but an online CPU 0, which x86-64 cannot take offline. A snapshot's topology and
+caches are its own and served from it (files/snapshot.py), so the model makes no topology/ for
+it. CPUs move between nodes through debugfs (files/numa_topology.py), so cpuK's node link is
+looked up at each walk. Files are as on an x86-64 kernel (drivers/base/topology.c), including
+its cluster_id of 65535 where the CPU reports no cluster.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
 from dnumafs.mm import Machine
+from dnumafs.mm.memory_hotplug import HotplugError
 from dnumafs.vfs.tree import (
     RO,
+    RW,
     SYSFS,
     Dir,
     DynamicDir,
@@ -26,9 +29,11 @@ from dnumafs.vfs.tree import (
     NodeKind,
     StaticDir,
     kind_of,
+    union,
 )
 
 from .format import parse_indexed_name
+from .memory import kstrtobool
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 
@@ -45,6 +50,14 @@ def offline_cpus(m: Machine) -> list[int]:
 
 def cpu_online_show(m: Machine, cpu: int) -> str:
     return f"{int(cpu in m.online_cpus())}\n"
+
+
+def cpu_online_store(m: Machine, cpu: int, buf: bytes) -> None:
+    """online_store() (drivers/base/core.c): kstrtobool, and a CPU already so is success."""
+    try:
+        m.set_cpu_online(cpu, kstrtobool(buf))
+    except HotplugError as e:
+        raise OSError(e.errno, str(e)) from e
 
 
 # --- cpuK/topology/ --------------------------------------------------------------------------
@@ -134,13 +147,23 @@ def cpu_dir(m: Machine, cpu: int) -> Dir:
     files = FileSet(SYSFS, m.lock)
     children: dict[str, Node] = {}
     if cpu != 0 or cpu not in m.online_cpus():
-        children["online"] = files.attr(RO(cpu_online_show), m, cpu)
-    nid = m.cpu_node[cpu]
-    if nid >= 0:
-        children[f"node{nid}"] = files.symlink(node_link_target, nid)
+        children["online"] = files.attr(RW(cpu_online_show, cpu_online_store), m, cpu)
     if cpu in m.topo.place:
         children["topology"] = StaticDir(files.attrs(TOPOLOGY_ATTRS, m, cpu))
-    return StaticDir(children)
+    return union(StaticDir(children), files.dynamic_dir(partial(cpu_node_names, m, cpu),
+                                                        partial(cpu_node_lookup, m, cpu)))
+
+
+def cpu_node_names(m: Machine, cpu: int) -> list[str]:
+    nid = m.cpu_node[cpu]
+    return [f"node{nid}"] if nid >= 0 else []
+
+
+def cpu_node_lookup(m: Machine, cpu: int, name: str) -> Node | None:
+    """nodeN, the link to the CPU's node now."""
+    if name not in cpu_node_names(m, cpu):
+        return None
+    return FileSet(SYSFS, m.lock).symlink(node_link_target, m.cpu_node[cpu])
 
 
 def per_cpu_dir(fixed: dict[str, Node], cpus: Iterable[int],

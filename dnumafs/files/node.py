@@ -132,9 +132,24 @@ def node_dir(m: Machine, nid: int) -> Dir:
     if not m.topo.has_distances:        # as its snapshot: a machine without a SLIT has none
         del children["distance"]
     children["hugepages"] = node_hugepages_dir(m, nid)
-    for cpu in m.node_cpus(nid):
-        children[f"cpu{cpu}"] = files.symlink(cpu_link_target, cpu)
-    return union(StaticDir(children), node_memory_links(m, nid))
+    return union(StaticDir(children), node_cpu_links(m, nid), node_memory_links(m, nid))
+
+
+def node_cpu_link_names(m: Machine, nid: int) -> list[str]:
+    return [f"cpu{cpu}" for cpu in m.node_cpus(nid)]
+
+
+def node_cpu_link_lookup(m: Machine, nid: int, name: str) -> Node | None:
+    cpu = parse_indexed_name(name, "cpu")
+    if cpu is None or cpu not in m.node_cpus(nid):
+        return None
+    return FileSet(SYSFS, m.lock).symlink(cpu_link_target, cpu)
+
+
+def node_cpu_links(m: Machine, nid: int) -> Dir:
+    """A cpuK link for each of the node's CPUs now (they move, and go offline)."""
+    return FileSet(SYSFS, m.lock).dynamic_dir(partial(node_cpu_link_names, m, nid),
+                                              partial(node_cpu_link_lookup, m, nid))
 
 
 def node_names(m: Machine, states: dict[str, Node]) -> list[str]:
@@ -146,8 +161,8 @@ def node_lookup(m: Machine, states: dict[str, Node], made: dict[int, Dir],
     """A state list, or nodeN/ if node N is online (libnuma finds nodes by this lookup).
 
     Every open walks here, so a node's directory is built once and kept in made: a node, once
-    online, stays online, and its CPUs never move (the cpu->node map is fixed at boot, as the
-    patch set leaves it), so the directory never changes; its files compute at each read.
+    online, stays online; what changes in it (its CPU and memory links) is looked up at each
+    walk, and its files compute at each read.
     """
     if name in states:
         return states[name]

@@ -7,7 +7,7 @@ None as every topic, so a change that forgets to be precise is only slower, neve
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -26,6 +26,9 @@ STAGED = "staged"
 TOPICS = MODEL_TOPICS | {STAGED}
 
 Topics = frozenset[str] | None       # None: anything may have changed
+# A device a change touched: (action, devpath, properties), e.g.
+# ("change", "/devices/system/cpu/cpu3", {"CPU": "3", "NODE": "2"}).
+Device = tuple[str, str, Mapping[str, str]]
 Listener = Callable[[Topics], None]
 
 
@@ -41,7 +44,8 @@ class ChangeHook:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def changed(self, topics: Iterable[str] | None = None) -> None:
+    def changed(self, topics: Iterable[str] | None = None, *,
+                devices: Iterable[Device] = ()) -> None:
         """Announce a change that touched topics (None: anything)."""
         self.generation += 1
         if not self._listeners:         # the model alone (a bench, a test): nothing to tell

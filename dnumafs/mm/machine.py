@@ -16,7 +16,7 @@ import numpy as np
 
 from dnumafs.machines import MachineDescription
 
-from . import boot, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
+from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
 from .changes import LAYOUTS, PAGES, ChangeHook
 from .check import check
 from .constants import (
@@ -52,6 +52,7 @@ class Machine:
     nr_cpus: int = attrs.field(init=False)                      # nr_cpu_ids
     kinds: PageKinds = attrs.field(init=False)      # what each allocation holds, counted
     cpu_node: tuple[int, ...] = attrs.field(init=False)         # cpu -> nid (or -1)
+    cpus: cpu_hotplug.CpuState = attrs.field(init=False)    # node CPUs, online, distances
     pgdat: dict[int, Pgdat] = attrs.field(factory=dict)           # online nodes, by nid
     zonelists: dict[int, list[Zone]] = attrs.field(factory=dict)  # fallback order, by nid
     populated: frozenset[tuple[int, ZoneType]] = frozenset()      # what they were built from
@@ -76,6 +77,7 @@ class Machine:
         self.nr_cpus = self.topo.nr_cpu_ids
         self.kinds = PageKinds.alloc(self.max_pfn, self.topo.nr_node_ids)
         self.cpu_node = self.topo.cpu_node
+        self.cpus = cpu_hotplug.CpuState.of(self.topo)
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
         self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
@@ -147,7 +149,9 @@ class Machine:
             return [n for n in sorted(self.pgdat) if self.pgdat[n].present_pages > 0]
 
     def nodes_with_cpus(self) -> list[int]:
-        return [nid for nid, cpus in self.topo.node_cpus.items() if cpus]
+        """N_CPU: the nodes with an online CPU."""
+        with self.lock:
+            return [nid for nid in sorted(self.cpus.listed) if self.node_cpus(nid)]
 
     def possible_cpus(self) -> tuple[int, ...]:
         return self.desc.possible_cpus
@@ -156,23 +160,49 @@ class Machine:
         return self.desc.present_cpus
 
     def online_cpus(self) -> tuple[int, ...]:
-        return self.desc.online_cpus
+        with self.lock:
+            return tuple(sorted(self.cpus.online))
 
     def node_cpus(self, nid: int) -> list[int]:
-        """The CPUs the machine lists under nid (nodeN/cpumap), ascending."""
-        return list(self.topo.node_cpus.get(nid, ()))
+        """The online CPUs listed under nid (nodeN/cpumap: x86 takes an offline CPU out of
+        its node's mask), ascending."""
+        with self.lock:
+            online = self.cpus.online
+            return [c for c in self.cpus.listed.get(nid, ()) if c in online]
 
     def node_first_cpu(self, nid: int) -> int:
         """The CPU that boot and the hugepage pools allocate from for nid (0 if it has none)."""
-        cpus = self.topo.node_cpus.get(nid)
+        cpus = self.node_cpus(nid)
         return cpus[0] if cpus else 0
 
     def node_distance(self, a: int, b: int) -> int:
-        return topology.node_distance(self.topo, a, b)
+        return self.node_distances(a, [b])[0]
 
     def node_distances(self, a: int, nodes: list[int]) -> list[int]:
-        """node_distance(a, b) for each b of nodes."""
-        return topology.distances_from(self.topo, a, nodes)
+        """node_distance(a, b) for each b of nodes: a row written since boot where it names
+        b, else the boot table's (topology.distances_from())."""
+        with self.lock:
+            written = self.cpus.rows.get(a, {})
+            boot = topology.distances_from(self.topo, a, nodes)
+            return [written.get(b, d) for b, d in zip(nodes, boot)]
+
+    def move_cpu(self, cpu: int, nid: int) -> list[int]:
+        """Move cpu and its thread siblings to node nid; returns the CPUs moved. Raises
+        memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return cpu_hotplug.move_cpu(self, cpu, nid)
+
+    def set_cpu_online(self, cpu: int, online: bool) -> bool:
+        """Online or offline cpu; False if it already was. Raises
+        memory_hotplug.HotplugError, changing nothing."""
+        with self.lock:
+            return cpu_hotplug.set_cpu_online(self, cpu, online)
+
+    def set_distance_row(self, nid: int, row: list[int]) -> None:
+        """Replace nid's distances to the online nodes. Raises memory_hotplug.HotplugError,
+        changing nothing."""
+        with self.lock:
+            cpu_hotplug.set_distance_row(self, nid, row)
 
     # -------------------------------------------------------------- page counts
 
@@ -211,6 +241,7 @@ class Machine:
         if not 0 <= cpu < self.nr_cpus:
             raise ValueError(f"cpu {cpu} does not exist")
         with self.lock:
+            self._check_online(cpu)
             pref = self.cpu_node[cpu] if nid is None else nid
             if pref not in self.pgdat:
                 raise ValueError(f"node {pref} is not online")
@@ -233,8 +264,15 @@ class Machine:
                                  "hugepage pool")
             if not 0 <= cpu < self.nr_cpus:
                 raise ValueError(f"cpu {cpu} does not exist")
+            self._check_online(cpu)
             page_alloc.free_pages(self, pfn, cpu)
             self.changes.changed([PAGES])
+
+    def _check_online(self, cpu: int) -> None:
+        """An offline CPU runs nothing, so nothing allocates or frees for it: its drained
+        per-CPU lists stay empty."""
+        if cpu not in self.cpus.online:
+            raise ValueError(f"cpu {cpu} is offline")
 
     def drain_pcp(self) -> int:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""

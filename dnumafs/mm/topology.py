@@ -3,7 +3,7 @@ the zonelists built from them (mm/page_alloc.c's build_zonelists()). The boot pr
 is in boot.py."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -152,9 +152,9 @@ class Topology:
 
 
 def distances_from(topo: Topology, a: int, nodes: list[int]) -> list[int]:
-    """node_distance(a, b) for each b of nodes: the machine's table between nodes online at
-    boot; a node onlined later (or a machine without a table) has Linux's defaults, 10 to
-    itself, 20 otherwise."""
+    """The boot distance from a to each b of nodes (Machine.node_distances() puts the rows
+    written since over it): the machine's table between nodes online at boot; a node onlined
+    later (or a machine without a table) has Linux's defaults, 10 to itself, 20 otherwise."""
     row = topo.distance_rows.get(a)
     index = topo.distance_index
     if row is None:
@@ -163,14 +163,11 @@ def distances_from(topo: Topology, a: int, nodes: list[int]) -> list[int]:
             for b in nodes]
 
 
-def node_distance(topo: Topology, a: int, b: int) -> int:
-    return distances_from(topo, a, [b])[0]
-
-
 ZONE_TYPES_DOWN = tuple(reversed(ZoneType))
 
 
-def build_zonelists(topo: Topology, pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
+def build_zonelists(distances: Callable[[int, list[int]], list[int]],
+                    pgdat: dict[int, Pgdat]) -> dict[int, list[Zone]]:
     """Each node's fallback list of populated zones: nodes by distance (itself first), and
     within a node its zones from the highest type down, as build_zonelists() orders them."""
     nodes = sorted(pgdat)
@@ -179,7 +176,7 @@ def build_zonelists(topo: Topology, pgdat: dict[int, Pgdat]) -> dict[int, list[Z
     with_zones = [n for n in nodes if zones[n]]
     zonelists = {}
     for pref in nodes:
-        order = sorted(zip(distances_from(topo, pref, with_zones),
+        order = sorted(zip(distances(pref, with_zones),
                            (n != pref for n in with_zones), with_zones))
         zonelists[pref] = [z for _, _, n in order for z in zones[n]]
     return zonelists
@@ -196,12 +193,12 @@ def online_node(m: Machine, nid: int) -> None:
         m.pgdat[nid] = Pgdat.empty(nid)
 
 
-def rebuild_zonelists(m: Machine) -> bool:
+def rebuild_zonelists(m: Machine, force: bool = False) -> bool:
     """Rebuild the zonelists (build_all_zonelists()) if the set of populated zones or of
-    online nodes changed; say if it did."""
+    online nodes changed, or if forced (the distances changed); say if it did."""
     populated = populated_zones(m.pgdat)
-    if populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
+    if not force and populated == m.populated and m.zonelists.keys() == m.pgdat.keys():
         return False
     m.populated = populated
-    m.zonelists = build_zonelists(m.topo, m.pgdat)
+    m.zonelists = build_zonelists(m.node_distances, m.pgdat)
     return True
