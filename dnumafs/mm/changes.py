@@ -7,7 +7,7 @@ None as every topic, so a change that forgets to be precise is only slower, neve
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -19,7 +19,19 @@ NODES = "nodes"          # which nodes are online, their zones, zonelists, CPUs 
 TOPICS = frozenset({PAGES, LAYOUTS, NODES})
 
 Topics = frozenset[str] | None       # None: anything may have changed
-Listener = Callable[[Topics], None]
+# A device a change touched: (action, devpath, properties), e.g.
+# ("change", "/devices/system/cpu/cpu3", {"CPU": "3", "NODE": "2"}).
+Device = tuple[str, str, Mapping[str, str]]
+Listener = Callable[[Topics, tuple[Device, ...]], None]
+
+
+def node_device(action: str, nid: int) -> Device:
+    return action, f"/devices/system/node/node{nid}", {"NODE": str(nid)}
+
+
+def memory_block_device(action: str, bid: int) -> Device:
+    # PHYS_INDEX as the block's phys_index file shows it
+    return action, f"/devices/system/memory/memory{bid}", {"PHYS_INDEX": f"{bid:08x}"}
 
 
 @attrs.define(eq=False)
@@ -34,8 +46,10 @@ class ChangeHook:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def changed(self, topics: Iterable[str] | None = None) -> None:
-        """Announce a change that touched topics (None: anything)."""
+    def changed(self, topics: Iterable[str] | None = None, *,
+                devices: Iterable[Device] = ()) -> None:
+        """Announce a change that touched topics (None: anything) and devices, named as
+        uevents name them, in the order their events are to be sent."""
         self.generation += 1
         if not self._listeners:         # the model alone (a bench, a test): nothing to tell
             return
@@ -43,8 +57,9 @@ class ChangeHook:
         if what is not None and not what <= TOPICS:
             raise ValueError(f"unknown topics {sorted(what - TOPICS)}")
         self._local.announced = union(getattr(self._local, "announced", frozenset()), what)
+        devs = tuple(devices)
         for listener in self._listeners:
-            listener(what)
+            listener(what, devs)
 
     def take_announced(self) -> Topics:
         """What this thread announced since it last asked (empty: nothing), so that a
