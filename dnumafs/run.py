@@ -11,10 +11,13 @@ import ctypes.util
 import errno
 import os
 import re
+import signal
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -178,14 +181,44 @@ def bind_model(mnt: Path) -> list[str]:
     return bound
 
 
-def run(mnt: Path, argv: list[str]) -> int:
-    """Bind the model, then become argv (so its exit status is ours); 127 if not found."""
+def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
+    """Enter a network namespace of our own, and leave a child there that injects mnt's
+    events as kernel uevents until the command (this process, once it execs) exits."""
+    from dnumafs import events
+
+    _check(libc.unshare(CLONE_NEWNET), "cannot create a network namespace")
+    try:
+        w = events.watch(mnt)       # subscribed now: the command misses nothing
+        sock = events.netlink_socket()
+    except (events.EventsError, OSError) as e:
+        raise RunError(f"cannot forward the events of {mnt}: {e}") from None
+    if os.fork() == 0:
+        try:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() == 1:       # the command already exited
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):           # the command's pipes close when it exits
+                os.dup2(devnull, fd)
+            events.forward(w, sock)
+        finally:
+            os._exit(0)
+    w.close()
+    sock.close()
+
+
+def run(mnt: Path, argv: list[str], *, uevents: bool = False) -> int:
+    """Bind the model, then become argv (so its exit status is ours); 127 if not found.
+    With uevents, argv gets a network namespace of its own that the model's events reach as
+    kernel uevents."""
     if not argv:
         raise RunError("no command given (dnumafs run MNT -- CMD [ARG...])")
     mnt = mnt.resolve()
     if not (mnt / "sys/devices/system/node").is_dir():
         raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
     bind_model(mnt)
+    if uevents:
+        _uevents(_libc(), mnt)
     for name, value in TOOL_ENV.items():
         os.environ.setdefault(name, value)
     try:
