@@ -148,26 +148,36 @@ def _record(payload: bytes) -> bytes:
 class _Connection:
     sock: socket.socket
     queue: queue.Queue[bytes | None] = attrs.field(factory=lambda: queue.Queue(QUEUE_MAX))
-    dropped: int = 0            # lost since the last gap was queued
+    dropped: int = 0            # lost since the last gap was told
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def offer(self, payload: bytes) -> None:
-        """Queue payload, or count it lost; never blocks."""
-        try:
-            if self.dropped:
-                if self.queue.qsize() >= QUEUE_MAX - 1:
-                    raise queue.Full
-                self.queue.put_nowait(_record(GAP + str(self.dropped).encode()))
-                self.dropped = 0
-            self.queue.put_nowait(_record(payload))
-        except queue.Full:
-            self.dropped += 1
+        """Queue payload, or count it lost; never blocks. A gap goes before what follows it."""
+        with self._lock:
+            try:
+                if self.dropped:
+                    if self.queue.qsize() >= QUEUE_MAX - 1:
+                        raise queue.Full
+                    self.queue.put_nowait(self._gap())
+                self.queue.put_nowait(_record(payload))
+            except queue.Full:
+                self.dropped += 1
+
+    def _gap(self) -> bytes:
+        gap = _record(GAP + str(self.dropped).encode())
+        self.dropped = 0
+        return gap
 
     def send_all(self) -> None:
-        """The connection's thread: write what is queued until told to stop or the reader
-        goes away."""
+        """The connection's thread: write what is queued, and a gap once the queue is
+        drained, until told to stop or the reader goes away."""
         with contextlib.suppress(OSError):
             while (data := self.queue.get()) is not None:
                 self.sock.sendall(data)
+                with self._lock:
+                    gap = self._gap() if self.dropped and self.queue.empty() else None
+                if gap is not None:
+                    self.sock.sendall(gap)
         self.sock.close()
 
 
