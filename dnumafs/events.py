@@ -16,6 +16,7 @@ kernel's netlink format (NUL-separated), `!ready` once the connection is subscri
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -274,6 +275,9 @@ class Watch:
         self.close()
 
     def close(self) -> None:
+        """Stop; a thread iterating meanwhile sees the end."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
     def fileno(self) -> int:
@@ -293,8 +297,13 @@ class Watch:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError("no event")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(65536)       # TimeoutError after left seconds
+            try:
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(65536)       # TimeoutError after left seconds
+            except OSError as e:
+                if e.errno != errno.EBADF:
+                    raise
+                return None                         # closed by close()
             if not chunk:
                 return None
             self._buf += chunk

@@ -214,7 +214,8 @@ def test_monitor_prints_like_udevadm(mount_dnumafs, run_dnumafs, runtime_dir):
                         "KERNEL - the kernel uevent\n", "\n"]
         r = run_dnumafs("all-to", mnt, "2")
         assert r.returncode == 0, r.stderr
-        blocks, block = [], []
+        blocks: list[list[str]] = []
+        block: list[str] = []
         while len(blocks) < 2:
             line = p.stdout.readline()
             assert line, p.stderr.read() if p.stderr else ""
