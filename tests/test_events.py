@@ -171,13 +171,19 @@ def test_a_thousand_changes_arrive_complete_in_order_and_the_files_show_them(mou
     bid = block_with_free_pages(m)
     online = mnt / MEM / f"memory{bid}/online"
     devpath = f"/devices/system/memory/memory{bid}"
+    meminfo = mnt / "sys/devices/system/node/node0/meminfo"
+    total = meminfo.read_text().splitlines()[0]
+    (mnt / MEM / f"memory{bid}/state").read_text()      # the kernel holds both files' pages
     seen: queue.Queue = queue.Queue()
     with events.watch(mnt) as w:
         def listen() -> None:
-            # reads the file the moment each event arrives, as a udev rule would
+            # reads other files the moment each event arrives, as a udev rule would (the
+            # writer's write may not have returned yet)
             for ev in w:
-                state = online.read_text() if getattr(ev, "devpath", "") == devpath else None
-                # the listener reads first, the writer may not have returned yet
+                state = None
+                if getattr(ev, "devpath", "") == devpath:
+                    state = ((mnt / MEM / f"memory{bid}/state").read_text(),
+                             meminfo.read_text().splitlines()[0] == total)
                 seen.put((ev, state))
         threading.Thread(target=listen, daemon=True).start()
         n = 1000
@@ -193,7 +199,8 @@ def test_a_thousand_changes_arrive_complete_in_order_and_the_files_show_them(mou
     seqs = [e.seqnum for e in evs]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     block = [(e.action, state) for e, state in got if e.devpath == devpath]
-    assert block == [("offline", "0\n") if i % 2 == 0 else ("online", "1\n") for i in range(n)]
+    assert block == [("offline", ("offline\n", False)) if i % 2 == 0
+                     else ("online", ("online\n", True)) for i in range(n)]
     # each one also changed node 0's size, announced right after it
     assert [(e.action, e.devpath, e.subsystem, dict(e.properties)) for e in evs[1::2]] == \
         [("change", "/devices/system/node/node0", "node", {"NODE": "0"})] * n
