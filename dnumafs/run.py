@@ -203,7 +203,7 @@ def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
             events.forward(w, sock)
         finally:
             os._exit(0)
-    w.close()
+    w.sock.close()      # not w.close(): its shutdown would end the child's connection too
     sock.close()
 
 
