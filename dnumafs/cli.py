@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dnumafs import daemon
+from dnumafs import daemon, events
 from dnumafs.client import (
     ClientError,
     MountedTree,
@@ -236,11 +237,15 @@ def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
         except ValueError as e:
             raise CliError(f"cannot boot this machine: {e}") from None
         log.info("serving %s (pid %d)", mp, os.getpid())
+        hub = events.Broadcaster(daemon.events_path(mp))
+        hub.start()
         try:
             fuse_ops.serve(root, str(mp), allow_other=args.allow_other,
-                           per_open=args.per_open_snapshot)
+                           per_open=args.per_open_snapshot, shown=hub.publish)
         except RuntimeError as e:
             raise CliError(f"{mp}: libfuse could not mount it (status {e})") from None
+        finally:
+            hub.stop()
         log.info("unmounted %s", mp)
     return 0
 
@@ -332,12 +337,27 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    _require_answer(args.mnt)
+    with events.watch(args.mnt) as w:
+        print("monitor will print the received events for:\nKERNEL - the kernel uevent\n",
+              flush=True)
+        for ev in w:
+            if isinstance(ev, events.Gap):
+                print(f"dnumafs: {ev.dropped} events lost (the monitor fell behind)",
+                      file=sys.stderr, flush=True)
+            else:
+                sys.stdout.write(ev.monitor_text(time.monotonic()))
+                sys.stdout.flush()
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dnumafs import run
     _require_answer(args.mnt)
     argv = args.command_argv[1:] if args.command_argv[:1] == ["--"] else args.command_argv
     try:
-        return run.run(Path(args.mnt), argv, syscalls=args.syscalls)
+        return run.run(Path(args.mnt), argv, syscalls=args.syscalls, uevents=args.uevents)
     except run.RunError as e:
         print(f"dnumafs: {e}", file=sys.stderr)
         return e.status
@@ -427,12 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cpu and debugfs trees and proc files are bound over the "
                                    "real ones, so unmodified tools read the model. Needs "
                                    "root or unprivileged user namespaces.")
+    r.add_argument("--uevents", action="store_true",
+                   help="give CMD a network namespace of its own in which MNT's events "
+                        "arrive as kernel uevents (udevadm monitor --kernel, pyudev)")
     r.add_argument("mnt", metavar="MNT")
     r.add_argument("--no-syscalls", dest="syscalls", action="store_false",
                    help="let the memory-policy system calls and /proc/PID/status reach the "
                         "real kernel (no seccomp supervisor: the host's nodes)")
     r.add_argument("command_argv", metavar="-- CMD [ARG...]", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
+
+    mo = sub.add_parser("monitor", help="print MNT's uevents as they happen",
+                        description="Print each uevent of MNT as `udevadm monitor --kernel "
+                                    "--property` does, from when it starts until interrupted "
+                                    "or MNT is unmounted.")
+    mo.add_argument("mnt", metavar="MNT")
+    mo.set_defaults(func=cmd_monitor)
     return p
 
 
@@ -440,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ClientError, daemon.DaemonError) as e:
+    except (CliError, ClientError, daemon.DaemonError, events.EventsError) as e:
         print(f"dnumafs: {e}", file=sys.stderr)
         return 1
     except OSError as e:        # a file the command needed, e.g. on a full disk

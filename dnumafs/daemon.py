@@ -91,6 +91,11 @@ def pidfile_path(mp: Path) -> Path:
     return runtime_dir() / f"{_key(mp)}.pid"
 
 
+def events_path(mp: Path) -> Path:
+    """The daemon's events socket (dnumafs.events); short, as a socket's path must be."""
+    return runtime_dir() / f"{_key(mp).rsplit('-', 1)[1]}.uevents"
+
+
 def default_log_path(mp: Path) -> Path:
     return runtime_dir() / f"{_key(mp)}.log"
 

@@ -21,6 +21,7 @@ from dnumafs.seccomp import abi
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -184,6 +185,32 @@ def bind_model(mnt: Path) -> list[str]:
     return bound
 
 
+def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
+    """Enter a network namespace of our own, and leave a child there that injects mnt's
+    events as kernel uevents until the command (this process, once it execs) exits."""
+    from dnumafs import events
+
+    _check(libc.unshare(CLONE_NEWNET), "cannot create a network namespace")
+    try:
+        w = events.watch(mnt)       # subscribed now: the command misses nothing
+        sock = events.netlink_socket()
+    except (events.EventsError, OSError) as e:
+        raise RunError(f"cannot forward the events of {mnt}: {e}") from None
+    if os.fork() == 0:
+        try:
+            abi.prctl(abi.PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() == 1:       # the command already exited
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):           # the command's pipes close when it exits
+                os.dup2(devnull, fd)
+            events.forward(w, sock)
+        finally:
+            os._exit(0)
+    w.sock.close()      # not w.close(): its shutdown would end the child's connection too
+    sock.close()
+
+
 def _become(argv: list[str]) -> None:
     """exec argv; RunError with the shell's status if it cannot be run."""
     for name, value in TOOL_ENV.items():
@@ -219,16 +246,19 @@ def _supervised_child(argv: list[str], sock: socket.socket, supervisor: int) -> 
         os._exit(status)
 
 
-def run(mnt: Path, argv: list[str], *, syscalls: bool = True) -> int:
+def run(mnt: Path, argv: list[str], *, syscalls: bool = True, uevents: bool = False) -> int:
     """Bind the model, then run argv (its exit status is ours; 127 if not found): under the
     supervisor that answers its memory-policy calls for the model, or, without syscalls,
-    by becoming it."""
+    by becoming it. With uevents, argv gets a network namespace of its own that the model's
+    events reach as kernel uevents."""
     if not argv:
         raise RunError("no command given (dnumafs run MNT -- CMD [ARG...])")
     mnt = mnt.resolve()
     if not (mnt / "sys/devices/system/node").is_dir():
         raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
     bind_model(mnt)
+    if uevents:
+        _uevents(_libc(), mnt)
     if not syscalls:
         _become(argv)
         return 127

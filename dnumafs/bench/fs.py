@@ -28,6 +28,7 @@ from dnumafs.vfs.fuse_ops import ENTRY_TIMEOUT
 from .blocks import bench_blocks
 from .report import SEED_MINUTES, Row, median_range
 from .syscalls import bench_syscalls
+from .uevents import bench_event_delay
 
 RUNS = 5            # runs of each measure; the median is reported, the range beside it
 READS = 1000        # open/read/close cycles per run of a read measure
@@ -597,6 +598,7 @@ def run_all(gib: int, notes: list[str], *, profile: bool = False) -> list[Row]:
             lambda: bench_syscalls(mounts, notes),
             lambda: bench_transplant_files(mounts),
             lambda: bench_blocks(mounts, notes),
+            lambda: bench_event_delay(mounts),
         ]
         for step in steps:
             rows += step()

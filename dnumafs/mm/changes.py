@@ -29,7 +29,16 @@ Topics = frozenset[str] | None       # None: anything may have changed
 # A device a change touched: (action, devpath, properties), e.g.
 # ("change", "/devices/system/cpu/cpu3", {"CPU": "3", "NODE": "2"}).
 Device = tuple[str, str, Mapping[str, str]]
-Listener = Callable[[Topics], None]
+Listener = Callable[[Topics, tuple[Device, ...]], None]
+
+
+def node_device(action: str, nid: int) -> Device:
+    return action, f"/devices/system/node/node{nid}", {"NODE": str(nid)}
+
+
+def memory_block_device(action: str, bid: int) -> Device:
+    # PHYS_INDEX as the block's phys_index file shows it
+    return action, f"/devices/system/memory/memory{bid}", {"PHYS_INDEX": f"{bid:08x}"}
 
 
 @attrs.define(eq=False)
@@ -46,7 +55,8 @@ class ChangeHook:
 
     def changed(self, topics: Iterable[str] | None = None, *,
                 devices: Iterable[Device] = ()) -> None:
-        """Announce a change that touched topics (None: anything)."""
+        """Announce a change that touched topics (None: anything) and devices, named as
+        uevents name them, in the order their events are to be sent."""
         self.generation += 1
         if not self._listeners:         # the model alone (a bench, a test): nothing to tell
             return
@@ -54,8 +64,9 @@ class ChangeHook:
         if what is not None and not what <= TOPICS:
             raise ValueError(f"unknown topics {sorted(what - TOPICS)}")
         self._local.announced = union(getattr(self._local, "announced", frozenset()), what)
+        devs = tuple(devices)
         for listener in self._listeners:
-            listener(what)
+            listener(what, devs)
 
     def take_announced(self) -> Topics:
         """What this thread announced since it last asked (empty: nothing), so that a

@@ -217,6 +217,8 @@ def dnuma_add_page_to_new_zone(m: Machine, pfn: int, n: int, old: int, new: int)
         m.mem_map.node[pfn] = new
     else:
         m.mem_map.page_node[pfn:pfn + n] = new
+    m.resized.add(old)
+    m.resized.add(new)
     stats = m.current.counter(new)
     stats.moved_pages += n
     if m.in_commit:

@@ -17,7 +17,7 @@ import numpy as np
 from dnumafs.machines import MachineDescription
 
 from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
-from .changes import LAYOUTS, PAGES, ChangeHook
+from .changes import LAYOUTS, PAGES, ChangeHook, Device, memory_block_device, node_device
 from .check import check
 from .constants import (
     HPAGE_ORDER,
@@ -71,6 +71,8 @@ class Machine:
     in_commit: bool = False         # a commit rebuilds the zonelists once, at its end
     blocks: memory_hotplug.MemoryBlocks = attrs.field(init=False)
     changes: ChangeHook = attrs.field(factory=ChangeHook)    # told of every change below
+    # Nodes whose size a transplant moved since the last announcement (its `change` events).
+    resized: set[int] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -249,7 +251,7 @@ class Machine:
                                                     thisnode)
             if pfn is not None:
                 kinds.charge(self, pfn, order, kind)
-            self.changes.changed([PAGES])
+            self._announce([PAGES])
             return pfn
 
     def free_pages(self, pfn: int, cpu: int = 0) -> None:
@@ -266,7 +268,7 @@ class Machine:
                 raise ValueError(f"cpu {cpu} does not exist")
             self._check_online(cpu)
             page_alloc.free_pages(self, pfn, cpu)
-            self.changes.changed([PAGES])
+            self._announce([PAGES])
 
     def _check_online(self, cpu: int) -> None:
         """An offline CPU runs nothing, so nothing allocates or frees for it: its drained
@@ -278,7 +280,7 @@ class Machine:
         """Empty every per-CPU list; returns how many non-empty lists were drained."""
         with self.lock:
             drained = page_alloc.drain_all_pages(self)
-            self.changes.changed([PAGES])
+            self._announce([PAGES])
             return drained
 
     @property
@@ -297,7 +299,7 @@ class Machine:
                     break
                 freed += 1 << order
                 page_alloc.free_pages(self, pfn, 0)
-            self.changes.changed([PAGES])
+            self._announce([PAGES])
             return freed
 
     def kind_pages(self, nid: int, ztype: int | None = None) -> list[int]:
@@ -319,7 +321,7 @@ class Machine:
             if mode & DROP_SLAB:
                 self._free_kinds(RECLAIMABLE_SLAB)
                 self.vm_events.drop_slab += 1
-            self.changes.changed([PAGES])
+            self._announce([PAGES])
 
     def _free_kinds(self, wanted: frozenset[Kind]) -> None:
         for pfn, _ in kinds.allocations_of(self, wanted):
@@ -340,7 +342,7 @@ class Machine:
             try:
                 return hugetlb.set_global_huge_pages(self, order, count)
             finally:
-                self.changes.changed([PAGES])
+                self._announce([PAGES])
 
     def set_nr_hugepages(self, nid: int, count: int, order: int = HPAGE_ORDER) -> int:
         """Grow or shrink nid's pool of pages of this order (2 MiB or 1 GiB) through its own
@@ -355,7 +357,7 @@ class Machine:
             try:
                 return hugetlb.set_max_huge_pages(self, nid, order, count)
             finally:
-                self.changes.changed([PAGES])
+                self._announce([PAGES])
 
     # ------------------------------------------------------------------ memlayout
 
@@ -370,21 +372,22 @@ class Machine:
                 layout = Memlayout(self.next_layout_id)
                 layout.add_range(start, end, nid)       # raises before it changes anything
                 self.pending = dnuma.memlayout_register(self, layout)
-            self.changes.changed([LAYOUTS])
+            self._announce([LAYOUTS])
 
     def memlayout_clear(self) -> None:
         with self.lock:
             if self.pending is not None:
                 dnuma.memlayout_destroy(self, self.pending)
                 self.pending = None
-                self.changes.changed([LAYOUTS])
+                self._announce([LAYOUTS])
 
     def memlayout_commit(self) -> Memlayout | None:
         with self.lock:
+            sizes = self._node_sizes()
             try:
                 return dnuma.memlayout_commit(self)
             finally:
-                self.changes.changed()      # pages, nodes, layouts and their statistics
+                self._announce_nodes(sizes)     # pages, nodes, layouts and their statistics
 
     def layout(self, lid: int) -> Memlayout | None:
         """The pending, current or backlog layout numbered lid, or None."""
@@ -403,7 +406,7 @@ class Machine:
         with self.lock:
             self.backlog_max = n
             dnuma.ml_backlog_trim(self)
-            self.changes.changed([LAYOUTS])
+            self._announce([LAYOUTS])
 
     # ------------------------------------------------------------------ statistics
 
@@ -446,18 +449,51 @@ class Machine:
         """Online or offline memory block bid; False if it already was (nothing done).
         Raises memory_hotplug.HotplugError, changing nothing."""
         with self.lock:
+            sizes = self._node_sizes()
             changed = memory_hotplug.set_state(self, bid, how)
-            if changed:
-                self.changes.changed()      # pages, zones, node sizes and links
+            if changed:                     # pages, zones, node sizes and links
+                state = "online" if self.blocks.online[bid] else "offline"
+                self._announce_nodes(sizes, [memory_block_device(state, bid)])
             return changed
 
     def memory_probe(self, phys_addr: int) -> int:
         """Hot-add a memory block at phys_addr (x86's probe file); returns its block id.
         Raises memory_hotplug.HotplugError, changing nothing."""
         with self.lock:
+            sizes = self._node_sizes()
             bid = memory_hotplug.add_memory(self, phys_addr)
-            self.changes.changed()          # a new block, perhaps a new node
+            added = [memory_block_device("add", bid)]
+            if self.blocks.online[bid]:
+                added.append(memory_block_device("online", bid))
+            self._announce_nodes(sizes, added)      # a new block, perhaps a new node
             return bid
+
+    # ---------------------------------------------------------------- announcements
+
+    def _announce(self, topics: list[str] | None = None, devices: list[Device] | None = None
+                  ) -> None:
+        """Tell the change hook of a change (topics None: anything) and the devices it
+        touched, followed by a `change` on every node a transplant resized meanwhile."""
+        devs = devices or []
+        if self.resized:
+            devs += [node_device("change", n) for n in sorted(self.resized)]
+            self.resized.clear()
+        self.changes.changed(topics, devices=devs)
+
+    def _node_sizes(self) -> dict[int, int]:
+        return {n: p.present_pages for n, p in self.pgdat.items()}
+
+    def _announce_nodes(self, before: dict[int, int], devices: list[Device] | None = None
+                        ) -> None:
+        """Announce a change of anything: devices, then `add` and `online` for each node
+        that came online since before (the node sizes then), then a `change` on every node
+        whose size differs."""
+        after = self._node_sizes()
+        devs = devices or []
+        devs += [node_device(a, n) for n in sorted(after.keys() - before.keys())
+                 for a in ("add", "online")]
+        self.resized.update(n for n, size in after.items() if before.get(n, 0) != size)
+        self._announce(None, devs)
 
     # ---------------------------------------------------------------------- check
 

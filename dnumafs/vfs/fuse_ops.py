@@ -21,14 +21,17 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from .pagecache import PageCache, kernel_has_no_open
 from .tree import PAGE_SIZE, Attr, ChangeSource, Dir, Node, NodeKind, StaticDir, Symlink, resolve
+
+if TYPE_CHECKING:
+    from dnumafs.mm.changes import Device
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +485,8 @@ def fuse_options(*, allow_other: bool = False, cached: bool = False) -> dict[str
 
 
 def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
-          per_open: bool = False) -> None:
+          per_open: bool = False, shown: Callable[[list[Device]], None] | None = None
+          ) -> None:
     """Mount root at mountpoint and serve it in this process until unmounted.
 
     Reads come from the kernel's page cache (CachedOperations), unless per_open asks for a
@@ -502,7 +506,13 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
                     "serving a text per open instead", os.uname().release)
         per_open = True
     options = dict(raw_fi=True, foreground=True, debug=debug, encoding=PATH_ENCODING)
+    changes = root.changes if isinstance(root, StaticDir) else None
     if per_open:
+        if changes is not None and shown is not None:
+            # A text is made at each open, under the model's lock the change holds: a
+            # reader told of the change sees it.
+            changes.subscribe(lambda _topics, devices: shown(list(devices)) if devices
+                              else None)
         # One thread serves every request, one after another. Every show and store takes the
         # machine lock anyway, so libfuse's worker threads would only contend for it and for
         # the GIL: measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone
@@ -512,8 +522,7 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
         return
     # Several threads: a writer waits for its notices, whose stat of a path may need a
     # lookup served meanwhile; reads rarely come at all.
-    changes = root.changes if isinstance(root, StaticDir) else None
-    cache = PageCache(root, os.path.abspath(mountpoint))
+    cache = PageCache(root, os.path.abspath(mountpoint), shown=shown)
     if changes is not None:
         changes.subscribe(cache.changed)
     cache.start()

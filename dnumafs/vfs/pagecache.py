@@ -29,12 +29,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
 
 from dnumafs.mm.changes import MODEL_TOPICS
 
 from .tree import PAGE_SIZE, STATIC, Attr, Depends, Dir, Node, Symlink, resolve
+
+if TYPE_CHECKING:
+    from dnumafs.mm.changes import Device
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +132,14 @@ def _kind(node: Node) -> type[Attr] | type[Symlink] | type[Dir]:
 @attrs.define(eq=False)
 class Refresh:
     """One batch of work for the notifying thread: the topics changed (None: anything), the
-    paths written (always dropped: the kernel put the written bytes in their pages), and the
-    event a waiting writer waits on."""
+    paths written (always dropped: the kernel put the written bytes in their pages), the
+    event a waiting writer waits on, and the devices the change touched (told to `shown`
+    once the kernel's pages are dropped)."""
 
     topics: Depends
     written: tuple[str, ...] = ()
     done: threading.Event | None = None
+    devices: tuple[Device, ...] = ()
 
 
 @attrs.define(eq=False)
@@ -151,6 +157,8 @@ class PageCache:
     _epoch: int = 0             # counts changes, so that a text made across one is made again
     _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
+    # Told, in the notifying thread, the devices of changes whose files now show them.
+    shown: Callable[[list[Device]], None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dnumafs-inval", daemon=True)
@@ -211,12 +219,12 @@ class PageCache:
 
     # --- changes ------------------------------------------------------------------------
 
-    def changed(self, topics: Depends) -> None:
+    def changed(self, topics: Depends, devices: tuple[Device, ...] = ()) -> None:
         """The model changed (a listener of its hook, called with the model's lock held):
         queue the work; the writer, if any, waits for it with sync()."""
         with self._lock:
             self._epoch += 1
-        self._queue.put(Refresh(topics))
+        self._queue.put(Refresh(topics, devices=devices))
 
     def sync(self, written: Iterable[str], topics: Depends) -> None:
         """Remake and drop whatever topics touched, and the written paths, before returning."""
@@ -239,6 +247,9 @@ class PageCache:
             except Exception:
                 log.error("page cache: invalidation failed", exc_info=True)
             finally:
+                devices = [d for r in work for d in r.devices]
+                if devices and self.shown is not None:
+                    self.shown(devices)     # before the writers return: their events are out
                 for r in work:
                     if r.done is not None:
                         r.done.set()

@@ -16,9 +16,12 @@ import errno
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+
+if TYPE_CHECKING:
+    from dnumafs.mm.changes import Device
 
 PAGE_SIZE = 4096
 # fs/libfs.c simple_attr_write() copies at most sizeof(set_buf) - 1 = 23 bytes of a write.
@@ -77,7 +80,7 @@ STATIC: Depends = frozenset()
 class ChangeSource(Protocol):
     """The model's change hook as the file layer sees it (dnumafs.mm.changes.ChangeHook)."""
 
-    def subscribe(self, listener: Callable[[Depends], None]) -> None: ...
+    def subscribe(self, listener: Callable[[Depends, tuple[Device, ...]], None]) -> None: ...
 
     def take_announced(self) -> Depends: ...
 
