@@ -185,7 +185,7 @@ def bind_model(mnt: Path) -> list[str]:
     return bound
 
 
-def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
+def _uevents(libc: ctypes.CDLL, mnt: Path) -> int:
     """Enter a network namespace of our own, and leave a child there that injects mnt's
     events as kernel uevents until the command (this process, once it execs) exits."""
     from dnumafs import events
@@ -196,7 +196,8 @@ def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
         sock = events.netlink_socket()
     except (events.EventsError, OSError) as e:
         raise RunError(f"cannot forward the events of {mnt}: {e}") from None
-    if os.fork() == 0:
+    forwarder = os.fork()
+    if forwarder == 0:
         try:
             abi.prctl(abi.PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() == 1:       # the command already exited
@@ -209,6 +210,7 @@ def _uevents(libc: ctypes.CDLL, mnt: Path) -> None:
             os._exit(0)
     w.sock.close()      # not w.close(): its shutdown would end the child's connection too
     sock.close()
+    return forwarder
 
 
 def _become(argv: list[str]) -> None:
@@ -257,8 +259,7 @@ def run(mnt: Path, argv: list[str], *, syscalls: bool = True, uevents: bool = Fa
     if not (mnt / "sys/devices/system/node").is_dir():
         raise RunError(f"{mnt} is not a dnumafs mount (no sys/devices/system/node)")
     bind_model(mnt)
-    if uevents:
-        _uevents(_libc(), mnt)
+    helpers = (_uevents(_libc(), mnt),) if uevents else ()
     if not syscalls:
         _become(argv)
         return 127
@@ -281,4 +282,4 @@ def run(mnt: Path, argv: list[str], *, syscalls: bool = True, uevents: bool = Fa
     # Imported here, after the fork: the model's modules load numpy, whose threads the
     # child must not inherit.
     from dnumafs.seccomp.supervisor import supervise
-    return supervise(mnt, fds[0], child)
+    return supervise(mnt, fds[0], child, helpers)

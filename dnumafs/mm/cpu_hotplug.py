@@ -39,6 +39,9 @@ class CpuState:
     listed: dict[int, list[int]]
     online: set[int]
     rows: dict[int, dict[int, int]] = attrs.field(factory=dict)
+    # CPUs taken offline since boot: x86 takes them out of their node's mask. A machine's
+    # snapshot lists its node's CPUs as it had them, offline ones included where it did.
+    offlined: set[int] = attrs.field(factory=set)
 
     @classmethod
     def of(cls, topo: Topology) -> CpuState:
@@ -107,9 +110,11 @@ def set_cpu_online(m: Machine, cpu: int, online: bool) -> bool:
         if m.cpus.online == {cpu}:
             raise HotplugError(errno.EBUSY, f"cpu {cpu} is the last online CPU")
         m.cpus.online.discard(cpu)
+        m.cpus.offlined.add(cpu)
         drain_cpu_pages(m, cpu)
     else:
         m.cpus.online.add(cpu)
+        m.cpus.offlined.discard(cpu)
     m.changes.changed([NODES, PAGES], devices=[
         ("online" if online else "offline", *cpu_device(cpu))])
     return True

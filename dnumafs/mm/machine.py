@@ -166,11 +166,11 @@ class Machine:
             return tuple(sorted(self.cpus.online))
 
     def node_cpus(self, nid: int) -> list[int]:
-        """The online CPUs listed under nid (nodeN/cpumap: x86 takes an offline CPU out of
-        its node's mask), ascending."""
+        """The CPUs listed under nid but those taken offline since boot (nodeN/cpumap: x86
+        takes a CPU it offlines out of its node's mask), ascending."""
         with self.lock:
-            online = self.cpus.online
-            return [c for c in self.cpus.listed.get(nid, ()) if c in online]
+            offlined = self.cpus.offlined
+            return [c for c in self.cpus.listed.get(nid, ()) if c not in offlined]
 
     def node_first_cpu(self, nid: int) -> int:
         """The CPU that boot and the hugepage pools allocate from for nid (0 if it has none)."""

@@ -61,7 +61,7 @@ def answer(view: View, handlers: Handlers, n: abi.Notification) -> None:
                 os.close(result.fd)
 
 
-def supervise(mnt: Path, listener_fd: int, child: int) -> int:
+def supervise(mnt: Path, listener_fd: int, child: int, helpers: tuple[int, ...] = ()) -> int:
     """Serve the listener until the command and every orphan of it have exited."""
     view = View(mnt=mnt, listener=abi.Listener(listener_fd), facts=model_facts(mnt))
     handlers = view.handlers()
@@ -92,6 +92,13 @@ def supervise(mnt: Path, listener_fd: int, child: int) -> int:
         except ChildProcessError:
             if status is not None:
                 break
+        if status is not None and helpers:
+            # The command is done: so are the processes that served it (the events'
+            # forwarder), which would otherwise wait for us as we wait for them.
+            for pid in helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            helpers = ()
         for fd, events in poller.poll(int(REFRESH_SECONDS * 1000)):
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
