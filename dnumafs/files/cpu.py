@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_mask
+from dnumafs.lib.kstrtox import kstrtobool
 from dnumafs.mm import Machine
 from dnumafs.mm.memory_hotplug import HotplugError
 from dnumafs.vfs.tree import (
@@ -33,7 +34,6 @@ from dnumafs.vfs.tree import (
 )
 
 from .format import parse_indexed_name
-from .memory import kstrtobool
 
 CLUSTER_ID_UNKNOWN = 65535      # x86's BAD_APICID as topology_cluster_id() prints it
 

@@ -7,24 +7,13 @@ import errno
 from collections.abc import Iterable
 from functools import partial
 
-from dnumafs.lib.kstrtox import kstrtoull
+from dnumafs.lib.kstrtox import kstrtobool, kstrtoull
 from dnumafs.mm import Machine
 from dnumafs.mm import memory_hotplug as mh
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
 from dnumafs.vfs.tree import RO, RW, SYSFS, WO, Dir, FileSet, Node, NodeKind, StaticDir, Symlink
 
 from .format import parse_indexed_name
-
-
-def kstrtobool(buf: bytes) -> bool:
-    """kstrtobool() (lib/kstrtox.c): decided by the first character (1/y/t true, 0/n/f false,
-    either case), or for o/O by the second (on, off)."""
-    first, second = buf[:1].lower(), buf[1:2].lower()
-    if first in (b"1", b"y", b"t") or (first == b"o" and second == b"n"):
-        return True
-    if first in (b"0", b"n", b"f") or (first == b"o" and second == b"f"):
-        return False
-    raise OSError(errno.EINVAL, f"{buf!r} is not a boolean")
 
 
 def online_type_from_str(buf: bytes) -> OnlineType:

@@ -72,3 +72,14 @@ def kstrtoull(data: bytes, base: int = 0) -> int:
     if end != len(s):
         raise OSError(errno.EINVAL, "trailing characters after the number")
     return value
+
+
+def kstrtobool(buf: bytes) -> bool:
+    """kstrtobool() (lib/kstrtox.c): decided by the first character (1/y/t true, 0/n/f false,
+    either case), or for o/O by the second (on, off)."""
+    first, second = buf[:1].lower(), buf[1:2].lower()
+    if first in (b"1", b"y", b"t") or (first == b"o" and second == b"n"):
+        return True
+    if first in (b"0", b"n", b"f") or (first == b"o" and second == b"f"):
+        return False
+    raise OSError(errno.EINVAL, f"{buf!r} is not a boolean")
