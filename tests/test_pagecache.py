@@ -249,7 +249,7 @@ def test_one_read_is_never_torn_while_the_file_changes(mount_dnumafs):
     finally:
         stop.set()
         t.join(30)
-    assert len(texts) > 10 and len(set(texts)) > 2      # it saw the file change
+    assert len(texts) > 10 and len(set(texts)) >= 2     # it saw the file change
     for text in texts:
         fields = dict(re.findall(r"Node 0 (\S+):\s+(\d+)", text.decode()))
         assert fields["MemTotal"] and int(fields["MemTotal"]) == (
