@@ -114,6 +114,7 @@ class Known:
     depends: Depends
     volatile: bool
     changed_ns: int
+    epoch: int = 0          # the count of changes when it was made
 
 
 def render(node: Node) -> bytes | None:
@@ -178,13 +179,14 @@ class PageCache:
 
     def known(self, path: str, node: Node) -> Known:
         """The text the kernel gets for path: the one it was given, unless the file's text
-        changes with the clock and was read since. A text made while the model changed is
+        changes with the clock and is more than a tick old or older than a change of the
+        model (a stale `check` would pass for sound). A text made while the model changed is
         made again: the change's remaking may have looked at the known texts before this
         one was among them."""
         with self._lock:
             k = self._known.get(path)
-        if k is not None and k.kind is _kind(node) and not (
-                k.volatile and time.time_ns() - k.changed_ns > VOLATILE_NS):
+        if k is not None and k.kind is _kind(node) and not (k.volatile and (
+                time.time_ns() - k.changed_ns > VOLATILE_NS or k.epoch != self._epoch)):
             return k
         depends = node.depends if isinstance(node, Attr) else (
             DIR_DEPENDS if isinstance(node, Dir) else None)
@@ -194,7 +196,7 @@ class PageCache:
             text = render(node)         # outside the lock: it takes the model's
             with self._lock:
                 if epoch == self._epoch:
-                    k = Known(_kind(node), text, depends, volatile, time.time_ns())
+                    k = Known(_kind(node), text, depends, volatile, time.time_ns(), epoch)
                     if volatile:
                         self._known[path] = k
                         return k
