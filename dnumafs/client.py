@@ -252,9 +252,10 @@ def hardware_text(tree: MountedTree) -> str:
         out.append(f"node {nid} free: {info.get('MemFree', 0) * 1024 >> 20} MB")
     # nodeN/distance lists one value per online node, ascending. libnuma indexes it by node id,
     # which is only right for nodes 0..n-1; this pairs the values with the online nodes.
+    # numactl prints each number with printf's "% 3d": a space for the sign, so 100 is " 100".
     out.append("node distances:")
-    out.append("node " + "".join(f"{nid:3d} " for nid in nodes))
+    out.append("node " + "".join(f"{nid: 3d} " for nid in nodes))
     for nid in nodes:
         dist = tree.node_distances(nid)
-        out.append(f"{nid:3d}: " + "".join(f"{d:3d} " for d in dist[:len(nodes)]))
+        out.append(f"{nid: 3d}: " + "".join(f"{d: 3d} " for d in dist[:len(nodes)]))
     return "\n".join(out) + "\n"

@@ -333,6 +333,15 @@ def test_model_hardware_matches_numactl_through_commits(model_mount, run_dnumafs
         assert run_dnumafs("hardware", mnt).stdout == _numactl_hardware(mnt)
 
 
+@needs_numactl
+def test_model_hardware_matches_numactl_for_node_ids_above_99(mount_dnumafs, run_dnumafs):
+    """numactl prints numbers with "% 3d": node 100's row starts " 100:", not "100:"."""
+    mnt = mount_dnumafs("--nodes", "101", "--possible-nodes", "101", "--mem", "512M",
+                        "--cpus", "4")
+    out = run_dnumafs("hardware", mnt).stdout
+    assert "\n 100:  20 " in out and out == _numactl_hardware(mnt)
+
+
 def test_model_stripe_all_to_and_status(model_mount, run_dnumafs):
     mnt = model_mount
     tree = client.MountedTree(mnt)
