@@ -26,19 +26,21 @@ from dnumafs.mm.constants import PG_BUDDY, PG_HEAD, PG_RESERVED
 from dnumafs.mm.machine import ULONG_MAX
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
 
-
 # ---------------------------------------------------------------- the reference
 
-def ref_count_examined(m: Machine, layout: Any, target: np.ndarray) -> None:
+def ref_count_examined(m: Machine, layout: Any) -> None:
     max_pfn = m.mem_map.max_pfn
-    for s, e, nid in layout.ranges():
-        s, e = min(s, max_pfn), min(e, max_pfn - 1)
-        if e < s:
-            continue
-        differ = int(np.count_nonzero(m.mem_map.page_node[s:e + 1] != nid))
-        stats = m.current.counter(nid)
-        stats.transplant_examined_pfn += e - s + 1
-        stats.transplant_bail_nid_eq += e - s + 1 - differ
+    target = layout.node_map(m.mem_map.page_node)
+    starts = np.array([min(s, max_pfn) for s in layout.starts], dtype=np.int64)
+    ends = np.array([min(e, max_pfn - 1) for e in layout.ends], dtype=np.int64)
+    lengths = np.maximum(ends - starts + 1, 0)
+    examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
+                           minlength=m.possible_nodes).astype(np.int64)
+    bound = np.bincount(target[target != m.mem_map.page_node], minlength=m.possible_nodes)
+    for nid in np.flatnonzero(examined):
+        stats = m.current.counter(int(nid))
+        stats.transplant_examined_pfn += int(examined[nid])
+        stats.transplant_bail_nid_eq += int(examined[nid]) - int(bound[nid])
 
 
 def ref_move_free_pages(m: Machine, target: np.ndarray) -> None:
