@@ -22,9 +22,9 @@ from .model import stage_stripes, timed
 from .report import Row, median_range
 
 MAX_NODES, MAX_CPUS = 1024, 8192
-# libnuma (2.0.16 and upstream alike) keeps a v1 nodemask_t, numa_all_nodes, of NUMA_NUM_NODES
-# bits (128 on x86-64), and its constructor numa_init() sets one bit in it for every node
-# with memory, unchecked: from 129 memory nodes on it writes past it into libnuma's other
+# libnuma keeps a v1 nodemask_t, numa_all_nodes, of NUMA_NUM_NODES bits (128 on x86-64), and
+# its constructor numa_init() sets one bit in it for every node 2.0.16 counts (those with
+# memory), unchecked: from 129 memory nodes on it writes past it into libnuma's other
 # globals (from 449 on, over the pointer to its node-to-CPUs cache, which numa_node_to_cpus()
 # then follows). Seen with 2.0.16 on a copy of a real kernel's node files, no dnumafs: 256
 # memory nodes ran, 399 ran away with memory, 447 and 512 crashed. Memoryless nodes count not.
