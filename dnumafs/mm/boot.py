@@ -11,8 +11,6 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from dnumafs.machines import MachineDescription, MachineError
 from dnumafs.machines.reserve import reserved_count, reserved_ranges
 
@@ -53,6 +51,21 @@ def node_present_pages(desc: MachineDescription) -> dict[int, int]:
     return out
 
 
+def free_runs(lo: int, hi: int, reserved: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The runs [a, b) of [lo, hi) that no reserved range [rlo, rhi) covers (reserved
+    sorted by start; its ranges may overlap)."""
+    runs = []
+    for rlo, rhi in reserved:
+        if rlo > lo:
+            runs.append((lo, min(rlo, hi)))
+        lo = max(lo, rhi)
+        if lo >= hi:
+            break
+    if lo < hi:
+        runs.append((lo, hi))
+    return [(a, b) for a, b in runs if a < b]
+
+
 def boot_node(m: Machine, nid: int, start: int, end: int) -> None:
     """Give node nid the pfns [start, end): its zones' sizes, its reserved pages (its memmap
     at the top; on the first node also the first MiB and the kernel image), and free the
@@ -60,24 +73,20 @@ def boot_node(m: Machine, nid: int, start: int, end: int) -> None:
     pgdat = m.pgdat[nid]
     max_pfn = m.mem_map.max_pfn
     flags = m.mem_map.page_flags
+    reserved = sorted(reserved_ranges(start, end))
+    for lo, hi in reserved:
+        flags[lo:hi] |= PG_RESERVED
     for ztype in ZoneType:
         lo, hi = zone_type_bounds(ztype, max_pfn)
         lo, hi = max(lo, start), min(hi, end)
         if lo < hi:
             zone = pgdat.zones[ztype]
             zone.span_include(lo, hi)
-            zone.present_pages = zone.managed_pages = hi - lo
-    for lo, hi in reserved_ranges(start, end):
-        flags[lo:hi] |= PG_RESERVED
-    for zone in pgdat.zones.values():
-        if not zone.present_pages:
-            continue
-        lo, hi = zone.zone_start_pfn, zone.zone_end_pfn
-        res = (flags[lo:hi] & PG_RESERVED) != 0
-        zone.managed_pages -= int(res.sum())
-        edges = np.flatnonzero(np.diff(np.concatenate(([True], res, [True])).astype(np.int8)))
-        for a, b in zip(edges[0::2], edges[1::2]):
-            page_alloc.free_pages_core(m, zone, lo + int(a), lo + int(b))
+            runs = free_runs(lo, hi, reserved)
+            zone.present_pages = hi - lo
+            zone.managed_pages = sum(b - a for a, b in runs)
+            for a, b in runs:
+                page_alloc.free_pages_core(m, zone, a, b)
 
 
 def boot_allocate(m: Machine, nid: int) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import memory_hotplug, page_alloc, topology
-from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, page_zonenum
+from .constants import PG_BUDDY, PG_LOOKUP_NODE, PG_RESERVED, ZoneType, page_zonenum
 from .memlayout import Memlayout
 from .zone import Zone
 
@@ -81,8 +81,9 @@ def memlayout_commit(m: Machine) -> Memlayout | None:
     try:
         drained = page_alloc.drain_all_pages(m)
         target = layout.node_map(m.mem_map.page_node)
-        count_examined(m, layout, target)
-        memory_hotplug.move_offline_pages(m, target)
+        count_examined(m, layout)
+        if 0 in m.blocks.online:    # only offline blocks hold PG_OFFLINE pages (checked)
+            memory_hotplug.move_offline_pages(m, target)
         dnuma_move_free_pages(m, target)
         dnuma_mark_page_range(m, target)
         del target
@@ -103,71 +104,165 @@ def dnuma_online_required_nodes_and_zones(m: Machine, layout: Memlayout) -> None
         topology.online_node(m, nid)
 
 
-def count_examined(m: Machine, layout: Memlayout, target: np.ndarray) -> None:
+# Pages per slice of a commit's whole-array passes: the temporaries stay a few MiB.
+CHUNK = 1 << 22
+
+
+def count_examined(m: Machine, layout: Memlayout) -> None:
     """Every pfn a range covers is examined; those already on its node bail at once."""
     max_pfn = m.mem_map.max_pfn
-    # Clip in Python first: a range may name pfns up to 2^64-1, past what int64 holds.
-    starts = np.array([min(s, max_pfn) for s in layout.starts], dtype=np.int64)
-    ends = np.array([min(e, max_pfn - 1) for e in layout.ends], dtype=np.int64)
-    lengths = np.maximum(ends - starts + 1, 0)
-    examined = np.bincount(np.asarray(layout.nids, dtype=np.int64), weights=lengths,
-                           minlength=m.possible_nodes).astype(np.int64)
-    bound = np.bincount(target[target != m.mem_map.page_node], minlength=m.possible_nodes)
-    for nid in np.flatnonzero(examined):
-        differ = int(bound[nid])
-        stats = m.current.counter(int(nid))
-        stats.transplant_examined_pfn += int(examined[nid])
-        stats.transplant_bail_nid_eq += int(examined[nid]) - differ
+    node = m.mem_map.page_node
+    for start, end, nid in zip(layout.starts, layout.ends, layout.nids):
+        # A range may name pfns up to 2^64-1: only those below max_pfn exist.
+        start, end = min(start, max_pfn), min(end + 1, max_pfn)
+        if start >= end:
+            continue
+        differ = sum(int(np.count_nonzero(node[lo:min(lo + CHUNK, end)] != nid))
+                     for lo in range(start, end, CHUNK))
+        stats = m.current.counter(nid)
+        stats.transplant_examined_pfn += end - start
+        stats.transplant_bail_nid_eq += end - start - differ
+
+
+def free_list_blocks(m: Machine) -> tuple[np.ndarray, ...]:
+    """Every block on a buddy free list, in pfn order: (heads, orders, nodes, zone types)."""
+    parts = [(np.fromiter(fa, dtype=np.int64, count=len(fa)), order, nid, int(zt))
+             for nid, pgdat in m.pgdat.items() for zt, zone in pgdat.zones.items()
+             for order, fa in enumerate(zone.free_area) if fa]
+    if not parts:
+        return tuple(np.empty(0, dtype=np.int64) for _ in range(4))
+    heads = np.concatenate([p[0] for p in parts])
+    by_pfn = np.argsort(heads, kind="stable")
+    out = [heads] + [np.repeat(np.array([p[i] for p in parts], dtype=np.int64),
+                               [len(p[0]) for p in parts]) for i in (1, 2, 3)]
+    return tuple(a[by_pfn] for a in out)
+
+
+def target_edges(layout: Memlayout, target: np.ndarray) -> np.ndarray:
+    """The pfns p at a range's edge where target[p] differs from target[p - 1]: the only
+    places where the target can change inside a free block, whose pages share one node."""
+    n = len(target)
+    edges = np.array(sorted({s for s in layout.starts if 0 < s < n}
+                            | {e + 1 for e in layout.ends if 0 < e + 1 < n}), dtype=np.int64)
+    return edges[target[edges] != target[edges - 1]] if edges.size else edges
 
 
 def dnuma_move_free_pages(m: Machine, target: np.ndarray) -> None:
     """Move every free block to the node target gives its pages, splitting a block whose
-    pages are bound for several nodes."""
+    pages are bound for several nodes.
+
+    Blocks are taken in pfn order and their pieces freed in that order, so the free lists
+    end as if moved one by one (their order is what the next allocations take); the counts,
+    zone sizes and page nodes of the pieces that move are added up over whole arrays."""
     mm = m.mem_map
-    heads = np.flatnonzero(mm.page_flags & PG_BUDDY)
+    heads, orders, nodes, ztypes = free_list_blocks(m)
     if not heads.size:
         return
-    sizes = np.left_shift(1, mm.page_order[heads].astype(np.int64))
-    moving = target != mm.page_node
-    bounds = np.empty(2 * heads.size, dtype=np.int64)
-    bounds[0::2], bounds[1::2] = heads, heads + sizes
-    if bounds[-1] == mm.max_pfn:
-        bounds = bounds[:-1]
-    any_moving = np.logical_or.reduceat(moving, bounds)[0::2]
-    del moving
-    blocks = [(int(h), int(mm.page_order[h])) for h in heads[any_moving]]
+    edges = target_edges(m.current, target)
+    nxt = np.searchsorted(edges, heads, side="right")
+    cut = nxt < edges.size
+    cut[cut] = edges[nxt[cut]] < heads[cut] + (1 << orders[cut])
+    tgts = target[heads].astype(np.int64)
+    moving = cut | (tgts != nodes)
+    heads, orders, nodes, ztypes, tgts, cut = (a[moving] for a in
+                                               (heads, orders, nodes, ztypes, tgts, cut))
     # Take every affected block off its list first, so that no block put back below
     # merges with one still waiting to be moved.
-    for pfn, order in blocks:
-        page_alloc.del_page_from_free_list(mm, page_alloc.page_zone(m, pfn), pfn, order)
-    for pfn, order in blocks:
-        old = mm.node[pfn]
-        for p, o, tgt in split_by_node(m, target[pfn:pfn + (1 << order)], pfn, order, old):
-            if tgt == old:
-                page_alloc.free_one_page(mm, page_alloc.page_zone(m, p), p, o)
-                continue
-            m.current.counter(old).transplant_from_freelist_remove += 1 << o
-            zone = dnuma_add_page_to_new_zone(m, p, 1 << o, old, tgt)
-            m.current.counter(tgt).transplant_from_freelist_add += 1 << o
-            page_alloc.free_one_page(mm, zone, p, o)
+    pgdat = m.pgdat
+    for pfn, order, nid, zt in zip(heads.tolist(), orders.tolist(), nodes.tolist(),
+                                   ztypes.tolist()):
+        del pgdat[nid].zones[zt].free_area[order][pfn]
+    mm.page_flags[heads] &= ~PG_BUDDY & 0xFF
+    pieces = [a[~cut] for a in (heads, orders, nodes, ztypes, tgts)]
+    if cut.any():
+        split = [(p, o, old, zt, tgt)
+                 for pfn, order, old, zt in zip(heads[cut].tolist(), orders[cut].tolist(),
+                                                nodes[cut].tolist(), ztypes[cut].tolist())
+                 for p, o, tgt in split_by_node(m, target[pfn:pfn + (1 << order)], pfn,
+                                                order, old)]
+        by_pfn = np.argsort(np.concatenate((pieces[0], [s[0] for s in split])), kind="stable")
+        pieces = [np.concatenate((a, np.array([s[i] for s in split], dtype=np.int64)))[by_pfn]
+                  for i, a in enumerate(pieces)]
+    pfns, orders, olds, ztypes, tgts = pieces
+    moved = tgts != olds
+    dnuma_add_pages_to_new_zones(m, *(a[moved] for a in (pfns, orders, olds, tgts, ztypes)))
+    for pfn, order, tgt, zt in zip(pfns.tolist(), orders.tolist(), tgts.tolist(),
+                                   ztypes.tolist()):
+        page_alloc.free_one_page(mm, pgdat[tgt].zones[zt], pfn, order)
+
+
+def node_sums(nids: np.ndarray, pages: np.ndarray) -> list[tuple[int, int]]:
+    """(nid, pages summed) for each nid that occurs."""
+    sums = np.bincount(nids, weights=pages).astype(np.int64)
+    return [(int(n), int(sums[n])) for n in np.unique(nids)]
+
+
+def dnuma_add_pages_to_new_zones(m: Machine, pfns: np.ndarray, orders: np.ndarray,
+                                 olds: np.ndarray, news: np.ndarray,
+                                 ztypes: np.ndarray) -> None:
+    """dnuma_add_page_to_new_zone() of a commit's free pieces in pfn order, over arrays:
+    each piece 2^orders[i] pages at pfns[i] of zone type ztypes[i] goes from node olds[i]
+    to news[i], counted as moved from the free lists."""
+    if not pfns.size:
+        return
+    mm = m.mem_map
+    sizes = np.left_shift(1, orders)
+    for order in np.unique(orders).tolist():
+        # Blocks are aligned to their size: as rows of 2^order pages, a piece is one row.
+        rows = mm.page_node[:mm.max_pfn >> order << order].reshape(-1, 1 << order)
+        sel = orders == order
+        rows[pfns[sel] >> order] = news[sel, None]
+    counter = m.current.counter
+    for nid, n in node_sums(olds, sizes):
+        counter(nid).transplant_from_freelist_remove += n
+    for nid, n in node_sums(news, sizes):
+        counter(nid).transplant_from_freelist_add += n
+        counter(nid).moved_pages += n
+    m.resized.update(np.unique(olds).tolist(), np.unique(news).tolist())
+    # Zones are (node, type) pairs; key them as one number to group the pieces.
+    ntypes = len(ZoneType)
+    out_keys, in_keys = olds * ntypes + ztypes, news * ntypes + ztypes
+    for key in np.unique(out_keys).tolist():
+        sel = np.flatnonzero(out_keys == key)
+        zone = m.pgdat[key // ntypes].zones[key % ntypes]
+        n = int(sizes[sel].sum())
+        zone.present_pages -= n
+        zone.managed_pages -= n
+        # One by one, the zone went empty as its last piece left if none came in before
+        # that; it cannot empty twice, as only the pages it had leave it.
+        came_in = np.flatnonzero(in_keys == key)
+        if zone.present_pages == 0 and (not came_in.size or came_in[0] > sel[-1]):
+            counter(int(news[sel[-1]])).drain_zonestat += 1
+    for key in np.unique(in_keys).tolist():
+        sel = np.flatnonzero(in_keys == key)
+        zone = m.pgdat[key // ntypes].zones[key % ntypes]
+        n = int(sizes[sel].sum())
+        zone.present_pages += n
+        zone.managed_pages += n
+        zone.span_include(int(pfns[sel[0]]), int(pfns[sel[-1]] + sizes[sel[-1]]))
 
 
 def dnuma_mark_page_range(m: Machine, target: np.ndarray) -> None:
     """What still differs is allocated (mark it PG_LOOKUP_NODE) or reserved (it stays;
     count it)."""
     mm = m.mem_map
-    differ = target != mm.page_node
-    reserved = differ & ((mm.page_flags & PG_RESERVED) != 0)
-    differ &= ~reserved
-    for mask, bail_reserved in ((reserved, True), (differ, False)):
-        counts = np.bincount(mm.page_node[mask], minlength=m.possible_nodes)
-        for nid in np.flatnonzero(counts):
-            stats = m.current.counter(int(nid))
-            if bail_reserved:
-                stats.transplant_bail_reserved += int(counts[nid])
-            else:
-                stats.transplant_bail_page_not_buddy += int(counts[nid])
-    mm.page_flags |= differ.view(np.uint8) * np.uint8(PG_LOOKUP_NODE)
+    reserved = np.zeros(m.possible_nodes, dtype=np.int64)
+    marked = np.zeros(m.possible_nodes, dtype=np.int64)
+    for lo in range(0, mm.max_pfn, CHUNK):
+        hi = min(lo + CHUNK, mm.max_pfn)
+        pfns = np.flatnonzero(target[lo:hi] != mm.page_node[lo:hi])
+        if not pfns.size:
+            continue
+        pfns += lo
+        res = (mm.page_flags[pfns] & PG_RESERVED) != 0
+        nodes = mm.page_node[pfns]
+        reserved += np.bincount(nodes[res], minlength=m.possible_nodes)
+        marked += np.bincount(nodes[~res], minlength=m.possible_nodes)
+        mm.page_flags[pfns[~res]] |= PG_LOOKUP_NODE
+    for nid in np.flatnonzero(reserved).tolist():
+        m.current.counter(nid).transplant_bail_reserved += int(reserved[nid])
+    for nid in np.flatnonzero(marked).tolist():
+        m.current.counter(nid).transplant_bail_page_not_buddy += int(marked[nid])
 
 
 def split_by_node(m: Machine, targets: np.ndarray | None, pfn: int, order: int,

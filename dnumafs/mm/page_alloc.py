@@ -109,9 +109,19 @@ def free_one_page(mm: MemMap, zone: Zone, pfn: int, order: int) -> None:
 
 def free_pages_core(m: Machine, zone: Zone, pfn: int, end: int) -> None:
     """memblock_free_pages() of [pfn, end) at boot, in maximal aligned blocks; each goes
-    through __free_pages_core(), which counts it as freed (pgfree)."""
+    through __free_pages_core(), which counts it as freed (pgfree). Blocks of the top order
+    never merge (no order is above), so those of a long run are listed at once."""
+    top = MAX_ORDER - 1
+    mid, mid_end = -(-pfn >> top) << top, end >> top << top
+    if mid_end - mid > 1 << top:
+        free_pages_core(m, zone, pfn, mid)
+        zone.free_area[top].update(dict.fromkeys(range(mid, mid_end, 1 << top)))
+        m.mem_map.page_flags[mid:mid_end:1 << top] |= PG_BUDDY
+        m.mem_map.page_order[mid:mid_end:1 << top] = top
+        m.vm_events.pgfree += mid_end - mid
+        pfn = mid_end
     while pfn < end:
-        order = min(MAX_ORDER - 1, (pfn & -pfn).bit_length() - 1 if pfn else MAX_ORDER - 1,
+        order = min(top, (pfn & -pfn).bit_length() - 1 if pfn else top,
                     (end - pfn).bit_length() - 1)
         free_one_page(m.mem_map, zone, pfn, order)
         m.vm_events.pgfree += 1 << order
