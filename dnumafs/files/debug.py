@@ -6,11 +6,15 @@ the only way a test or a user can ask the model itself whether any page was lost
 or misfiled after a load; sums read from the node files catch less (a page on two free lists
 of one node keeps every sum right). It lives under debugfs, root-only (0400), as a kernel's
 CONFIG_DEBUG_VM checks would.
+
+`marked_pages` (files/marked.py) counts the pages still waiting to be transplanted, per node.
 """
 from __future__ import annotations
 
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import DEBUGFS, RO, STATIC, Dir, FileSet, StaticDir
+
+from .marked import marked_pages_show
 
 
 def check_show(m: Machine) -> str:
@@ -18,9 +22,13 @@ def check_show(m: Machine) -> str:
     return "".join(f"{err}\n" for err in m.check())
 
 
-# The check walks every page: it runs when a reader asks (volatile), never again at each
-# change of the model just because a reader once asked (STATIC).
-DEBUG_ATTRS = {"check": RO(check_show, depends=STATIC, volatile=True)}
+# Both walk every page: they run when a reader asks (volatile), never again at each change
+# of the model just because a reader once asked (STATIC), which a workload's stream of
+# allocations would make costly.
+DEBUG_ATTRS = {
+    "check": RO(check_show, depends=STATIC, volatile=True),
+    "marked_pages": RO(marked_pages_show, depends=STATIC, volatile=True),
+}
 
 
 def debug_dir(m: Machine) -> Dir:

@@ -24,6 +24,7 @@ from .constants import (
     MAX_ORDER,
     PG_HEAD,
     PG_HUGETLB,
+    PG_LOOKUP_NODE,
     ZoneType,
 )
 from .kinds import FILE_CACHE, RECLAIMABLE_SLAB, Kind, PageKinds
@@ -442,6 +443,14 @@ class Machine:
     def node_stats(self) -> NodeStats:
         """node_stat() of every node stat_nids() names, each read when looked up."""
         return NodeStats(range(self.possible_nodes), self.node_stat)
+
+    def marked_pages(self) -> dict[int, int]:
+        """Allocated pages marked PG_LOOKUP_NODE (to be transplanted when freed), per node they
+        are on now, for the nodes that have any: counted from the page flags at each call."""
+        with self.lock:
+            marked = (self.page_flags & PG_LOOKUP_NODE) != 0
+            counts = np.bincount(self.page_node[marked], minlength=self.possible_nodes)
+            return {int(nid): int(counts[nid]) for nid in np.flatnonzero(counts)}
 
     # ------------------------------------------------------------ memory blocks
 
