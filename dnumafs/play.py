@@ -264,7 +264,9 @@ class Scenario:
         return next((s for s in self.steps if s.action.uses_workload), None)
 
 
-TOP_KEYS = {"title": str, "seed": int, "machine": dict, "step": list}
+TOP_KEYS: dict[str, tuple[type, str]] = {
+    "title": (str, "a string"), "seed": (int, "an integer"), "machine": (dict, "a table"),
+    "step": (list, "an array of tables")}
 _STEP_HEADER = re.compile(r"\s*\[\[\s*step\s*\]\]\s*(#.*)?")
 
 
@@ -353,12 +355,12 @@ def parse(text: str, path: str) -> Scenario:
             raise ScenarioError(path, int(m.group(2)), m.group(1)) from None
         raise ScenarioError(path, 0, str(e)) from None
     for key, value in data.items():
-        want = TOP_KEYS.get(key)
-        if want is None:
+        if key not in TOP_KEYS:
             raise ScenarioError(path, 0, f"unknown key {key!r} (a scenario has: "
                                 f"{', '.join(TOP_KEYS)})")
+        want, what = TOP_KEYS[key]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ScenarioError(path, 0, f"{key} must be a {want.__name__}")
+            raise ScenarioError(path, 0, f"{key} must be {what}")
     seed = data.get("seed")
     if seed is not None and seed < 0:
         raise ScenarioError(path, 0, "seed must not be negative")
