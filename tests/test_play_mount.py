@@ -1,0 +1,305 @@
+"""dnumafs play against real mounts: every example scenario played on the machine its
+[machine] table names, with its outcome checked through the files; two runs give one trace;
+a step the files refuse stops the play and changes nothing."""
+from __future__ import annotations
+
+import errno
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dnumafs import client, play
+
+pytest.importorskip("fuse", reason="fusepy is needed to mount")
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
+NODE = "sys/devices/system/node"
+CPU = "sys/devices/system/cpu"
+MEMORY = "sys/devices/system/memory"
+TOPO = "sys/kernel/debug/numa_topology"
+MiB_KB = 1024
+
+
+def play_cli(run_dnumafs, mnt: Path, scenario: Path, *args: str
+             ) -> subprocess.CompletedProcess[str]:
+    r = run_dnumafs("play", mnt, scenario, *args)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def mount_for(mount_dnumafs, scenario: Path) -> Path:
+    return mount_dnumafs(*play.load(str(scenario)).mount)
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def played(mount_dnumafs, run_dnumafs, tmp_path: Path, name: str
+           ) -> tuple[Path, list[dict[str, Any]]]:
+    """Play examples/scenarios/NAME.toml on a fresh mount of its machine: the mount and the
+    trace, after checking the trace's form and the model's invariants."""
+    scenario = SCENARIOS / f"{name}.toml"
+    mnt = mount_for(mount_dnumafs, scenario)
+    trace = tmp_path / f"{name}.jsonl"
+    r = play_cli(run_dnumafs, mnt, scenario, "--speed", "0", "--trace", trace)
+    assert r.returncode == 0, r.stderr
+    lines = read_trace(trace)
+    sc = play.load(str(scenario))
+    assert [(t["step"], t["line"], t["do"]) for t in lines] == \
+        [(0, 0, "start")] + [(s.number, s.line, s.do) for s in sc.steps]
+    assert [t["at"] for t in lines[1:]] == [float(s.at) for s in sc.steps]
+    assert [t["args"] for t in lines[1:]] == [dict(s.args) for s in sc.steps]
+    tree = client.MountedTree(mnt)
+    last = lines[-1]
+    assert sorted(last["nodes"], key=int) == [str(n) for n in tree.node_ids()]
+    for nid, fig in last["nodes"].items():   # the last figures are what the files say now
+        info = tree.node_meminfo(int(nid))
+        assert (fig["total_kb"], fig["free_kb"], fig["used_kb"]) == \
+            (info["MemTotal"], info["MemFree"], info["MemUsed"])
+        assert fig["cpus"] == tree.node_cpulist(int(nid))
+        assert fig["marked_pages"] == tree.marked_pages().get(int(nid), 0)
+    assert last["moved_pages"] == tree.moved_pages()
+    assert (mnt / "sys/kernel/debug/dnumafs/check").read_text() == ""
+    return mnt, lines
+
+
+def total(t: dict[str, Any]) -> int:
+    return sum(n["total_kb"] for n in t["nodes"].values())
+
+
+def read(mnt: Path, rel: str) -> str:
+    return (mnt / rel).read_text()
+
+
+def test_seed_stripe(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "seed-stripe")
+    tree = client.MountedTree(mnt)
+    assert tree.layout_ranges(tree.current_layout()) == \
+        list(client.stripe_ranges(tree.max_pfn(), 0, 2, 256))
+    start, stripe, drop = trace
+    assert list(start["nodes"]) == ["0", "1"] and list(stripe["nodes"]) == ["0", "1", "2"]
+    assert total(start) == total(stripe) == total(drop)
+    # a third of memory moved to node 2 at the commit; the pages in use were marked, and
+    # dropping the caches freed most of them, each moving as it was freed
+    assert stripe["nodes"]["2"]["total_kb"] > total(start) // 4
+    marked = sum(n["marked_pages"] for n in stripe["nodes"].values())
+    assert marked > 0 and stripe["nodes"]["2"]["marked_pages"] == 0
+    assert sum(n["marked_pages"] for n in drop["nodes"].values()) < marked // 2
+    assert 0 < stripe["moved_pages"] < drop["moved_pages"]
+
+
+def test_vm_migrated_to_a_new_node(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "vm-migrate")
+    start, ranges, cpus, cache, slab = trace
+    assert ranges["nodes"]["1"]["cpus"] == "2-3" and cpus["nodes"]["1"]["cpus"] == ""
+    assert cpus["nodes"]["2"]["cpus"] == "2-3"
+    assert read(mnt, f"{TOPO}/cpu3/node") == "2\n"
+    # the free pages went at the commit, the marked ones as the caches were dropped
+    n1 = [t["nodes"]["1"] for t in trace]
+    assert n1[0]["total_kb"] > 400 * MiB_KB
+    assert n1[1]["total_kb"] < n1[0]["total_kb"] // 10
+    assert n1[1]["marked_pages"] > n1[3]["marked_pages"] > n1[4]["marked_pages"]
+    assert slab["nodes"]["1"]["total_kb"] < 16 * MiB_KB
+    assert slab["nodes"]["2"]["total_kb"] > 400 * MiB_KB
+    assert total(start) == total(slab)
+    tree = client.MountedTree(mnt)
+    assert tree.layout_ranges(tree.current_layout()) == [(0x20000, 0x3ffff, 2)]
+
+
+def test_vm_compacted_onto_fewer_nodes(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "vm-compact")
+    last = trace[-1]["nodes"]
+    assert [last[n]["cpus"] for n in "0123"] == ["0-1,4-5", "2-3,6-7", "", ""]
+    assert read(mnt, f"{NODE}/node2/distance") == "11 20 10 20\n"
+    assert read(mnt, f"{NODE}/node3/distance") == "20 11 20 10\n"
+    assert read(mnt, f"{NODE}/node0/distance") == "10 20 20 20\n"   # rows as written
+    for nid in (0, 1):
+        assert read(mnt, f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages") == "16\n"
+    for nid in "23":      # what is left is the memmap and what is still in use, marked
+        assert last[nid]["total_kb"] < 16 * MiB_KB
+        assert last[nid]["free_kb"] == 0
+    assert total(trace[0]) == total(trace[-1])
+
+
+def test_prrn_core_moves(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "prrn-cores")
+    cpus = [{nid: n["cpus"] for nid, n in t["nodes"].items()} for t in trace]
+    assert cpus == [
+        {"0": "0-3", "1": "4-7"},
+        {"0": "0-3,6-7", "1": "4-5"},
+        {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
+        {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
+        {"0": "0-1", "1": "4-7", "2": "2-3"},
+        {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
+        {"0": "0-3,6-7", "1": "4-5", "2": ""},
+        {"0": "0-3", "1": "4-7", "2": ""},
+    ]
+    assert read(mnt, f"{NODE}/node2/distance") == "15 15 10\n"
+    # CPU moves move no memory
+    assert {t["moved_pages"] for t in trace} == {0}
+    assert trace[-1]["nodes"]["2"]["total_kb"] == 0
+
+
+def test_board_swap_reuses_a_node_id(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "board-swap")
+    n1 = [t["nodes"]["1"] for t in trace]
+    assert n1[0]["cpus"] == "2-3" and n1[2]["cpus"] == ""
+    out = trace[4]["nodes"]          # the board is out, its marked pages drained
+    assert out["1"]["total_kb"] < n1[0]["total_kb"] // 20
+    assert out["0"]["total_kb"] > trace[0]["nodes"]["0"]["total_kb"] + 300 * MiB_KB
+    last = trace[-1]["nodes"]
+    assert (last["1"]["cpus"], last["2"]["cpus"]) == ("4-5", "")
+    assert abs(last["1"]["total_kb"] - n1[0]["total_kb"]) < n1[0]["total_kb"] // 20
+    assert read(mnt, f"{CPU}/offline") == "2-3\n"
+    assert read(mnt, f"{NODE}/node1/distance") == "30 10 20\n"
+    assert read(mnt, f"{NODE}/node0/distance") == "10 30 20\n"
+    assert total(trace[0]) == total(trace[-1])
+
+
+def test_memory_hot_added_as_a_new_node(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "hot-add-node")
+    assert "2" not in trace[2]["nodes"] or trace[2]["nodes"]["2"]["total_kb"] == 0
+    assert trace[3]["nodes"]["2"]["total_kb"] == 128 * MiB_KB
+    last = trace[-1]["nodes"]["2"]
+    assert last["total_kb"] == 256 * MiB_KB
+    assert last["free_kb"] == last["total_kb"] - 32 * 2 * MiB_KB      # 32 hugepages of 2 MiB
+    assert total(trace[-1]) == total(trace[0]) + 256 * MiB_KB
+    assert read(mnt, f"{MEMORY}/memory8/state") == "online\n"
+    assert read(mnt, f"{MEMORY}/memory8/valid_zones") == "Movable\n"
+    assert read(mnt, f"{MEMORY}/memory9/state") == "online\n"
+    assert (mnt / f"{NODE}/node2/memory9").is_symlink()
+
+
+def test_two_runs_give_one_trace_whatever_the_speed(mount_dnumafs, run_dnumafs, tmp_path):
+    scenario = SCENARIOS / "vm-migrate.toml"
+    traces = []
+    for speed in ("0", "8"):
+        mnt = mount_for(mount_dnumafs, scenario)
+        traces.append(tmp_path / f"trace-{speed}")
+        r = play_cli(run_dnumafs, mnt, scenario, "--speed", speed, "--trace", traces[-1])
+        assert r.returncode == 0, r.stderr
+    first, second = (t.read_bytes() for t in traces)
+    assert first == second and len(first.splitlines()) == 5
+
+
+# --- a step the files refuse ------------------------------------------------------------------
+
+def snapshot(mnt: Path) -> dict[str, str]:
+    """The texts of the files a play can change: node, CPU, memory block, layout and
+    hugepage files, the allocator's proc files, the workload's if there is one."""
+    tree = client.MountedTree(mnt)
+    files = ["proc/buddyinfo", "proc/zoneinfo", "proc/vmstat", "proc/meminfo",
+             f"{NODE}/online", f"{NODE}/has_cpu", f"{CPU}/online", f"{CPU}/offline",
+             "sys/kernel/debug/dnumafs/marked_pages", "sys/kernel/debug/dnumafs/check",
+             f"{client.MEMLAYOUT_DIR}/moved-pages", "sys/kernel/mm/hugepages/"
+             "hugepages-2048kB/nr_hugepages"]
+    for nid in tree.node_ids():
+        files += [f"{NODE}/node{nid}/{f}" for f in ("meminfo", "cpulist", "distance",
+                                                    "numastat", "vmstat")]
+        files.append(f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages")
+    files += [f"{TOPO}/{cpu}/node" for cpu in tree.listdir(CPU) if re.fullmatch(r"cpu\d+", cpu)]
+    files += [f"{MEMORY}/{block}/state" for block in tree.listdir(MEMORY)
+              if re.fullmatch(r"memory\d+", block)]
+    if (mnt / client.WORKLOAD).exists():
+        files.append(client.WORKLOAD)
+    texts = {f: read(mnt, f) for f in files}
+    texts["memlayout/"] = " ".join(sorted(tree.listdir(client.MEMLAYOUT_DIR)))
+    texts["current"] = repr(tree.layout_ranges(tree.current_layout()))
+    return texts
+
+
+PREFIX = """\
+[[step]]
+at = 0
+do = "stripe"
+first = 0
+last = 1
+pfns = 4096
+
+[[step]]
+at = 0.5
+do = "move-cpu"
+cpu = 2
+node = 2
+
+[[step]]
+at = 1
+do = "hugepages"
+node = 0
+count = 4
+"""
+
+# Steps the files refuse on the default machine after PREFIX, with the errno they give.
+REFUSED = [
+    ('do = "ranges"\nranges = [[0, 0xfff, 0], [0x1000, 0x1fff, 9]]', errno.EINVAL),
+    ('do = "all-to"\nnode = 9', errno.EINVAL),
+    ('do = "move-cpu"\ncpu = 2\nnode = 8', errno.EINVAL),
+    ('do = "move-cpu"\ncpu = 99\nnode = 1', errno.ENOENT),
+    ('do = "cpu-offline"\ncpu = 0', errno.ENOENT),       # CPU 0 has no online file
+    ('do = "distance"\nnode = 0\nrow = [10]', errno.EINVAL),
+    ('do = "block"\nblock = 0\nstate = "offline"', errno.EBUSY),     # reserved pages
+    ('do = "drop-caches"\nmode = 5', errno.EINVAL),
+    ('do = "hugepages"\nnode = 3\ncount = 1', errno.ENOENT),
+    ('do = "probe"\naddress = 0x1000', errno.EINVAL),
+    ('do = "probe"\naddress = 0', errno.EEXIST),
+]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_refused_step_stops_the_play_and_changes_nothing(mount_dnumafs, run_dnumafs,
+                                                           tmp_path):
+    mnt = mount_dnumafs("--possible-nodes", "4")
+    r = play_cli(run_dnumafs, mnt, write(tmp_path, "prefix.toml", PREFIX), "--speed", "0")
+    assert r.returncode == 0, r.stderr
+    before = snapshot(mnt)
+    assert before["sys/kernel/debug/dnumafs/check"] == ""
+    for i, (step, err) in enumerate(REFUSED):
+        path = write(tmp_path, f"bad{i}.toml", f"[[step]]\nat = 0\n{step}\n")
+        do = play.load(str(path)).steps[0].do
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0")
+        assert r.returncode == 1, step
+        assert r.stderr.startswith(f"{path}:1: step 1 ({do}): "), r.stderr
+        assert r.stderr.endswith(f" ({errno.errorcode[err]})\n"), r.stderr
+        assert snapshot(mnt) == before, step
+
+
+def test_the_machine_after_a_refused_step_is_as_the_step_before_left_it(
+        mount_dnumafs, run_dnumafs, tmp_path):
+    """PREFIX then a refused step, on one mount, against PREFIX alone on another: one trace,
+    the same files."""
+    good = write(tmp_path, "good.toml", PREFIX)
+    bad = write(tmp_path, "bad.toml", PREFIX + "\n[[step]]\nat = 1\n" + REFUSED[0][0] + "\n")
+    mounts = []
+    for path in (good, bad):
+        mnt = mount_dnumafs("--possible-nodes", "4")
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", f"{path}.jsonl")
+        mounts.append(mnt)
+    assert r.returncode == 1
+    assert r.stderr == (f"{bad}:20: step 4 (ranges): {mnt}/{client.MEMLAYOUT_DIR}/node: "
+                        "writing 9: Invalid argument (EINVAL)\n")
+    assert Path(f"{good}.jsonl").read_text() == Path(f"{bad}.jsonl").read_text()
+    assert snapshot(mounts[0]) == snapshot(mounts[1])
+
+
+def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dnumafs,
+                                                           tmp_path):
+    mnt = mount_dnumafs()
+    before = snapshot(mnt)
+    path = write(tmp_path, "typo.toml", PREFIX + '\n[[step]]\nat = 2\ndo = "drop-caches"\n'
+                 'mode = "3"\n')
+    r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", tmp_path / "t")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"{path}:20: step 4 (drop-caches): mode = '3': must be an integer\n"
+    assert snapshot(mnt) == before
+    assert not (tmp_path / "t").exists()
+
