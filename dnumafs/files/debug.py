@@ -12,6 +12,8 @@ from __future__ import annotations
 from dnumafs.mm import Machine
 from dnumafs.vfs.tree import DEBUGFS, RO, STATIC, Dir, FileSet, StaticDir
 
+from .workload import workload_files
+
 
 def check_show(m: Machine) -> str:
     """Every invariant violation, one a line; empty when the model is sound."""
@@ -25,4 +27,5 @@ DEBUG_ATTRS = {"check": RO(check_show, depends=STATIC, volatile=True)}
 
 def debug_dir(m: Machine) -> Dir:
     """sys/kernel/debug/dnumafs/."""
-    return StaticDir(FileSet(DEBUGFS, m.lock).attrs(DEBUG_ATTRS, m))
+    return StaticDir(FileSet(DEBUGFS, m.lock).attrs(DEBUG_ATTRS, m)
+                     | workload_files(m))    # its own file system and locks

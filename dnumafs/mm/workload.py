@@ -29,7 +29,7 @@ import attrs
 
 from . import kinds as kinds_mod
 from . import page_alloc
-from .changes import PAGES
+from .changes import PAGES, WORKLOAD
 from .constants import MAX_ORDER, PG_HEAD, PG_HUGETLB
 from .kinds import Kind
 from .mempolicy import (
@@ -123,6 +123,16 @@ class TaskSpec:
         return POLICIES[self.policy]
 
 
+def check_spec(m: Machine, spec: TaskSpec) -> None:
+    """The machine has the task's CPU (online or not: a task whose CPU is offline waits) and
+    its nodes are possible ones (a node need not be online yet: a layout may bring it)."""
+    if spec.cpu not in m.possible_cpus():
+        raise WorkloadError(errno.EINVAL, f"cpu {spec.cpu} does not exist")
+    bad = sorted(spec.nodes - set(m.possible_node_ids))
+    if bad:
+        raise WorkloadError(errno.EINVAL, f"node {bad[0]} is not possible")
+
+
 @attrs.define(eq=False)
 class WorkloadTask:
     """A running task: its spec, the allocations it holds (oldest first) and its counts."""
@@ -154,16 +164,13 @@ class Workload:
     # Told after every command, so that the realtime clock can wake or rest.
     on_command: list[Callable[[], None]] = attrs.field(factory=list)
     behind_ns: int = 0              # how far the realtime clock trails wall time
+    clock: RealtimeClock | None = None
 
     # --------------------------------------------------------------------- commands
 
     def set_task(self, spec: TaskSpec) -> None:
         """Create the task, or change it (it keeps the pages it holds)."""
-        if spec.cpu not in self.m.possible_cpus():
-            raise WorkloadError(errno.EINVAL, f"cpu {spec.cpu} does not exist")
-        bad = sorted(spec.nodes - set(self.m.possible_node_ids))
-        if bad:
-            raise WorkloadError(errno.EINVAL, f"node {bad[0]} is not possible")
+        check_spec(self.m, spec)
         with self.mutex, self.m.lock:
             task = self.tasks.get(spec.name)
             if task is None:
@@ -184,7 +191,7 @@ class Workload:
                     with self.m.lock:
                         for _ in range(min(CHUNK, len(task.held))):
                             self._free_oldest(task)
-                        self.m._announce([PAGES])
+                        self.m._announce([PAGES, WORKLOAD])
                     time.sleep(0)
                 with self.m.lock:
                     del self.tasks[n]
@@ -206,8 +213,11 @@ class Workload:
         with self.mutex:
             self.seed = seed
             self.rng = random.Random(seed)
+        self._told()
 
     def _told(self) -> None:
+        with self.m.lock:
+            self.m._announce([WORKLOAD])
         for hook in self.on_command:
             hook()
 
@@ -217,7 +227,8 @@ class Workload:
         """Run the workload for ns nanoseconds of model time now, tick by tick; between()
         runs between chunks, with no lock held."""
         if not 0 < ns <= MAX_ADVANCE_NS:
-            raise WorkloadError(errno.EINVAL, f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
+            raise WorkloadError(errno.EINVAL,
+                                f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
         end = self.now_ns + ns
         while self.now_ns < end:
             with self.mutex:
@@ -237,13 +248,15 @@ class Workload:
                 if n:
                     owed.append((task, n))
             self.now_ns = until
+            if not owed:        # the clock moved, and nothing else
+                self.m._announce([WORKLOAD])
         for task, n in owed:
             while n > 0:
                 k = min(n, CHUNK)
                 with self.m.lock:
                     if task.spec.cpu in self.m.cpus.online:
                         self._run(task, k)
-                        self.m._announce([PAGES])
+                        self.m._announce([PAGES, WORKLOAD])
                 n -= k
                 between()
 
@@ -440,3 +453,22 @@ class RealtimeClock:
                     until = min(w.now_ns + lag, (w.now_ns // TICK_NS + 1) * TICK_NS)
                     self._ran += until - w.now_ns
                     w.tick(until, lambda: time.sleep(REST_S))
+
+
+# The clocks started in this process (a daemon serves one machine), stopped when its mount goes.
+_CLOCKS: list[RealtimeClock] = []
+
+
+def start_clock(w: Workload) -> None:
+    """Start w's realtime clock unless it runs already."""
+    with w.mutex:
+        if w.clock is None:
+            w.clock = RealtimeClock(w)
+            w.clock.start()
+            _CLOCKS.append(w.clock)
+
+
+def stop_clocks(timeout: float = 5.0) -> None:
+    """Stop every clock this process started, each within timeout seconds."""
+    while _CLOCKS:
+        _CLOCKS.pop().stop(timeout)
