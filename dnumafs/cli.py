@@ -229,6 +229,7 @@ def _serve(args: argparse.Namespace, mp: Path) -> int:
 
 def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
                 cfg: dict[str, Any]) -> int:
+    from dnumafs.mm import workload
     from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
 
     with daemon.serving(mp, args.pidfile_fd):   # first, so that umount can stop a boot
@@ -246,6 +247,7 @@ def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
             raise CliError(f"{mp}: libfuse could not mount it (status {e})") from None
         finally:
             hub.stop()
+            workload.stop_clocks()      # the workload's thread goes with the mount
         log.info("unmounted %s", mp)
     return 0
 

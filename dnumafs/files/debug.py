@@ -16,6 +16,7 @@ from dnumafs.mm.changes import PAGES
 from dnumafs.vfs.tree import DEBUGFS, RO, STATIC, Dir, FileSet, StaticDir
 
 from .marked import marked_pages_show
+from .workload import workload_files
 
 
 def check_show(m: Machine) -> str:
@@ -36,4 +37,5 @@ DEBUG_ATTRS = {
 
 def debug_dir(m: Machine) -> Dir:
     """sys/kernel/debug/dnumafs/."""
-    return StaticDir(FileSet(DEBUGFS, m.lock).attrs(DEBUG_ATTRS, m))
+    return StaticDir(FileSet(DEBUGFS, m.lock).attrs(DEBUG_ATTRS, m)
+                     | workload_files(m))    # its own file system and locks

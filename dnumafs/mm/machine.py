@@ -17,6 +17,7 @@ import numpy as np
 from dnumafs.machines import MachineDescription
 
 from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
+from . import workload as workload_mod
 from .changes import LAYOUTS, PAGES, ChangeHook, Device, memory_block_device, node_device
 from .check import check
 from .constants import (
@@ -74,6 +75,7 @@ class Machine:
     changes: ChangeHook = attrs.field(factory=ChangeHook)    # told of every change below
     # Nodes whose size a transplant moved since the last announcement (its `change` events).
     resized: set[int] = attrs.field(factory=set)
+    workload: workload_mod.Workload = attrs.field(init=False)   # tasks that allocate and free
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -84,6 +86,7 @@ class Machine:
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
         self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
+        self.workload = workload_mod.Workload(self)
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
@@ -325,8 +328,10 @@ class Machine:
             self._announce([PAGES])
 
     def _free_kinds(self, wanted: frozenset[Kind]) -> None:
-        for pfn, _ in kinds.allocations_of(self, wanted):
+        freed = kinds.allocations_of(self, wanted)
+        for pfn, _ in freed:
             page_alloc.free_pages(self, pfn, 0)
+        self.workload.forget(pfn for pfn, _ in freed)    # its tasks held some of them
 
     def hugepage_orders(self) -> tuple[int, ...]:
         """The orders of the hugepage pools the machine has (its hstates), ascending."""
@@ -508,4 +513,4 @@ class Machine:
 
     def check(self) -> list[str]:
         with self.lock:
-            return check(self)
+            return check(self) + self.workload.check()
