@@ -260,7 +260,8 @@ def commit_layout(tree: MountedTree, ranges: Iterable[tuple[int, int, int]]) -> 
     return count
 
 
-_CLOCK_LINE = re.compile(r"# clock (manual|realtime) (running|paused) time (\S+) seed (\d+)")
+# what follows the seed (a running clock's lag) is not the clock's mode
+_CLOCK_LINE = re.compile(r"# clock (manual|realtime) (running|paused) time (\S+) seed (\d+)\b.*")
 
 
 @attrs.frozen
@@ -287,7 +288,7 @@ def workload_clock(tree: MountedTree) -> WorkloadClock | None:
         if e.errno == errno.ENOENT:
             return None
         raise
-    m = _CLOCK_LINE.fullmatch(first.strip())
+    m = _CLOCK_LINE.fullmatch(first.rstrip())
     if m is None:
         raise ClientError(f"{tree.path(WORKLOAD)}: first line is not `# clock MODE STATE time "
                           f"SECONDS seed N`: {first!r}")

@@ -59,8 +59,11 @@ NUMA_TOPOLOGY_DIR = "sys/kernel/debug/numa_topology"
 CPU_DIR = "sys/devices/system/cpu"
 MEMORY_DIR = "sys/devices/system/memory"
 DROP_CACHES = "proc/sys/vm/drop_caches"
-# The longest `advance` one write asks for: a longer wait between two steps is several.
-ADVANCE_MAX = Decimal(60)
+# The longest `advance` the workload takes (an hour): a longer wait between two steps is
+# several; and its resolution, nanoseconds, which is the finest `at` a step may have.
+ADVANCE_MAX = Decimal(3600)
+AT_PLACES = 9
+AT_MAX = 10**9          # seconds: some thirty years of model time
 DEFAULT_HUGEPAGE_KB = 2048
 
 
@@ -319,9 +322,12 @@ def _check_step(path: str, number: int, line: int, table: object, prev_at: Decim
         raise fail('missing key "at" (the step\'s model time in seconds)', do)
     at = table["at"]
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
-            or at < 0:
-        raise fail(f"at = {at!r}: must be a number of seconds, not negative", do)
+            or not 0 <= at <= AT_MAX:
+        raise fail(f"at = {at!r}: must be a number of seconds from 0 to {AT_MAX}", do)
     exact = Decimal(repr(at)) if isinstance(at, float) else Decimal(at)
+    if exact != round(exact, AT_PLACES):
+        raise fail(f"at = {at!r}: more than {AT_PLACES} decimal places (the workload's "
+                   "clock counts nanoseconds)", do)
     if exact < prev_at:
         raise fail(f"at = {at!r} is before the step before ({prev_at})", do)
     args = {k: v for k, v in table.items() if k not in ("at", "do")}
@@ -502,7 +508,7 @@ class Player:
         if self.clock is not None:
             while self.now < step.at:
                 dt = min(step.at - self.now, ADVANCE_MAX)
-                self._write_workload(step, f"advance {dt}\n")
+                self._write_workload(step, f"advance {dt:f}\n")
                 self.now += dt
         self.now = step.at
 

@@ -63,7 +63,9 @@ def test_a_good_scenario_parses_whole():
                                                    "takes: node)"),
     ('at = 0\ndo = "stripe"\nfirst = 2\nlast = 1\npfns = 8', "(stripe): first is above last"),
     ('at = 0\ndo = "stripe"\nfirst = 0\nlast = 1\npfns = 0', "pfns = 0: must be at least 1"),
-    ('at = -1\ndo = "wait"', "at = -1: must be a number of seconds, not negative"),
+    ('at = -1\ndo = "wait"', "at = -1: must be a number of seconds from 0 to 1000000000"),
+    ('at = 1e10\ndo = "wait"', "at = 10000000000.0: must be a number of seconds from 0 to "),
+    ('at = 0.1234567891\ndo = "wait"', "at = 0.1234567891: more than 9 decimal places"),
     ('at = nan\ndo = "wait"', "at = nan: must be a number"),
     ('at = "1"\ndo = "wait"', "at = '1': must be a number"),
     ('at = 0\ndo = "block"\nblock = 1\nstate = "up"', 'state = \'up\': must be one of '

@@ -39,17 +39,26 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def clock_line(mnt: Path) -> str:
+    return read(mnt, client.WORKLOAD).partition("\n")[0]
+
+
 def played(mount_dnumafs, run_dnumafs, tmp_path: Path, name: str
            ) -> tuple[Path, list[dict[str, Any]]]:
     """Play examples/scenarios/NAME.toml on a fresh mount of its machine: the mount and the
-    trace, after checking the trace's form and the model's invariants."""
+    trace, after checking the trace's form, that it ends with what the files show, and the
+    model's invariants. The workload's clock is made manual first: the player leaves it so,
+    and the tasks the scenario leaves stand still for the checks."""
     scenario = SCENARIOS / f"{name}.toml"
+    sc = play.load(str(scenario))
     mnt = mount_for(mount_dnumafs, scenario)
+    (mnt / client.WORKLOAD).write_text("clock manual\n")
     trace = tmp_path / f"{name}.jsonl"
     r = play_cli(run_dnumafs, mnt, scenario, "--speed", "0", "--trace", trace)
     assert r.returncode == 0, r.stderr
+    assert clock_line(mnt) == \
+        f"# clock manual running time {sc.steps[-1].at:.9f} seed {sc.seed or 0}"
     lines = read_trace(trace)
-    sc = play.load(str(scenario))
     assert [(t["step"], t["line"], t["do"]) for t in lines] == \
         [(0, 0, "start")] + [(s.number, s.line, s.do) for s in sc.steps]
     assert [t["at"] for t in lines[1:]] == [float(s.at) for s in sc.steps]
@@ -95,24 +104,37 @@ def test_seed_stripe(mount_dnumafs, run_dnumafs, tmp_path):
 
 def test_vm_migrated_to_a_new_node(mount_dnumafs, run_dnumafs, tmp_path):
     mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "vm-migrate")
-    start, ranges, cpus, cache, slab = trace
+    start, task, ranges, cpus, wait1, wait3, drop, stop = trace
     assert ranges["nodes"]["1"]["cpus"] == "2-3" and cpus["nodes"]["1"]["cpus"] == ""
     assert cpus["nodes"]["2"]["cpus"] == "2-3"
     assert read(mnt, f"{TOPO}/cpu3/node") == "2\n"
-    # the free pages went at the commit, the marked ones as the caches were dropped
+    # the free pages went at the commit; the task's and boot's pages in use were marked
     n1 = [t["nodes"]["1"] for t in trace]
     assert n1[0]["total_kb"] > 400 * MiB_KB
-    assert n1[1]["total_kb"] < n1[0]["total_kb"] // 10
-    assert n1[1]["marked_pages"] > n1[3]["marked_pages"] > n1[4]["marked_pages"]
-    assert slab["nodes"]["1"]["total_kb"] < 16 * MiB_KB
-    assert slab["nodes"]["2"]["total_kb"] > 400 * MiB_KB
-    assert total(start) == total(slab)
+    assert n1[2]["total_kb"] < n1[0]["total_kb"] // 5
+    # the task, now on node 2, frees its oldest pages (node 1's, marked, which move as they
+    # go) as it allocates: 3 s at 4000 a second replace all 8192 it holds, on node 2
+    assert n1[3]["marked_pages"] > n1[4]["marked_pages"] > n1[5]["marked_pages"] > 0
+    assert [t["nodes"]["2"]["used_kb"] for t in (cpus, wait3)] == [0, 8192 * 4]
+    assert n1[6]["marked_pages"] < n1[5]["marked_pages"] // 4     # the caches dropped
+    assert stop["nodes"]["1"]["total_kb"] < 16 * MiB_KB
+    assert stop["nodes"]["2"]["total_kb"] > 400 * MiB_KB
+    assert total(start) == total(stop)
+    assert stop["moved_pages"] > wait3["moved_pages"] > ranges["moved_pages"] > 0
     tree = client.MountedTree(mnt)
     assert tree.layout_ranges(tree.current_layout()) == [(0x20000, 0x3ffff, 2)]
+    numastat = dict(line.split() for line in read(mnt, f"{NODE}/node2/numastat").splitlines())
+    assert int(numastat["local_node"]) > 8192 and numastat["other_node"] == "0"
+    assert read(mnt, client.WORKLOAD).count("\n") == 1       # the task is gone
 
 
 def test_vm_compacted_onto_fewer_nodes(mount_dnumafs, run_dnumafs, tmp_path):
     mnt, trace = played(mount_dnumafs, run_dnumafs, tmp_path, "vm-compact")
+    # the tasks on the moved CPUs free the pages they held on nodes 2 and 3 as they go on
+    for nid in "23":
+        marked = [t["nodes"][nid]["marked_pages"] for t in trace]
+        assert marked[4] > marked[5] > marked[7] > 0 and marked[1] == 0
+    assert "# held 4096 allocated " in read(mnt, client.WORKLOAD)
     last = trace[-1]["nodes"]
     assert [last[n]["cpus"] for n in "0123"] == ["0-1,4-5", "2-3,6-7", "", ""]
     assert read(mnt, f"{NODE}/node2/distance") == "11 20 10 20\n"
@@ -131,6 +153,7 @@ def test_prrn_core_moves(mount_dnumafs, run_dnumafs, tmp_path):
     cpus = [{nid: n["cpus"] for nid, n in t["nodes"].items()} for t in trace]
     assert cpus == [
         {"0": "0-3", "1": "4-7"},
+        {"0": "0-3", "1": "4-7"},
         {"0": "0-3,6-7", "1": "4-5"},
         {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
         {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
@@ -138,11 +161,18 @@ def test_prrn_core_moves(mount_dnumafs, run_dnumafs, tmp_path):
         {"0": "0-1,6-7", "1": "4-5", "2": "2-3"},
         {"0": "0-3,6-7", "1": "4-5", "2": ""},
         {"0": "0-3", "1": "4-7", "2": ""},
+        {"0": "0-3", "1": "4-7", "2": ""},
     ]
     assert read(mnt, f"{NODE}/node2/distance") == "15 15 10\n"
     # CPU moves move no memory
     assert {t["moved_pages"] for t in trace} == {0}
     assert trace[-1]["nodes"]["2"]["total_kb"] == 0
+    # the wandering task allocated on its CPU's node of the moment, the other interleaved
+    tasks = read(mnt, client.WORKLOAD)
+    assert "task wanderer cpu 6 policy local " in tasks and " failed 0" in tasks
+    numastat = [dict(line.split() for line in read(mnt, f"{NODE}/node{nid}/numastat")
+                     .splitlines()) for nid in (0, 1)]
+    assert all(int(n["interleave_hit"]) > 0 for n in numastat)
 
 
 def test_board_swap_reuses_a_node_id(mount_dnumafs, run_dnumafs, tmp_path):
@@ -176,6 +206,7 @@ def test_memory_hot_added_as_a_new_node(mount_dnumafs, run_dnumafs, tmp_path):
 
 
 def test_two_runs_give_one_trace_whatever_the_speed(mount_dnumafs, run_dnumafs, tmp_path):
+    """Fresh mounts of one machine, the workload's clock left realtime: the player drives it."""
     scenario = SCENARIOS / "vm-migrate.toml"
     traces = []
     for speed in ("0", "8"):
@@ -184,7 +215,43 @@ def test_two_runs_give_one_trace_whatever_the_speed(mount_dnumafs, run_dnumafs, 
         r = play_cli(run_dnumafs, mnt, scenario, "--speed", speed, "--trace", traces[-1])
         assert r.returncode == 0, r.stderr
     first, second = (t.read_bytes() for t in traces)
-    assert first == second and len(first.splitlines()) == 5
+    assert first == second and len(first.splitlines()) == 8
+
+
+def test_the_seed_draws_the_page_kinds(mount_dnumafs, run_dnumafs, tmp_path):
+    """The same seed gives the same kinds, another seed others (the scenario's seed, else
+    --seed's)."""
+    path = write(tmp_path, "kinds.toml", 'seed = 4\n[[step]]\nat = 0\ndo = "workload"\n'
+                 'commands = "task t cpu 0 rate 1000 pages 4096 mix anon=1,file=1"\n'
+                 '[[step]]\nat = 5\ndo = "wait"\n')
+    meminfo = []
+    for args in [(), ("--seed", "4"), ("--seed", "5")]:
+        mnt = mount_dnumafs()
+        (mnt / client.WORKLOAD).write_text("clock manual\n")
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0", *args)
+        assert r.returncode == 0, r.stderr
+        meminfo.append(client.MountedTree(mnt).node_meminfo(0))
+    assert meminfo[0] == meminfo[1] != meminfo[2]
+    assert meminfo[0]["AnonPages"] != meminfo[2]["AnonPages"]
+
+
+def test_the_workload_clock_is_left_as_it_was_found(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt = mount_dnumafs()
+    path = write(tmp_path, "wait.toml", '[[step]]\nat = 2.5\ndo = "wait"\n')
+    times = []
+    for before, after in [("", "realtime running"), ("pause", "realtime paused"),
+                          ("clock manual", "manual paused"), ("resume", "manual running")]:
+        if before:
+            (mnt / client.WORKLOAD).write_text(before + "\n")
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--seed", "5")
+        assert r.returncode == 0, r.stderr
+        clock = client.workload_clock(client.MountedTree(mnt))
+        assert clock is not None
+        assert clock_line(mnt).startswith(f"# clock {after} time ")
+        assert clock.seed == 5
+        times.append(clock.time)
+    # each play ran 2.5 s of model time; a running realtime clock adds a little wall time
+    assert times[1] >= times[0] + 2.5 and times[3] == times[2] + 2.5
 
 
 # --- a step the files refuse ------------------------------------------------------------------
@@ -259,6 +326,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_a_refused_step_stops_the_play_and_changes_nothing(mount_dnumafs, run_dnumafs,
                                                            tmp_path):
     mnt = mount_dnumafs("--possible-nodes", "4")
+    (mnt / client.WORKLOAD).write_text("clock manual\n")      # model time as played
     r = play_cli(run_dnumafs, mnt, write(tmp_path, "prefix.toml", PREFIX), "--speed", "0")
     assert r.returncode == 0, r.stderr
     before = snapshot(mnt)
@@ -282,6 +350,7 @@ def test_the_machine_after_a_refused_step_is_as_the_step_before_left_it(
     mounts = []
     for path in (good, bad):
         mnt = mount_dnumafs("--possible-nodes", "4")
+        (mnt / client.WORKLOAD).write_text("clock manual\n")
         r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", f"{path}.jsonl")
         mounts.append(mnt)
     assert r.returncode == 1
@@ -294,6 +363,7 @@ def test_the_machine_after_a_refused_step_is_as_the_step_before_left_it(
 def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dnumafs,
                                                            tmp_path):
     mnt = mount_dnumafs()
+    (mnt / client.WORKLOAD).write_text("clock manual\n")
     before = snapshot(mnt)
     path = write(tmp_path, "typo.toml", PREFIX + '\n[[step]]\nat = 2\ndo = "drop-caches"\n'
                  'mode = "3"\n')
