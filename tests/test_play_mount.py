@@ -373,3 +373,20 @@ def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dn
     assert snapshot(mnt) == before
     assert not (tmp_path / "t").exists()
 
+
+
+def test_a_daemon_without_workload_plays_scenarios_without_workload_steps(
+        mount_dnumafs, run_dnumafs, tmp_path):
+    mnt = mount_dnumafs(tree="play_tree:without_workload")
+    assert not (mnt / client.WORKLOAD).exists()
+    r = play_cli(run_dnumafs, mnt, SCENARIOS / "seed-stripe.toml", "--speed", "0")
+    assert r.returncode == 0, r.stderr
+    moved = client.MountedTree(mnt).moved_pages()
+    assert moved > 0
+    # one with a workload step is refused before its first step
+    scenario = SCENARIOS / "vm-migrate.toml"
+    r = play_cli(run_dnumafs, mnt, scenario, "--speed", "0")
+    assert r.returncode == 1
+    assert r.stderr == (f"{scenario}:13: step 1 (workload): {mnt}/{client.WORKLOAD} does not "
+                        "exist (a daemon without a workload) (ENOENT)\n")
+    assert client.MountedTree(mnt).moved_pages() == moved
