@@ -362,7 +362,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     try:
         scenario = play.load(args.scenario)     # checked whole before the mount is touched
         play.play(_tree(args.mnt), scenario, speed=args.speed, seed=args.seed,
-                  trace_path=args.trace)
+                  trace_path=args.trace, out=sys.stdout)
     except play.ScenarioError as e:
         print(e, file=sys.stderr)
         return 1

@@ -35,7 +35,6 @@ import errno
 import json
 import math
 import re
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -466,8 +465,10 @@ class Player:
                 except ClientError as e:
                     raise self._error(step, e) from None
                 self._record(step)
-        finally:
-            self._restore_clock()
+        except BaseException:
+            self._restore_clock(quiet=True)     # the error that stopped the play is the one
+            raise                               # to tell
+        self._restore_clock()
         self._say(f"played {len(sc.steps)} steps to model time {sc.steps[-1].at} s")
 
     def _error(self, step: Step | None, e: ClientError, doing: str = "") -> ScenarioError:
@@ -475,15 +476,14 @@ class Player:
             return ScenarioError(self.scenario.path, 0, doing + e.message, errno=e.errno)
         return step.error(self.scenario.path, doing + e.message, e.errno)
 
-    def _restore_clock(self) -> None:
-        """The workload's clock back in the mode it was found in; a failure to do so is told
-        unless the play is failing already (that error is the one to tell)."""
+    def _restore_clock(self, quiet: bool = False) -> None:
+        """The workload's clock back in the mode it was found in."""
         if self.clock is None:
             return
         try:
             self.tree.write(WORKLOAD, self.clock.restore_commands() + "\n")
         except ClientError as e:
-            if sys.exc_info()[1] is None:
+            if not quiet:
                 raise self._error(None, e, "restoring the workload's clock: ") from None
 
     def _say(self, text: str) -> None:
@@ -529,8 +529,9 @@ class Player:
 
 
 def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int | None = None,
-         trace_path: str | None = None, out: TextIO | None = sys.stdout) -> None:
-    """Play scenario on tree; the seed is --seed's, else the scenario's, else 0."""
+         trace_path: str | None = None, out: TextIO | None = None) -> None:
+    """Play scenario on tree, telling out of each step; the seed is --seed's, else the
+    scenario's, else 0."""
     seed = seed if seed is not None else scenario.seed or 0
     if trace_path is None:
         Player(tree, scenario, seed, speed, None, out).play()

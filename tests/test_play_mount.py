@@ -252,6 +252,12 @@ def test_the_workload_clock_is_left_as_it_was_found(mount_dnumafs, run_dnumafs, 
         times.append(clock.time)
     # each play ran 2.5 s of model time; a running realtime clock adds a little wall time
     assert times[1] >= times[0] + 2.5 and times[3] == times[2] + 2.5
+    # and so after a step the files refuse, here at 1 s of model time
+    (mnt / client.WORKLOAD).write_text("clock realtime\npause\n")
+    bad = write(tmp_path, "bad.toml", '[[step]]\nat = 1\ndo = "drop-caches"\nmode = 5\n')
+    r = play_cli(run_dnumafs, mnt, bad, "--speed", "0")
+    assert r.returncode == 1 and r.stderr.endswith("(EINVAL)\n")
+    assert clock_line(mnt) == f"# clock realtime paused time {times[3] + 1:.9f} seed 0"
 
 
 # --- a step the files refuse ------------------------------------------------------------------
