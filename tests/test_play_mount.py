@@ -182,12 +182,20 @@ def test_board_swap_reuses_a_node_id(mount_dnumafs, run_dnumafs, tmp_path):
     out = trace[4]["nodes"]          # the board is out, its marked pages drained
     assert out["1"]["total_kb"] < n1[0]["total_kb"] // 20
     assert out["0"]["total_kb"] > trace[0]["nodes"]["0"]["total_kb"] + 300 * MiB_KB
+    # two 128 MiB blocks offline leave node 0; back under node 1 when online again
+    assert trace[6]["nodes"]["0"]["total_kb"] == out["0"]["total_kb"] - 256 * MiB_KB
+    assert n1[12]["total_kb"] == n1[11]["total_kb"] + 128 * MiB_KB
     last = trace[-1]["nodes"]
     assert (last["1"]["cpus"], last["2"]["cpus"]) == ("4-5", "")
-    assert abs(last["1"]["total_kb"] - n1[0]["total_kb"]) < n1[0]["total_kb"] // 20
+    assert last["1"]["total_kb"] == n1[0]["total_kb"]
+    assert last["0"]["total_kb"] == trace[0]["nodes"]["0"]["total_kb"]
     assert read(mnt, f"{CPU}/offline") == "2-3\n"
     assert read(mnt, f"{NODE}/node1/distance") == "30 10 20\n"
     assert read(mnt, f"{NODE}/node0/distance") == "10 30 20\n"
+    for block in (3, 4):
+        assert read(mnt, f"{MEMORY}/memory{block}/state") == "online\n"
+        assert sorted(p.name for p in (mnt / f"{MEMORY}/memory{block}").glob("node*")) == \
+            ["node1"]
     assert total(trace[0]) == total(trace[-1])
 
 
