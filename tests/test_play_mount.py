@@ -313,6 +313,26 @@ at = 1
 do = "hugepages"
 node = 0
 count = 4
+
+[[step]]
+at = 1
+do = "hugepages"
+count = 6
+
+[[step]]
+at = 1
+do = "cpu-offline"
+cpu = 1
+
+[[step]]
+at = 1
+do = "cpu-offline"
+cpu = 3
+
+[[step]]
+at = 1
+do = "cpu-online"
+cpu = 3
 """
 
 # Steps the files refuse on the default machine after PREFIX, with the errno they give.
@@ -328,6 +348,10 @@ REFUSED = [
     ('do = "hugepages"\nnode = 3\ncount = 1', errno.ENOENT),
     ('do = "probe"\naddress = 0x1000', errno.EINVAL),
     ('do = "probe"\naddress = 0', errno.EEXIST),
+    ('do = "hugepages"\ncount = 1\nsize_kb = 4', errno.ENOENT),
+    ('do = "workload"\ncommands = "stop nosuch"', errno.ENOENT),
+    # all or nothing: task a is not made either
+    ('do = "workload"\ncommands = ["task a cpu 0", "task b cpu 99"]', errno.EINVAL),
 ]
 
 
@@ -345,6 +369,11 @@ def test_a_refused_step_stops_the_play_and_changes_nothing(mount_dnumafs, run_dn
     assert r.returncode == 0, r.stderr
     before = snapshot(mnt)
     assert before["sys/kernel/debug/dnumafs/check"] == ""
+    # what the prefix wrote
+    assert before[f"{CPU}/online"] == "0,2-3\n" and before[f"{CPU}/offline"] == "1\n"
+    assert before["sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"] == "6\n"
+    assert sum(int(before[f"{NODE}/node{nid}/hugepages/hugepages-2048kB/nr_hugepages"])
+               for nid in (0, 1)) == 6
     for i, (step, err) in enumerate(REFUSED):
         path = write(tmp_path, f"bad{i}.toml", f"[[step]]\nat = 0\n{step}\n")
         do = play.load(str(path)).steps[0].do
@@ -368,8 +397,10 @@ def test_the_machine_after_a_refused_step_is_as_the_step_before_left_it(
         r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", f"{path}.jsonl")
         mounts.append(mnt)
     assert r.returncode == 1
-    assert r.stderr == (f"{bad}:20: step 4 (ranges): {mnt}/{client.MEMLAYOUT_DIR}/node: "
-                        "writing 9: Invalid argument (EINVAL)\n")
+    last = play.load(str(bad)).steps[-1]
+    assert r.stderr == (f"{bad}:{last.line}: step {last.number} (ranges): "
+                        f"{mnt}/{client.MEMLAYOUT_DIR}/node: writing 9: Invalid argument "
+                        "(EINVAL)\n")
     assert Path(f"{good}.jsonl").read_text() == Path(f"{bad}.jsonl").read_text()
     assert snapshot(mounts[0]) == snapshot(mounts[1])
 
@@ -383,7 +414,8 @@ def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dn
                  'mode = "3"\n')
     r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", tmp_path / "t")
     assert (r.returncode, r.stdout) == (1, "")
-    assert r.stderr == f"{path}:20: step 4 (drop-caches): mode = '3': must be an integer\n"
+    assert r.stderr == (f"{path}:{PREFIX.count(chr(10)) + 2}: step {PREFIX.count('[[step]]') + 1}"
+                        " (drop-caches): mode = '3': must be an integer\n")
     assert snapshot(mnt) == before
     assert not (tmp_path / "t").exists()
 
