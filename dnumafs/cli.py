@@ -232,6 +232,7 @@ def _serve(args: argparse.Namespace, mp: Path) -> int:
 
 def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
                 cfg: dict[str, Any]) -> int:
+    from dnumafs.mm import workload
     from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
 
     with daemon.serving(mp, args.pidfile_fd):   # first, so that umount can stop a boot
@@ -249,6 +250,7 @@ def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
             raise CliError(f"{mp}: libfuse could not mount it (status {e})") from None
         finally:
             hub.stop()
+            workload.stop_clocks()      # the workload's thread goes with the mount
         log.info("unmounted %s", mp)
     return 0
 
@@ -355,6 +357,28 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    from dnumafs import play
+    try:
+        scenario = play.load(args.scenario)     # checked whole before the mount is touched
+        play.play(_tree(args.mnt), scenario, speed=args.speed, seed=args.seed,
+                  trace_path=args.trace, out=sys.stdout)
+    except play.ScenarioError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dnumafs import run
     _require_answer(args.mnt)
@@ -459,6 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "real kernel (no seccomp supervisor: the host's nodes)")
     r.add_argument("command_argv", metavar="-- CMD [ARG...]", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("play", help="play a scenario of timed steps on MNT, through its files",
+                        description="Play SCENARIO.toml's timed steps (layouts, CPU moves, "
+                                    "memory blocks, hugepages, drop_caches, workload "
+                                    "commands) on MNT through its files, as a hypervisor's "
+                                    "agent would. The workload's clock follows the steps' "
+                                    "model times, whatever the speed.")
+    pl.add_argument("mnt", metavar="MNT")
+    pl.add_argument("scenario", metavar="SCENARIO.toml")
+    pl.add_argument("--speed", type=_speed, default=1.0, metavar="X",
+                    help="model seconds per wall second between steps (default 1; 0 or inf: "
+                         "no waiting)")
+    pl.add_argument("--seed", type=_nonneg_int, metavar="N",
+                    help="the workload's seed (default: the scenario's seed, else 0)")
+    pl.add_argument("--trace", metavar="FILE",
+                    help="write each step and every node's figures after it, as JSON lines")
+    pl.set_defaults(func=cmd_play)
 
     mo = sub.add_parser("monitor", help="print MNT's uevents as they happen",
                         description="Print each uevent of MNT as `udevadm monitor --kernel "

@@ -7,23 +7,41 @@ the mount was made.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import attrs
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
 NODE_DIR = "sys/devices/system/node"
 MEMLAYOUT_DIR = "sys/kernel/debug/memlayout"
 ZONEINFO = "proc/zoneinfo"
+DNUMAFS_DEBUG_DIR = "sys/kernel/debug/dnumafs"
+MARKED_PAGES = f"{DNUMAFS_DEBUG_DIR}/marked_pages"
+WORKLOAD = f"{DNUMAFS_DEBUG_DIR}/workload"
 
 _RANGE_NAME = re.compile(r"([0-9a-f]+)-([0-9a-f]+)")
 
 
+@attrs.define(auto_exc=True)
 class ClientError(Exception):
     """A file that could not be read or written, or did not hold what it should; the message
-    names the file and says why."""
+    names the file and says why. errno is the error the file gave, if it gave one."""
+
+    message: str
+    errno: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _os_error(path: object, e: OSError, doing: str = "") -> ClientError:
+    return ClientError(f"{path}: {doing}{e.strerror}", e.errno)
 
 
 class MountedTree:
@@ -44,7 +62,22 @@ class MountedTree:
         try:
             return self.path(rel).read_text()
         except OSError as e:
-            raise ClientError(f"{self.path(rel)}: {e.strerror}") from None
+            raise _os_error(self.path(rel), e) from None
+
+    def write(self, rel: str, text: str) -> None:
+        """One value in one write(2) at offset 0 (see MemlayoutWriter), as `echo TEXT > rel`
+        but without the truncate; the file's errno if it refuses."""
+        path = self.path(rel)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            raise _os_error(path, e) from None
+        try:
+            os.pwrite(fd, text.encode(), 0)
+        except OSError as e:
+            raise _os_error(path, e, f"writing {text.strip()!r}: ") from None
+        finally:
+            os.close(fd)
 
     def read_int(self, rel: str) -> int:
         text = self.read(rel)
@@ -57,7 +90,7 @@ class MountedTree:
         try:
             return os.listdir(self.path(rel))
         except OSError as e:
-            raise ClientError(f"{self.path(rel)}: {e.strerror}") from None
+            raise _os_error(self.path(rel), e) from None
 
     def _numbered(self, rel: str, pattern: str) -> list[int]:
         """The numbers of the entries of rel named by pattern (one group), ascending."""
@@ -76,6 +109,10 @@ class MountedTree:
             if len(fields) >= 4 and fields[2].endswith(":"):
                 info[fields[2][:-1]] = int(fields[3])
         return info
+
+    def node_cpulist(self, nid: int) -> str:
+        """nodeN/cpulist as it reads (`0-1,4`), without its newline."""
+        return self.read(f"{NODE_DIR}/node{nid}/cpulist").strip()
 
     def node_cpus(self, nid: int) -> list[int]:
         """The cpus in nodeN/cpumap (comma-separated 32-bit hex words), as libnuma reads."""
@@ -115,13 +152,26 @@ class MountedTree:
         try:
             return os.readlink(self.path(f"{MEMLAYOUT_DIR}/current"))
         except OSError as e:
-            raise ClientError(f"{self.path(MEMLAYOUT_DIR)}/current: {e.strerror}") from None
+            raise _os_error(f"{self.path(MEMLAYOUT_DIR)}/current", e) from None
 
     def layout_ids(self) -> list[int]:
         return self._numbered(MEMLAYOUT_DIR, r"layout\.(\d+)")
 
     def moved_pages(self) -> int:
         return self.read_int(f"{MEMLAYOUT_DIR}/moved-pages")
+
+    def marked_pages(self) -> dict[int, int]:
+        """The pages marked for transplant on each node (debugfs dnumafs/marked_pages, which
+        lists only the nodes that have any)."""
+        out = {}
+        for line in self.read(MARKED_PAGES).splitlines():
+            try:
+                nid, pages = map(int, line.split())
+            except ValueError:
+                raise ClientError(f"{self.path(MARKED_PAGES)}: not `NID PAGES`: "
+                                  f"{line!r}") from None
+            out[nid] = pages
+        return out
 
     def layout_range_files(self, name: str) -> list[tuple[int, int, str]]:
         """(start, end, file name) of each range of layout `name`, ascending, from the names
@@ -153,7 +203,7 @@ class MemlayoutWriter:
                 self.fds[name] = os.open(path, os.O_WRONLY)
         except OSError as e:
             self.close()
-            raise ClientError(f"{e.filename}: {e.strerror}") from None
+            raise _os_error(e.filename, e) from None
         self.tree = tree
 
     def write(self, name: str, value: int) -> None:
@@ -161,8 +211,8 @@ class MemlayoutWriter:
         try:        # at offset 0: a value never crosses a page of the kernel's cache
             os.pwrite(self.fds[name], text.encode(), 0)
         except OSError as e:
-            raise ClientError(f"{self.tree.path(MEMLAYOUT_DIR)}/{name}: writing "
-                              f"{text.strip()}: {e.strerror}") from None
+            raise _os_error(f"{self.tree.path(MEMLAYOUT_DIR)}/{name}", e,
+                            f"writing {text.strip()}: ") from None
 
     def add_range(self, start: int, end: int, nid: int) -> None:
         self.write("start", start)
@@ -192,15 +242,61 @@ def stripe_ranges(max_pfn: int, first: int, last: int, pfns: int
 
 
 def commit_layout(tree: MountedTree, ranges: Iterable[tuple[int, int, int]]) -> int:
-    """Replace any pending layout by `ranges` and commit it; returns the number of ranges."""
+    """Replace any pending layout by `ranges` and commit it; returns the number of ranges.
+    A range or commit the files refuse leaves no pending layout behind: the one staged so far
+    is cleared, and the current layout is as it was."""
     with MemlayoutWriter(tree) as w:
         w.write("clear", 1)
         count = 0
-        for start, end, nid in ranges:
-            w.add_range(start, end, nid)
-            count += 1
-        w.write("commit", 1)
+        try:
+            for start, end, nid in ranges:
+                w.add_range(start, end, nid)
+                count += 1
+            w.write("commit", 1)
+        except ClientError:
+            with contextlib.suppress(ClientError):     # the first error is the one to tell
+                w.write("clear", 1)
+            raise
     return count
+
+
+# what follows the seed (a running clock's lag) is not the clock's mode
+_CLOCK_LINE = re.compile(r"# clock (manual|realtime) (running|paused) time (\S+) seed (\d+)\b.*")
+
+
+@attrs.frozen
+class WorkloadClock:
+    """The first line of the workload control file: how the workload's model time moves."""
+
+    manual: bool        # moved by `advance` only, else with wall time
+    paused: bool        # a realtime clock stopped by `pause`
+    time: float         # model seconds run so far
+    seed: int
+
+    def restore_commands(self) -> str:
+        """The commands that bring a clock back to this one's mode (time and seed aside)."""
+        if self.manual:
+            return "clock manual"
+        return "clock realtime\n" + ("pause" if self.paused else "resume")
+
+
+def workload_clock(tree: MountedTree) -> WorkloadClock | None:
+    """The workload's clock, or None when the daemon has no workload file."""
+    try:
+        first = tree.read(WORKLOAD).partition("\n")[0]
+    except ClientError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    m = _CLOCK_LINE.fullmatch(first.rstrip())
+    if m is None:
+        raise ClientError(f"{tree.path(WORKLOAD)}: first line is not `# clock MODE STATE time "
+                          f"SECONDS seed N`: {first!r}")
+    try:
+        time = float(m.group(3))
+    except ValueError:
+        raise ClientError(f"{tree.path(WORKLOAD)}: not a time: {m.group(3)!r}") from None
+    return WorkloadClock(m.group(1) == "manual", m.group(2) == "paused", time, int(m.group(4)))
 
 
 def check_possible(tree: MountedTree, nid: int) -> None:

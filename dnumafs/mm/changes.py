@@ -26,7 +26,10 @@ MACHINE = frozenset({PAGES, NODES})
 # The memlayout interface's staged bounds, which only its `start` and `end` files show: a file
 # that declares no topics depends on every model topic, but not on this one.
 STAGED = "staged"
-TOPICS = MODEL_TOPICS | {STAGED}
+# The workload's tasks, counts and clock, which only its control file shows (its clock moves
+# with wall time whether or not a page moves).
+WORKLOAD = "workload"
+TOPICS = MODEL_TOPICS | {STAGED, WORKLOAD}
 
 Topics = frozenset[str] | None       # None: anything may have changed
 # A device a change touched: (action, devpath, properties), e.g.

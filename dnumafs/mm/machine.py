@@ -17,6 +17,7 @@ import numpy as np
 from dnumafs.machines import MachineDescription
 
 from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
+from . import workload as workload_mod
 from .changes import LAYOUTS, PAGES, PLACES, ChangeHook, Device, memory_block_device, node_device
 from .check import check
 from .constants import (
@@ -24,6 +25,7 @@ from .constants import (
     MAX_ORDER,
     PG_HEAD,
     PG_HUGETLB,
+    PG_LOOKUP_NODE,
     ZoneType,
 )
 from .kinds import FILE_CACHE, RECLAIMABLE_SLAB, Kind, PageKinds
@@ -73,6 +75,7 @@ class Machine:
     changes: ChangeHook = attrs.field(factory=ChangeHook)    # told of every change below
     # Nodes whose size a transplant moved since the last announcement (its `change` events).
     resized: set[int] = attrs.field(factory=set)
+    workload: workload_mod.Workload = attrs.field(init=False)   # tasks that allocate and free
 
     def __attrs_post_init__(self) -> None:
         self.max_pfn = self.mem_map.max_pfn
@@ -83,6 +86,7 @@ class Machine:
         self.layouts = {self.current.id: self.current}
         self.next_layout_id = self.current.id + 1
         self.blocks = memory_hotplug.MemoryBlocks.create(self.max_pfn, self.config.block_size)
+        self.workload = workload_mod.Workload(self)
 
     @classmethod
     def boot(cls, config: MachineConfig | None = None) -> Machine:
@@ -324,8 +328,10 @@ class Machine:
             self._announce([PAGES])
 
     def _free_kinds(self, wanted: frozenset[Kind]) -> None:
-        for pfn, _ in kinds.allocations_of(self, wanted):
+        freed = kinds.allocations_of(self, wanted)
+        for pfn, _ in freed:
             page_alloc.free_pages(self, pfn, 0)
+        self.workload.forget(pfn for pfn, _ in freed)    # its tasks held some of them
 
     def hugepage_orders(self) -> tuple[int, ...]:
         """The orders of the hugepage pools the machine has (its hstates), ascending."""
@@ -443,6 +449,14 @@ class Machine:
         """node_stat() of every node stat_nids() names, each read when looked up."""
         return NodeStats(range(self.possible_nodes), self.node_stat)
 
+    def marked_pages(self) -> dict[int, int]:
+        """Allocated pages marked PG_LOOKUP_NODE (to be transplanted when freed), per node they
+        are on now, for the nodes that have any: counted from the page flags at each call."""
+        with self.lock:
+            marked = (self.page_flags & PG_LOOKUP_NODE) != 0
+            counts = np.bincount(self.page_node[marked], minlength=self.possible_nodes)
+            return {int(nid): int(counts[nid]) for nid in np.flatnonzero(counts)}
+
     # ------------------------------------------------------------ memory blocks
 
     def memory_block_set_state(self, bid: int, how: memory_hotplug.OnlineType) -> bool:
@@ -500,4 +514,4 @@ class Machine:
 
     def check(self) -> list[str]:
         with self.lock:
-            return check(self)
+            return check(self) + self.workload.check()

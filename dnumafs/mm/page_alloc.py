@@ -187,22 +187,53 @@ def drain_all_pages(m: Machine) -> int:
 # --- allocation ------------------------------------------------------------------------------
 
 def get_page_from_freelist(m: Machine, order: int, nid: int, cpu: int, interleave: bool,
-                           thisnode: bool) -> int | None:
+                           thisnode: bool, nodemask: frozenset[int] | None = None
+                           ) -> int | None:
     """Allocate 2^order pages from the first zone of nid's zonelist above its low watermark,
-    then above its min one; thisnode keeps to nid's own zones (__GFP_THISNODE)."""
+    then above its min one; thisnode keeps to nid's own zones (__GFP_THISNODE), nodemask to
+    the zones of its nodes (a bind policy's, ac->nodemask)."""
+    zonelist, preferred = policy_zonelist(m, nid, thisnode, nodemask)
+    return rmqueue_zonelist(m, order, zonelist_marks(m, zonelist), preferred, nid, cpu,
+                            interleave)
+
+
+def policy_zonelist(m: Machine, nid: int, thisnode: bool = False,
+                    nodemask: frozenset[int] | None = None) -> tuple[list[Zone], Zone | None]:
+    """The zones an allocation for nid may come from, in order, and the one zone_statistics()
+    compares with: the first of nid's zonelist in the nodemask, which for a node without
+    memory is on the nearest node that has some."""
     zonelist = m.zonelists[nid]
-    # zone_statistics() compares with the zonelist's first zone, which for a node without
-    # memory is on the nearest node that has some.
+    if nodemask is not None:
+        zonelist = [z for z in zonelist if z.nid in nodemask]
     preferred = zonelist[0] if zonelist else None
     if thisnode:        # nid's own populated zones, highest first, as its zonelist has them
         zones = m.pgdat[nid].zones
         zonelist = [zones[t] for t in reversed(ZoneType) if zones[t].populated]
+    return zonelist, preferred
+
+
+# A zonelist with each zone's low and min watermarks, worked out once for a run of allocations
+# (they move only with the managed pages).
+ZoneMarks = list[tuple[Zone, int, int]]
+
+
+def zonelist_marks(m: Machine, zonelist: list[Zone]) -> ZoneMarks:
+    marks = [zone_watermarks(zone, m.managed_at_boot) for zone in zonelist]
+    return [(zone, w.low, w.min) for zone, w in zip(zonelist, marks)]
+
+
+def rmqueue_zonelist(m: Machine, order: int, marks: ZoneMarks, preferred: Zone | None,
+                     nid: int, cpu: int, interleave: bool) -> int | None:
+    """get_page_from_freelist() over a zonelist already chosen (policy_zonelist())."""
     need = 1 << order
     mm = m.mem_map
+    top = MAX_ORDER - 1
     for min_mark in (False, True):
-        for zone in zonelist:
-            wmark = zone_watermarks(zone, m.managed_at_boot)
-            if zone.free_pages - need < (wmark.min if min_mark else wmark.low):
+        for zone, low, min_ in marks:
+            mark = min_ if min_mark else low
+            # the largest blocks alone usually clear the mark: the sum is taken only if not
+            if ((len(zone.free_area[top]) << top) - need < mark
+                    and zone.free_pages - need < mark):
                 continue
             if order == 0:
                 pfn = rmqueue_pcplist(mm, zone, cpu)
