@@ -38,6 +38,7 @@ READ_CHUNK = 8 << 20
 DEFAULT_WIDTH = 1024
 MAX_CELLS = 1 << 20            # a 64 GiB machine: 16 pfns a cell at 1024 columns
 MAX_BOUNDARY_MARKS = 4096      # range starts drawn; beyond, the legend says how many
+MAP_SUFFIXES = (".svg", ".png")
 
 
 class State(enum.IntEnum):
@@ -383,11 +384,18 @@ def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
     return svg.document(total_w, y + 20, body, f"dnumafs map of {pm.source}")
 
 
+def check_output(out: Path, suffixes: tuple[str, ...]) -> str:
+    """out's suffix, lower case, if it is one of suffixes."""
+    suffix = out.suffix.lower()
+    if suffix not in suffixes:
+        raise ClientError(f"{out}: written as {' or '.join(suffixes)}, not "
+                          f"{suffix or 'a name without a suffix'}")
+    return suffix
+
+
 def write_map(mnt: str, out: Path, width: int = DEFAULT_WIDTH) -> None:
     """Draw mnt's pages into out (.svg or .png)."""
-    suffix = out.suffix.lower()
-    if suffix not in (".svg", ".png"):
-        raise ClientError(f"{out}: the map is written as .svg or .png, not {suffix or 'no suffix'!r}")
+    suffix = check_output(out, MAP_SUFFIXES)
     pm = read_map(mnt)
     data = map_svg(pm, width).encode() if suffix == ".svg" else map_png(pm, width)
     out.write_bytes(data)

@@ -17,7 +17,7 @@ import attrs
 from dnumafs.client import ClientError
 
 from . import svg
-from .map import hex_colour, node_colour
+from .map import check_output, hex_colour, node_colour
 
 NODE_KEYS = ("total_kb", "free_kb", "used_kb", "marked_pages")
 
@@ -87,12 +87,9 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     raw = (hi - lo) / count
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step) * step
-    ticks = []
-    t = first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
+    ticks = [math.floor(lo / step) * step]
+    while ticks[-1] < hi - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 
@@ -104,18 +101,22 @@ def _label(v: float) -> str:
     return f"{v:g}"
 
 
+# (label, colour, dashed, [(at, value)])
+Series = tuple[str, str, bool, list[tuple[float, float]]]
+
+
 @attrs.frozen
 class Panel:
     title: str
     unit: str
-    # (label, colour, dashed, [(at, value)])
-    series: list[tuple[str, str, bool, list[tuple[float, float]]]]
+    series: list[Series]
 
 
 def panels(steps: list[Step]) -> list[Panel]:
     nids = sorted({n for s in steps for n in s.nodes})
     colours = {nid: hex_colour(node_colour(i)) for i, nid in enumerate(nids)}
-    size, marked = [], []
+    size: list[Series] = []
+    marked: list[Series] = []
     for nid in nids:
         pts = [(s.at, s.nodes[nid]) for s in steps if nid in s.nodes]
         size.append((f"node {nid} total", colours[nid], False,
@@ -123,8 +124,9 @@ def panels(steps: list[Step]) -> list[Panel]:
         size.append((f"node {nid} free", colours[nid], True,
                      [(t, f["free_kb"] / 1024) for t, f in pts]))
         marked.append((f"node {nid}", colours[nid], False,
-                       [(t, f["marked_pages"]) for t, f in pts]))
-    moved = [("moved pages", "#333333", False, [(s.at, s.moved_pages) for s in steps])]
+                       [(t, float(f["marked_pages"])) for t, f in pts]))
+    moved: list[Series] = [("moved pages", "#333333", False,
+                            [(s.at, float(s.moved_pages)) for s in steps])]
     return [Panel("node size (solid) and free memory (dashed)", "MiB", size),
             Panel("pages marked for transplant, per node", "pages", marked),
             Panel("pages moved (memlayout moved-pages)", "pages", moved)]
@@ -174,8 +176,6 @@ def plot_svg(steps: list[Step], source: str) -> str:
 
 
 def write_plot(trace: Path, out: Path) -> None:
-    if out.suffix.lower() != ".svg":
-        raise ClientError(f"{out}: the plot is written as .svg, not "
-                          f"{out.suffix or 'no suffix'!r}")
+    check_output(out, (".svg",))
     steps = read_trace(trace)
     out.write_text(plot_svg(steps, trace.name))

@@ -20,7 +20,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def element(tag: str, body: str | None = None, **attrs: object) -> str:
+def element(tag: str, body: str | None = None, /, **attrs: object) -> str:
     """<tag attrs/> or <tag attrs>body</tag> (body is already SVG)."""
     if body is None:
         return f"<{tag}{_attrs(attrs)}/>"
