@@ -116,8 +116,10 @@ def test_map_cells_are_the_pages_of_the_node_files(fs: Mounted, run_dnumafs: Run
     svg = (tmp_path / "striped.svg").read_text()
     check_map_counts(fs, svg, marked=True)
     assert "layout.1 (32 ranges)" in svg
-    # a range boundary at each range's start but the first
-    assert svg.count('stroke="#e6007e"') == 31 + 1          # and the legend's
+    # a range boundary at each range's start but the first: a tick left of the raster and
+    # a line through it (the legend has one of each too)
+    assert len(re.findall(r'<polyline [^>]*stroke="#e6007e"', svg)) == 31
+    assert len(re.findall(r'<line [^>]*stroke="#e6007e"', svg)) == 31 + 1
 
     # the PNG: the same cells between its gutters, the legend's colours below
     r = run_dnumafs("map", fs.mnt, "-o", tmp_path / "striped.png")

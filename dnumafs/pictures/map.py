@@ -68,7 +68,7 @@ NODE_SLOTS = (256 - FIRST_NODE_INDEX) // len(NODE_STATES)
 
 def _shade(rgb: tuple[int, int, int], state: State) -> tuple[int, int, int]:
     if state == State.FREE:         # a light tint
-        return tuple(int(c + (255 - c) * 0.7) for c in rgb)  # type: ignore[return-value]
+        return tuple(int(c + (255 - c) * 0.55) for c in rgb)  # type: ignore[return-value]
     if state == State.MARKED:       # darker
         return tuple(int(c * 0.45) for c in rgb)  # type: ignore[return-value]
     return rgb
@@ -102,6 +102,17 @@ class ZoneSpan:
     end: int            # one past the last pfn
 
 
+def kpf_bit(flags: np.ndarray, b: int) -> np.ndarray:
+    """KPF bit b of each little-endian u64 entry, read from its byte: a pass over bytes costs
+    a fraction of shifting 64-bit words."""
+    return flags.view(np.uint8)[b // 8::8] & (1 << b % 8) != 0
+
+
+def present_nodes(nids: np.ndarray) -> list[int]:
+    """The nodes page_nid names, ascending."""
+    return np.flatnonzero(np.bincount(nids, minlength=NID_NONE + 1)[:NID_NONE]).tolist()
+
+
 @attrs.frozen
 class PageMap:
     """What the files say of every pfn, and the boundaries to mark."""
@@ -113,6 +124,11 @@ class PageMap:
     layout: str
     offline: list[tuple[int, int]]          # [start, end) of each offline memory block
     source: str
+    nodes: list[int] = attrs.field()        # the nodes of nids
+
+    @nodes.default
+    def _nodes(self) -> list[int]:
+        return present_nodes(self.nids)
 
     @property
     def pfns(self) -> int:
@@ -122,9 +138,9 @@ class PageMap:
         """Each pfn's State (uint8)."""
         f = self.flags
         st = np.full(self.pfns, State.ALLOCATED, dtype=np.uint8)
-        st[(f >> KPF_BUDDY) & 1 == 1] = State.FREE
-        st[(f >> KPF_RESERVED) & 1 == 1] = State.RESERVED
-        nopage = (f >> KPF_NOPAGE) & 1 == 1
+        st[kpf_bit(f, KPF_BUDDY)] = State.FREE
+        st[kpf_bit(f, KPF_RESERVED)] = State.RESERVED
+        nopage = kpf_bit(f, KPF_NOPAGE)
         st[nopage] = State.ABSENT
         for start, end in self.offline:
             part = st[start:end]
@@ -141,19 +157,17 @@ class PageMap:
             out[start:end + 1] = nid
         return out
 
-    def node_ids(self) -> list[int]:
-        present = np.unique(self.nids)
-        return [int(n) for n in present if n != NID_NONE]
+    def keys(self, states: np.ndarray) -> np.ndarray:
+        """node * 8 + state of each pfn."""
+        return self.nids.astype(np.int32) * 8 + states
 
-    def counts(self, states: np.ndarray) -> dict[tuple[int | None, State], int]:
+    def counts(self, keys: np.ndarray) -> dict[tuple[int | None, State], int]:
         """Pages by (node, state); reserved, offline and absent pages by (None, state)."""
-        out: dict[tuple[int | None, State], int] = {}
-        for nid in self.node_ids():
-            on = self.nids == nid
-            for s in NODE_STATES:
-                out[nid, s] = int(np.count_nonzero(on & (states == s)))
+        per = np.bincount(keys, minlength=(NID_NONE + 1) * 8).reshape(-1, 8)
+        out: dict[tuple[int | None, State], int] = {
+            (nid, s): int(per[nid, s]) for nid in self.nodes for s in NODE_STATES}
         for s in FIXED_INDEX:
-            out[None, s] = int(np.count_nonzero(states == s))
+            out[None, s] = int(per[:, s].sum())
         return out
 
 
@@ -237,32 +251,33 @@ def pfns_per_cell(pfns: int, width: int) -> int:
     return per
 
 
-def pixel_codes(pm: PageMap, states: np.ndarray) -> np.ndarray:
-    """Each pfn's palette index."""
-    slot = np.zeros(NID_NONE + 1, dtype=np.int64)
-    for i, nid in enumerate(pm.node_ids()):
-        slot[nid] = i % NODE_SLOTS
-    codes = (FIRST_NODE_INDEX + slot[pm.nids] * len(NODE_STATES)
-             + np.minimum(states, State.MARKED)).astype(np.uint8)
+def pixel_codes(pm: PageMap, keys: np.ndarray) -> np.ndarray:
+    """Each pfn's palette index, from its node * 8 + state."""
+    table = np.zeros((NID_NONE + 1, 8), dtype=np.uint8)
     for s, index in FIXED_INDEX.items():
-        codes[states == s] = index
-    return codes
+        table[:, s] = index
+    for i, nid in enumerate(pm.nodes):
+        for s in NODE_STATES:
+            table[nid, s] = FIRST_NODE_INDEX + (i % NODE_SLOTS) * len(NODE_STATES) + s
+    return table.reshape(-1)[keys]
 
 
-def raster(pm: PageMap, states: np.ndarray, width: int = DEFAULT_WIDTH) -> Raster:
+def raster(pm: PageMap, keys: np.ndarray, width: int = DEFAULT_WIDTH) -> Raster:
     per = pfns_per_cell(pm.pfns, width)
-    codes = pixel_codes(pm, states)
+    codes = pixel_codes(pm, keys)
     cells = -(-pm.pfns // per)
     rows = -(-cells // width)
     padded = np.full(rows * width * per, FIXED_INDEX[State.ABSENT], dtype=np.uint8)
     padded[:pm.pfns] = codes
     if per == 1:
         return Raster(padded.reshape(rows, width), 1, width)
-    grid = padded.reshape(rows * width, per)
+    # The pfns of a code in each cell: its matches (bytes of 0 or 1) summed a word at a time.
+    word = np.dtype(f"<u{min(per, 8)}")
     best = np.zeros(rows * width, dtype=np.uint8)
     most = np.zeros(rows * width, dtype=np.int64)
-    for code in np.unique(codes).tolist() + [FIXED_INDEX[State.ABSENT]]:
-        n = np.count_nonzero(grid == code, axis=1)
+    for code in np.flatnonzero(np.bincount(padded, minlength=256)).tolist():
+        hits = (padded == code).view(word).reshape(rows * width, -1)
+        n = np.bitwise_count(hits).sum(axis=1, dtype=np.int64)
         better = n > most
         best[better], most[better] = code, n[better]
     return Raster(best.reshape(rows, width), per, width)
@@ -278,7 +293,7 @@ def legend_items(pm: PageMap, counts: dict[tuple[int | None, State], int]
                  ) -> list[tuple[int, str]]:
     """(palette index, label) of every colour the map uses."""
     items = []
-    for i, nid in enumerate(pm.node_ids()):
+    for i, nid in enumerate(pm.nodes):
         for s in NODE_STATES:
             items.append((FIRST_NODE_INDEX + (i % NODE_SLOTS) * len(NODE_STATES) + s,
                           f"node {nid} {s.name.lower()}: {counts[nid, s]} pages"))
@@ -300,8 +315,8 @@ def boundaries(pm: PageMap) -> tuple[list[tuple[int, str]], list[int]]:
 def map_png(pm: PageMap, width: int = DEFAULT_WIDTH) -> bytes:
     """The raster, a gutter each side (left: rows where a zone starts, right: rows where a
     range starts) and a strip of the legend's colours below it (the labels are the SVG's)."""
-    states = pm.states()
-    r = raster(pm, states, width)
+    keys = pm.keys(pm.states())
+    r = raster(pm, keys, width)
     gutter = 4
     img = np.full((r.rows, r.width + 2 * (gutter + 1)), FIXED_INDEX[State.ABSENT],
                   dtype=np.uint8)
@@ -311,7 +326,7 @@ def map_png(pm: PageMap, width: int = DEFAULT_WIDTH) -> bytes:
         img[min(r.cell_of(pfn)[1], r.rows - 1), :gutter] = MARK_INDEX
     for pfn in starts:
         img[r.cell_of(pfn)[1], -gutter:] = MARK_INDEX
-    items = legend_items(pm, pm.counts(states))
+    items = legend_items(pm, pm.counts(keys))
     swatch = 12
     strip = np.full((swatch + 8, img.shape[1]), FIXED_INDEX[State.ABSENT], dtype=np.uint8)
     for i, (index, _) in enumerate(items):
@@ -323,9 +338,9 @@ def map_png(pm: PageMap, width: int = DEFAULT_WIDTH) -> bytes:
 
 
 def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
-    states = pm.states()
-    r = raster(pm, states, width)
-    counts = pm.counts(states)
+    keys = pm.keys(pm.states())
+    r = raster(pm, keys, width)
+    counts = pm.counts(keys)
     cw = max(1.0, 1024 / r.width)                   # drawn cell size
     ch = max(1.0, min(8.0, 640 / r.rows))
     left, top = 96, 56
@@ -346,21 +361,28 @@ def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
     zones, starts = boundaries(pm)
     drawn = starts[:MAX_BOUNDARY_MARKS]
 
-    def edge(pfn: int, colour: str, width: float) -> tuple[str, float]:
+    def row_top(pfn: int) -> float:
+        return top + r.cell_of(pfn)[1] * ch
+
+    def edge(pfn: int, colour: str, width: float) -> str:
         """The line between pfn - 1 and pfn: along the top of pfn's row from its cell on,
         down its cell's left side, along the bottom of the row before its cell."""
-        x, y = r.cell_of(pfn)
-        px, py = left + x * cw, top + y * ch
-        pts = [(left + w, py), (px, py), (px, py + ch), (left, py + ch)] if x else \
+        px, py = left + r.cell_of(pfn)[0] * cw, row_top(pfn)
+        pts = [(left + w, py), (px, py), (px, py + ch), (left, py + ch)] if px > left else \
             [(left + w, py), (left, py)]
-        return svg.polyline(pts, colour, width), py
+        return svg.polyline(pts, colour, width)
 
+    # Every range boundary gets a tick left of the raster; the lines through the raster are
+    # drawn only where they leave the cells between them visible.
+    through = len(drawn) * 8 <= h
     for pfn in drawn:
-        body.append(edge(pfn, "#e6007e", 1.2)[0])
+        body.append(svg.line(left - 5, row_top(pfn), left - 1, row_top(pfn), "#e6007e", 1))
+        if through:
+            body.append(edge(pfn, "#e6007e", 1.2))
     label_y = 0.0
     for pfn, label in zones:
-        mark, py = edge(pfn, "#000", 2)
-        body.append(mark)
+        py = row_top(pfn)
+        body.append(edge(pfn, "#000", 2))
         label_y = max(py + 4, label_y + 13)
         body.append(svg.line(left + w, py, left + w + 6, label_y - 4, "#000", 0.6))
         body.append(svg.text(left + w + 8, label_y, label, 11))
@@ -377,8 +399,9 @@ def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
     body.append(svg.line(left, y - 4, left + 24, y - 4, "#000", 2.5))
     body.append(svg.text(left + 30, y, "zone boundary (node, zone, pfns: labels at right)", 12))
     body.append(svg.line(left + 380, y - 4, left + 404, y - 4, "#e6007e", 1.2))
-    note = (f"range boundary of {pm.layout}" if len(drawn) == len(starts) else
-            f"range boundary of {pm.layout} (first {len(drawn)} of {len(starts)} drawn)")
+    note = f"range boundary of {pm.layout}" + ("" if through else " (ticks at left)")
+    if len(drawn) < len(starts):
+        note += f" (first {len(drawn)} of {len(starts)} drawn)"
     body.append(svg.text(left + 408, y, note, 12))
     total_w = left + w + 260
     return svg.document(total_w, y + 20, body, f"dnumafs map of {pm.source}")
