@@ -4,13 +4,18 @@ read rules of fs/proc/page.c, and the page cache dropping them when the model ch
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_DIR
 from files_helpers import NODE, Mounted, zoneinfo
+from test_clients import cache_dir
 
 KPF = "proc/kpageflags"
 PAGE_NID = "sys/kernel/debug/dnumafs/page_nid"
@@ -223,3 +228,70 @@ def test_page_nid_follows_the_layout_after_a_stripe_and_a_commit(
     assert (nids[:top][free] == wanted[free]).all()
     assert set(np.unique(nids[:top]).tolist()) == {0, 1, 2}
     assert (nids[:top] != wanted).any()          # boot's allocations, marked
+
+
+# --- the kernel's page-types tool --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def page_types() -> str:
+    """The kernel's tools/vm/page-types: on the path, in the venv, or built once per machine
+    from Debian's linux-source package by scripts/build-page-types (a lock keeps two test
+    runs from building at once)."""
+    found = shutil.which("page-types") or shutil.which("page-types", path=str(
+        REPO_DIR / ".venv" / "bin"))
+    if found:
+        return found
+    where = cache_dir() / "page-types"
+    where.mkdir(parents=True, exist_ok=True)
+    with open(where / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (where / "page-types").exists():
+            if not (shutil.which("apt-get") and shutil.which("gcc") and shutil.which("make")):
+                pytest.skip("page-types is built from Debian's linux-source package: needs "
+                            "apt-get, gcc and make")
+            r = subprocess.run([REPO_DIR / "scripts" / "build-page-types", where],
+                               capture_output=True, text=True, timeout=110,
+                               stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                pytest.skip(f"scripts/build-page-types failed:\n{r.stderr[-2000:]}")
+    return str(where / "page-types")
+
+
+def page_types_summary(tool: str, kpageflags: Path, *args: str) -> dict[int, int]:
+    """page-types' summary of kpageflags (raw flags): {flags: pages}."""
+    r = subprocess.run([tool, "-F", str(kpageflags), "-r", *args], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for line in r.stdout.splitlines()[1:]:
+        f = line.split()
+        if f[0].startswith("0x"):
+            out[int(f[0], 16)] = int(f[1])
+        else:
+            assert f[0] == "total" and int(f[1]) == sum(out.values())
+    return out
+
+
+def test_page_types_reads_the_model(fs: Mounted, page_types: str) -> None:
+    """The kernel's own tool walks MNT/proc/kpageflags to its end and counts what the other
+    files count: free pages, reserved pages, hugepages, slab and LRU pages."""
+    assert fs.write(f"{NODE}/node0/hugepages/hugepages-2048kB/nr_hugepages", "2") is None
+    summary = page_types_summary(page_types, fs.path(KPF))
+    flags = pread_all(fs.path(KPF), "<u8")
+    assert sum(summary.values()) == len(flags)
+
+    def pages(b: int) -> int:
+        return sum(n for f, n in summary.items() if f >> b & 1)
+
+    assert pages(BUDDY) * 4 == sum(node_kb(fs, "MemFree").values())
+    zones = zoneinfo(fs.read("proc/zoneinfo")).values()
+    assert pages(RESERVED) == sum(z["present"] - z["managed"] for z in zones if "present" in z)
+    assert pages(HUGE) == 2 * 512
+    vm = vmstat(fs)
+    assert pages(SLAB) == vm["nr_slab_reclaimable"] + vm["nr_slab_unreclaimable"]
+    assert pages(LRU) == sum(vm[k] for k in ("nr_active_anon", "nr_inactive_anon",
+                                             "nr_active_file", "nr_inactive_file"))
+    assert pages(NOPAGE) == len(flags) - max_pfn(fs)
+    # its own selection by bits: the free pages alone
+    assert page_types_summary(page_types, fs.path(KPF), "-b", "buddy") == {
+        1 << BUDDY: pages(BUDDY)}
