@@ -272,9 +272,12 @@ def page_types_summary(tool: str, kpageflags: Path, *args: str) -> dict[int, int
     return out
 
 
-def test_page_types_reads_the_model(fs: Mounted, page_types: str) -> None:
+def test_page_types_reads_the_model(fs: Mounted, page_types: str,
+                                    run_dnumafs: Callable[..., subprocess.CompletedProcess[str]]
+                                    ) -> None:
     """The kernel's own tool walks MNT/proc/kpageflags to its end and counts what the other
-    files count: free pages, reserved pages, hugepages, slab and LRU pages."""
+    files count: free pages, reserved pages, hugepages, slab and LRU pages; and at
+    /proc/kpageflags itself under `dnumafs run`."""
     assert fs.write(f"{NODE}/node0/hugepages/hugepages-2048kB/nr_hugepages", "2") is None
     summary = page_types_summary(page_types, fs.path(KPF))
     flags = pread_all(fs.path(KPF), "<u8")
@@ -295,3 +298,6 @@ def test_page_types_reads_the_model(fs: Mounted, page_types: str) -> None:
     # its own selection by bits: the free pages alone
     assert page_types_summary(page_types, fs.path(KPF), "-b", "buddy") == {
         1 << BUDDY: pages(BUDDY)}
+    r = run_dnumafs("run", fs.mnt, "--", page_types, "-b", "buddy", "-r")
+    assert r.returncode == 0, r.stderr
+    assert f"0x{1 << BUDDY:016x}\t{pages(BUDDY):10d}" in r.stdout, r.stdout
