@@ -20,6 +20,7 @@ from . import svg
 from .map import check_output, hex_colour, node_colour
 
 NODE_KEYS = ("total_kb", "free_kb", "used_kb", "marked_pages")
+MAX_STEP_LABELS = 60        # more steps than this are drawn without their actions
 
 
 @attrs.frozen
@@ -133,7 +134,7 @@ def panels(steps: list[Step]) -> list[Panel]:
 
 
 def plot_svg(steps: list[Step], source: str) -> str:
-    left, right, top = 80, 200, 40
+    left, right, top = 80, 200, 110
     pw, ph, gap = 720, 200, 70
     times = [s.at for s in steps]
     xt = nice_ticks(min(times), max(times))
@@ -144,6 +145,11 @@ def plot_svg(steps: list[Step], source: str) -> str:
 
     body = [svg.text(left, 24, f"{source}: {len(steps)} steps, model time "
                      f"{min(times):g} to {max(times):g} s", 15, font_weight="bold")]
+    # Each step's action above the panels, and a dotted line down through them.
+    marked = steps if len(steps) <= MAX_STEP_LABELS else []
+    for s in marked:
+        body.append(svg.text(sx(s.at) + 3, top - 4, f"{s.step} {s.do}", 10,
+                             transform=f"rotate(-40 {sx(s.at) + 3:.1f} {top - 4})"))
     for i, panel in enumerate(panels(steps)):
         y0 = top + 20 + i * (ph + gap)
         values = [v for _, _, _, pts in panel.series for _, v in pts]
@@ -159,6 +165,9 @@ def plot_svg(steps: list[Step], source: str) -> str:
         for v in yt:
             body.append(svg.line(left, sy(v), left + pw, sy(v), "#ddd", 0.8))
             body.append(svg.text(left - 6, sy(v) + 4, _label(v), 10, text_anchor="end"))
+        for s in marked:
+            body.append(svg.line(sx(s.at), y0, sx(s.at), y0 + ph, "#bbb", 0.8,
+                                 stroke_dasharray="1,3"))
         for t in xt:
             body.append(svg.line(sx(t), y0 + ph, sx(t), y0 + ph + 4, "#888"))
             body.append(svg.text(sx(t), y0 + ph + 16, _label(t), 10, text_anchor="middle"))
