@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from files_helpers import NODE, Mounted, zoneinfo
+from files_helpers import Mounted, zoneinfo
+from test_pictures_pages import node_kb
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -64,14 +65,7 @@ def colour_counts(rows: list[list[int]], palette: list[str]) -> Counter[str]:
 
 
 def node_meminfo_pages(fs: Mounted, key: str) -> dict[int, int]:
-    out = {}
-    for name in fs.ls(NODE):
-        if name.startswith("node") and name[4:].isdigit():
-            for line in fs.read(f"{NODE}/{name}/meminfo").splitlines():
-                f = line.split()
-                if f[2] == f"{key}:":
-                    out[int(name[4:])] = int(f[3]) // 4
-    return out
+    return {nid: kb // 4 for nid, kb in node_kb(fs, key).items()}
 
 
 def check_map_counts(fs: Mounted, svg: str, marked: bool) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_DIR
-from files_helpers import NODE, Mounted, zoneinfo
+from files_helpers import NODE, Mounted, node_meminfo, zoneinfo
 from test_clients import cache_dir
 
 KPF = "proc/kpageflags"
@@ -53,14 +53,8 @@ def vmstat(fs: Mounted) -> dict[str, int]:
 
 def node_kb(fs: Mounted, key: str) -> dict[int, int]:
     """key of every online node's meminfo, in kB."""
-    out = {}
-    for name in fs.ls(NODE):
-        if name.startswith("node") and name[4:].isdigit():
-            for line in fs.read(f"{NODE}/{name}/meminfo").splitlines():
-                f = line.split()
-                if f[2] == f"{key}:":
-                    out[int(name[4:])] = int(f[3])
-    return out
+    return {int(name[4:]): node_meminfo(fs.read(f"{NODE}/{name}/meminfo"))[key]
+            for name in fs.ls(NODE) if name.startswith("node") and name[4:].isdigit()}
 
 
 def max_pfn(fs: Mounted) -> int:
