@@ -32,6 +32,26 @@ import errno
 
 import numpy as np
 
+from dnumafs.lib.page_flags import (
+    KPAGEFLAGS_ENTRY,
+    KPF_ACTIVE,
+    KPF_ANON,
+    KPF_BUDDY,
+    KPF_COMPOUND_HEAD,
+    KPF_COMPOUND_TAIL,
+    KPF_HUGE,
+    KPF_LRU,
+    KPF_MMAP,
+    KPF_NOPAGE,
+    KPF_PGTABLE,
+    KPF_RESERVED,
+    KPF_SLAB,
+    KPF_SWAPBACKED,
+    KPF_THP,
+    KPF_UPTODATE,
+    NID_NONE,
+    PAGE_NID_ENTRY,
+)
 from dnumafs.mm import Machine
 from dnumafs.mm.changes import MACHINE
 from dnumafs.mm.constants import (
@@ -45,31 +65,9 @@ from dnumafs.mm.constants import (
 from dnumafs.mm.kinds import NR_KINDS, Kind
 from dnumafs.vfs.tree import DEBUGFS, PROCFS, Attr, Dir, Slices, StaticDir
 
-# include/uapi/linux/kernel-page-flags.h, and include/linux/kernel-page-flags.h for RESERVED.
-KPF_LOCKED = 0
-KPF_REFERENCED = 2
-KPF_UPTODATE = 3
-KPF_DIRTY = 4
-KPF_LRU = 5
-KPF_ACTIVE = 6
-KPF_SLAB = 7
-KPF_BUDDY = 10
-KPF_MMAP = 11
-KPF_ANON = 12
-KPF_SWAPBACKED = 14
-KPF_COMPOUND_HEAD = 15
-KPF_COMPOUND_TAIL = 16
-KPF_HUGE = 17
-KPF_NOPAGE = 20
-KPF_THP = 22
-KPF_OFFLINE = 23
-KPF_PGTABLE = 26
-KPF_RESERVED = 32
-
 # A memory section on x86-64 (128 MiB): the kernel dumps up to max_pfn rounded up to one
 # (get_max_dump_pfn() with CONFIG_SPARSEMEM).
 PAGES_PER_SECTION = 1 << 15
-NID_NONE = 0xFFFF
 
 
 def _bits(*kpf: int) -> int:
@@ -170,26 +168,26 @@ def page_nid(m: Machine, first: int, end: int) -> np.ndarray:
 
 
 def kpageflags_read(m: Machine, offset: int, size: int) -> bytes:
-    pfns = _pfns(m, offset, size, 8)
+    pfns = _pfns(m, offset, size, KPAGEFLAGS_ENTRY)
     return kpageflags(m, pfns.start, pfns.stop).astype("<u8").tobytes()
 
 
 def page_nid_read(m: Machine, offset: int, size: int) -> bytes:
-    pfns = _pfns(m, offset, size, 2)
+    pfns = _pfns(m, offset, size, PAGE_NID_ENTRY)
     return page_nid(m, pfns.start, pfns.stop).astype("<u2").tobytes()
 
 
 def kpageflags_attr(m: Machine) -> Attr:
     """proc/kpageflags, 0400 as Linux creates it (S_IRUSR)."""
     return Attr(slices=Slices(lambda off, n: kpageflags_read(m, off, n),
-                              lambda: max_dump_pfn(m) * 8),
+                              lambda: max_dump_pfn(m) * KPAGEFLAGS_ENTRY),
                 fs=PROCFS, lock=m.lock, mode_mask=0o400, depends=MACHINE)
 
 
 def page_nid_attr(m: Machine) -> Attr:
     """sys/kernel/debug/dnumafs/page_nid (debugfs: 0400)."""
     return Attr(slices=Slices(lambda off, n: page_nid_read(m, off, n),
-                              lambda: max_dump_pfn(m) * 2),
+                              lambda: max_dump_pfn(m) * PAGE_NID_ENTRY),
                 fs=DEBUGFS, lock=m.lock, depends=MACHINE)
 
 

@@ -26,14 +26,13 @@ import attrs
 import numpy as np
 
 from dnumafs.client import ClientError, MountedTree
+from dnumafs.lib.page_flags import KPF_BUDDY, KPF_NOPAGE, KPF_RESERVED, NID_NONE
 
 from . import png, svg
 
 KPAGEFLAGS = "proc/kpageflags"
 PAGE_NID = "sys/kernel/debug/dnumafs/page_nid"
 MEMORY_DIR = "sys/devices/system/memory"
-KPF_BUDDY, KPF_NOPAGE, KPF_RESERVED = 10, 20, 32
-NID_NONE = 0xFFFF
 READ_CHUNK = 8 << 20
 DEFAULT_WIDTH = 1024
 MAX_CELLS = 1 << 20            # a 64 GiB machine: 16 pfns a cell at 1024 columns
