@@ -358,6 +358,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from dnumafs.pictures import map as page_map  # numpy: only when drawing
     page_map.check_output(Path(args.output), page_map.MAP_SUFFIXES)
+    page_map.check_width(args.width)
     _require_answer(args.mnt)
     page_map.write_map(args.mnt, Path(args.output), args.width)
     return 0

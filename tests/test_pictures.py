@@ -223,6 +223,7 @@ def test_bad_input_gets_a_clear_message(fs: Mounted, run_dnumafs: Run, tmp_path:
     fails("map", fs.mnt, "-o", tmp_path / "x", says="without a suffix")
     fails("map", fs.mnt, "-o", tmp_path / "no" / "x.svg", says="No such file")
     fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "0", says="at least 1")
+    fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "100000", says="1 to 8192")
     assert not list(tmp_path.glob("x*"))
 
     trace = tmp_path / "trace.jsonl"

@@ -35,6 +35,7 @@ PAGE_NID = "sys/kernel/debug/dnumafs/page_nid"
 MEMORY_DIR = "sys/devices/system/memory"
 READ_CHUNK = 8 << 20
 DEFAULT_WIDTH = 1024
+MAX_WIDTH = 8192
 MAX_CELLS = 1 << 20            # a 64 GiB machine: 16 pfns a cell at 1024 columns
 MAX_BOUNDARY_MARKS = 4096      # range starts drawn; beyond, the legend says how many
 MAP_SUFFIXES = (".svg", ".png")
@@ -406,6 +407,11 @@ def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
     return svg.document(total_w, y + 20, body, f"dnumafs map of {pm.source}")
 
 
+def check_width(width: int) -> None:
+    if not 1 <= width <= MAX_WIDTH:
+        raise ClientError(f"--width {width}: a row holds 1 to {MAX_WIDTH} cells")
+
+
 def check_output(out: Path, suffixes: tuple[str, ...]) -> str:
     """out's suffix, lower case, if it is one of suffixes."""
     suffix = out.suffix.lower()
@@ -418,6 +424,7 @@ def check_output(out: Path, suffixes: tuple[str, ...]) -> str:
 def write_map(mnt: str, out: Path, width: int = DEFAULT_WIDTH) -> None:
     """Draw mnt's pages into out (.svg or .png)."""
     suffix = check_output(out, MAP_SUFFIXES)
+    check_width(width)
     pm = read_map(mnt)
     data = map_svg(pm, width).encode() if suffix == ".svg" else map_png(pm, width)
     out.write_bytes(data)

@@ -175,6 +175,9 @@ def plot_svg(steps: list[Step], source: str) -> str:
             body.append(svg.polyline([(sx(t), sy(v)) for t, v in pts], colour,
                                      stroke_dasharray="6,4" if dashed else None,
                                      data_series=label))
+            if marked:      # the steps' points, so that a lone one shows too
+                body += [svg.element("circle", cx=sx(t), cy=sy(v), r=2, fill=colour)
+                         for t, v in pts]
             ly = y0 + 10 + j * 15
             body.append(svg.line(left + pw + 14, ly - 4, left + pw + 38, ly - 4, colour, 2,
                                  stroke_dasharray="6,4" if dashed else None))
