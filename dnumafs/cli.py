@@ -379,6 +379,21 @@ def _speed(text: str) -> float:
     return value
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    from dnumafs.pictures import map as page_map  # numpy: only when drawing
+    page_map.check_output(Path(args.output), page_map.MAP_SUFFIXES)
+    page_map.check_width(args.width)
+    _require_answer(args.mnt)
+    page_map.write_map(args.mnt, Path(args.output), args.width)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dnumafs.pictures import plot
+    plot.write_plot(Path(args.trace), Path(args.output))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dnumafs import run
     _require_answer(args.mnt)
@@ -507,6 +522,23 @@ def build_parser() -> argparse.ArgumentParser:
                                     "or MNT is unmounted.")
     mo.add_argument("mnt", metavar="MNT")
     mo.set_defaults(func=cmd_monitor)
+
+    mp = sub.add_parser("map", help="draw every pfn of MNT by node and state",
+                        description="Draw every pfn of MNT by node and state (free, allocated, "
+                                    "marked for transplant, reserved, offline), with the zone "
+                                    "and current layout's range boundaries, from its files.")
+    mp.add_argument("mnt", metavar="MNT")
+    mp.add_argument("-o", "--output", required=True, metavar="FILE.svg|FILE.png")
+    mp.add_argument("--width", type=_positive_int, default=1024, metavar="CELLS",
+                    help="cells in a row (default 1024)")
+    mp.set_defaults(func=cmd_map)
+
+    pl = sub.add_parser("plot", help="draw a trace of `dnumafs play --trace` over model time",
+                        description="Draw node sizes, free memory, marked pages and moved "
+                                    "pages over model time from a trace (JSON lines).")
+    pl.add_argument("trace", metavar="TRACE")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.svg")
+    pl.set_defaults(func=cmd_plot)
     return p
 
 

@@ -130,23 +130,31 @@ class MountedTree:
         """One past the highest pfn: the highest end (start_pfn + spanned) of a populated zone
         in /proc/zoneinfo. Every page lies in the span of its node's zone, so this covers all
         memory whatever the layout, and it is what a real kernel shows too."""
-        top = 0
+        spans = self.zone_spans()
+        if not spans:
+            raise ClientError(f"{self.path(ZONEINFO)}: no populated zone, cannot tell the "
+                              f"highest pfn")
+        return max(end for _, _, _, end in spans)
+
+    def zone_spans(self) -> list[tuple[int, str, int, int]]:
+        """(nid, zone name, start_pfn, start_pfn + spanned) of each populated zone of
+        /proc/zoneinfo, in its order."""
+        spans = []
+        head: tuple[int, str] | None = None
         start = spanned = None
         # A zone's lines run from its "Node N, zone Z" line to the next (or a last sentinel).
         for line in self.read(ZONEINFO).splitlines() + ["Node"]:
-            fields = line.split()
+            fields = line.replace(",", " ").split()
             if fields[:1] == ["Node"]:
-                if start is not None and spanned is not None:
-                    top = max(top, start + spanned)
+                if head is not None and start is not None and spanned:
+                    spans.append((*head, start, start + spanned))
+                head = (int(fields[1]), fields[3]) if len(fields) >= 4 else None
                 start = spanned = None
             elif fields[:1] == ["spanned"] and len(fields) == 2:
                 spanned = int(fields[1])
             elif fields[:1] == ["start_pfn:"] and len(fields) == 2:
                 start = int(fields[1])
-        if top == 0:
-            raise ClientError(f"{self.path(ZONEINFO)}: no populated zone, cannot tell the "
-                              f"highest pfn")
-        return top
+        return spans
 
     def current_layout(self) -> str:
         try:

@@ -68,6 +68,7 @@ WORKER = textwrap.dedent(r'''
     ML = mnt + "/sys/kernel/debug/memlayout"
     NODE = mnt + "/sys/devices/system/node"
     done = {"reads": 0, "vanished": 0, "commits": 0, "hugepage_writes": 0, "errors": []}
+    BINARY = {"kpageflags": 8, "page_nid": 2}     # an entry per pfn, of these sizes
 
     def write(path, text):
         fd = os.open(path, os.O_WRONLY)
@@ -84,7 +85,7 @@ WORKER = textwrap.dedent(r'''
                     if not os.lstat(p).st_mode & 0o444:
                         continue
                     with open(p, "rb") as f:
-                        text = f.read().decode()
+                        data = f.read()
                 except FileNotFoundError:
                     done["vanished"] += 1      # a layout.N destroyed under the walk
                     continue
@@ -98,6 +99,11 @@ WORKER = textwrap.dedent(r'''
                     done["vanished"] += 1
                     continue
                 done["reads"] += 1
+                if name in BINARY:
+                    if not data or len(data) % BINARY[name]:
+                        done["errors"].append(f"{p}: {len(data)} bytes")
+                    continue
+                text = data.decode()
                 if name == "check" and text:
                     done["errors"].append("check: " + text[:500])
                 if name == "meminfo" and "/node/node" in p:

@@ -14,6 +14,7 @@ One module per area, each a set of small show/store functions over the model:
   debug      sys/kernel/debug/dnumafs/ (the model's invariant checker)
   process    sys/kernel/debug/process_view/ (the pages of `dnumafs run`'s programs)
   numa_topology  sys/kernel/debug/numa_topology/ (CPU moves, distance rows)
+  kpageflags proc/kpageflags, sys/kernel/debug/dnumafs/page_nid (each pfn's flags and node)
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .cache import cache_root
 from .cpu import cpu_root
 from .debug import debug_dir
 from .hugetlb import hugepages_root
+from .kpageflags import kpage_debug_dir, kpage_proc_dir
 from .memlayout import memlayout_dir, module_dir
 from .memory import memory_bus_dir, memory_root
 from .node import node_root
@@ -48,7 +50,7 @@ def build_root(machine: Machine) -> Dir:
     are laid under this tree by files/snapshot.py's overlay)."""
     return mount_tree(changes=machine.changes, subtrees={
         "sys/kernel/debug/memlayout": memlayout_dir(machine),
-        "sys/kernel/debug/dnumafs": debug_dir(machine),
+        "sys/kernel/debug/dnumafs": union(debug_dir(machine), kpage_debug_dir(machine)),
         "sys/kernel/debug/numa_topology": numa_topology_dir(machine),
         "sys/kernel/mm/hugepages": hugepages_root(machine),
         "sys/kernel/debug/process_view": process_dir(machine),
@@ -57,7 +59,7 @@ def build_root(machine: Machine) -> Dir:
         "sys/devices/system/cpu": union(cpu_root(machine), cache_root(machine)),
         "sys/devices/system/memory": memory_root(machine),
         "sys/bus": union(bus_dir(machine), memory_bus_dir(machine)),
-        "proc": union(proc_dir(machine), proc_cpu_dir(machine)),
+        "proc": union(proc_dir(machine), proc_cpu_dir(machine), kpage_proc_dir(machine)),
     })
 
 

@@ -321,6 +321,8 @@ class TreeOperations(Operations):
         from it, so a reader reading in pieces sees one text. The text is kept only until a
         read reaches its end."""
         f = self._open_file(fi)
+        if f.attr.slices is not None:       # binary: each read makes only its own bytes
+            return f.attr.read_at(offset, size)
         with self._lock:
             text, length = f.text, f.length
         if offset > 0 and text is None and length is not None and offset >= length:
@@ -400,7 +402,8 @@ class CachedOperations(TreeOperations):
             return st
         known = self.cache.known(path, node)
         if isinstance(node, Attr):
-            st["st_size"] = PAGE_SIZE if known.text is None else len(known.text)
+            st["st_size"] = (node.slices.size() if node.slices is not None
+                             else PAGE_SIZE if known.text is None else len(known.text))
             if node.volatile:
                 self.cache.expire(path)
             st["st_mtime"] = st["st_ctime"] = known.changed_ns
@@ -412,6 +415,11 @@ class CachedOperations(TreeOperations):
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         """Pages for the kernel's cache, from the text the kernel was given the size of."""
         node = self._attr(path)
+        if node.slices is not None:
+            self.cache.known(path, node)        # so that a change drops the pages read
+            data = node.read_at(offset, size)
+            self.cache.filled(path, offset, len(data))
+            return data
         if node.show is None:
             raise FuseOSError(node.fs.no_show_errno)
         text = self.cache.known(path, node).text

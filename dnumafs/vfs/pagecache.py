@@ -120,7 +120,7 @@ class Known:
 def render(node: Node) -> bytes | None:
     """What the kernel may cache of node now."""
     if isinstance(node, Attr):
-        if node.show is None:
+        if node.show is None:       # no text, or a binary file never made whole
             return None
         try:
             return node.read()
@@ -295,6 +295,9 @@ class PageCache:
                 gone.append(path)
                 continue
             if k.kind is Dir:
+                continue
+            if isinstance(node, Attr) and node.slices is not None:
+                changed.append(path)    # its bytes are not kept to compare: always dropped
                 continue
             text = render(node)
             if text != k.text:

@@ -86,12 +86,23 @@ class ChangeSource(Protocol):
 
 
 @attrs.frozen
+class Slices:
+    """A binary file read in slices, as proc/kpageflags: pread(offset, size) makes only the
+    bytes asked for (raising OSError(errno) for an offset or size the file refuses), size()
+    is the file's length now. Such a file is never made whole: it may be hundreds of MiB."""
+
+    pread: Callable[[int, int], bytes]
+    size: Callable[[], int]
+
+
+@attrs.frozen
 class Attr:
     """One sysfs/debugfs/procfs attribute file.
 
     show() makes the whole text; store() receives each write(2) whole, as sysfs does, and
     rejects a value by raising OSError(errno), which the writer gets as the write's errno.
-    Its mode follows from show and store, as DEVICE_ATTR_RO/RW/WO's do.
+    Its mode follows from show and store, as DEVICE_ATTR_RO/RW/WO's do. A binary file has
+    slices instead of show, and is read with read_at().
     """
 
     show: Callable[[], str] | None = None
@@ -105,11 +116,19 @@ class Attr:
     # A text that changes with the clock, not with the model (/proc/stat's idle time): the
     # kernel may keep it only from one read to the next.
     volatile: bool = False
+    slices: Slices | None = None
 
     @property
     def mode(self) -> int:
-        mode = (0o444 if self.show else 0) | (0o200 if self.store else 0)
+        mode = (0o444 if self.show or self.slices else 0) | (0o200 if self.store else 0)
         return mode & self.mode_mask & (0o600 if self.fs.root_only else 0o777)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """size bytes of a binary file from offset, made now (fewer at its end)."""
+        if self.slices is None:
+            raise OSError(self.fs.no_show_errno, "file is not read in slices")
+        with self.lock:
+            return self.slices.pread(offset, size)
 
     def read(self) -> bytes:
         """The whole text, made now."""
