@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 NS = 1_000_000_000
 TICK_NS = 10_000_000            # 10 ms of model time per tick
-CHUNK = 256                     # allocations per hold of the machine lock
+CHUNK = 1024                    # allocations per hold of the machine lock
 MAX_ADVANCE_NS = 3600 * NS      # one `advance` runs at most an hour of model time
 MAX_RATE = 10_000_000           # allocations per model second, per task
 MAX_PAGES = 1 << 40
@@ -191,10 +191,10 @@ class Workload:
                     with self.m.lock:
                         for _ in range(min(CHUNK, len(task.held))):
                             self._free_oldest(task)
-                        self.m._announce([PAGES, WORKLOAD])
                     time.sleep(0)
                 with self.m.lock:
                     del self.tasks[n]
+                    self.m._announce([PAGES, WORKLOAD])
         self._told()
 
     def set_clock(self, realtime: bool) -> None:
@@ -235,7 +235,8 @@ class Workload:
                 self.tick(min(end, (self.now_ns // TICK_NS + 1) * TICK_NS), between)
 
     def tick(self, until: int, between: Callable[[], None]) -> None:
-        """Run every task from now to until (within one tick), under the mutex."""
+        """Run every task from now to until (within one tick), under the mutex, and announce
+        the tick's changes once, at its end."""
         with self.m.lock:
             elapsed = until - self.now_ns
             owed = []
@@ -248,17 +249,16 @@ class Workload:
                 if n:
                     owed.append((task, n))
             self.now_ns = until
-            if not owed:        # the clock moved, and nothing else
-                self.m._announce([WORKLOAD])
         for task, n in owed:
             while n > 0:
                 k = min(n, CHUNK)
                 with self.m.lock:
                     if task.spec.cpu in self.m.cpus.online:
                         self._run(task, k)
-                        self.m._announce([PAGES, WORKLOAD])
                 n -= k
                 between()
+        with self.m.lock:       # pages, if any moved, and the clock
+            self.m._announce([PAGES, WORKLOAD] if owed else [WORKLOAD])
 
     # ------------------------------------------------------------------ allocation
 
