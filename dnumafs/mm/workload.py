@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import random
 import threading
 import time
@@ -43,6 +44,8 @@ from .mempolicy import (
 
 if TYPE_CHECKING:
     from .machine import Machine
+
+log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 TICK_NS = 10_000_000            # 10 ms of model time per tick
@@ -471,4 +474,9 @@ def start_clock(w: Workload) -> None:
 def stop_clocks(timeout: float = 5.0) -> None:
     """Stop every clock this process started, each within timeout seconds."""
     while _CLOCKS:
-        _CLOCKS.pop().stop(timeout)
+        clock = _CLOCKS.pop()
+        clock.stop(timeout)
+        if clock.alive:
+            log.warning("workload clock still running %.0f s after its stop", timeout)
+        else:
+            log.info("workload clock stopped")
