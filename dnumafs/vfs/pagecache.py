@@ -105,7 +105,7 @@ class Notifier:
         try:
             os.write(self._fd, OUT_HEADER.pack(OUT_HEADER.size + len(body), code, 0) + body)
         except OSError as e:
-            return -e.errno
+            return -(e.errno or errno.EIO)
         return 0
 
     def inval_inode(self, ino: int, pages: range) -> int:
