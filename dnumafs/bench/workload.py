@@ -94,6 +94,7 @@ def bench_workload(mounts: Mounts, notes: list[str]) -> list[Row]:
             if check:
                 notes.append(f"workload bench: the invariant checker found {check!r}")
             write(mnt, "stop all")
+        over = overload(mnt)
     finally:
         mounts.umount(mnt)
     alloc = statistics.median(r[0] for r in rates)
@@ -104,6 +105,7 @@ def bench_workload(mounts: Mounts, notes: list[str]) -> list[Row]:
     notes.append(f"workload bench: model seconds per wall second {model:.2f}, behind at most "
                  f"{behind:.3f} s, {failed} allocations failed")
     met = alloc >= AIM_RATE and freed >= AIM_RATE
+    o_alloc, o_model, o_behind = over
     return [
         Row(f"workload in the daemon: {RATE:,} allocations/s asked of {len(TASKS)} tasks "
             f"(order 0, {PAGES} pages each), median of {ROUNDS}: allocations / frees per s",
@@ -114,7 +116,30 @@ def bench_workload(mounts: Mounts, notes: list[str]) -> list[Row]:
             f"{b_med:.1f} / {b_mean:.1f} / {b_p99:.1f} us = idle x {b_med / i_med:.2f} / "
             f"x {b_mean / i_mean:.2f} / x {b_p99 / i_p99:.2f}",
             f"mean <= idle x {AIM_RATIO:.0f}", b_mean <= AIM_RATIO * i_mean),
+        Row(f"workload asked {OVER_RATE:,} allocations/s for {OVER_S:.0f} s (more than it "
+            "can): allocations/s done, model s per wall s, `behind` at the end",
+            f"{o_alloc:,.0f}/s, {o_model:.2f}, {o_behind:.1f} s", "-"),
     ]
+
+
+OVER_RATE = 1_000_000
+OVER_S = 3.0
+
+
+def overload(mnt: Path) -> tuple[float, float, float]:
+    """Ask for more than the machine can do, no reader: (allocations/s done, model seconds
+    per wall second, behind at the end)."""
+    each = OVER_RATE // len(TASKS)
+    write(mnt, "\n".join(f"task {name} cpu {cpu} rate {each} pages {PAGES}"
+                         for name, cpu in TASKS))
+    time.sleep(1.0)
+    a0, _, _, m0, _ = counts(mnt)
+    t0 = time.perf_counter()
+    time.sleep(OVER_S)
+    a1, _, _, m1, behind = counts(mnt)
+    dt = time.perf_counter() - t0
+    write(mnt, "stop all")
+    return (a1 - a0) / dt, (m1 - m0) / dt, behind
 
 
 def run_all(notes: list[str]) -> list[Row]:
