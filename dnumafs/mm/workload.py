@@ -232,9 +232,9 @@ class Workload:
         if not 0 < ns <= MAX_ADVANCE_NS:
             raise WorkloadError(errno.EINVAL,
                                 f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
-        end = self.now_ns + ns
-        while self.now_ns < end:
-            with self.mutex:
+        with self.mutex:        # the realtime clock waits: the advance is all its own
+            end = self.now_ns + ns
+            while self.now_ns < end:
                 self.tick(min(end, (self.now_ns // TICK_NS + 1) * TICK_NS), between)
 
     def tick(self, until: int, between: Callable[[], None]) -> None:
@@ -359,12 +359,6 @@ class Workload:
                 kept = [e for e in task.held if e >> ORDER_BITS not in gone]
                 task.held_pages = sum(1 << (e & ((1 << ORDER_BITS) - 1)) for e in kept)
                 task.held = collections.deque(kept)
-
-    def held_pfns(self) -> list[tuple[int, int]]:
-        """(pfn, order) of every allocation the tasks hold."""
-        with self.m.lock:
-            return [(e >> ORDER_BITS, e & ((1 << ORDER_BITS) - 1))
-                    for t in self.tasks.values() for e in t.held]
 
     def check(self) -> list[str]:
         """The tasks hold allocated blocks, each once, of the order they asked for, and
