@@ -6,6 +6,8 @@ the only way a test or a user can ask the model itself whether any page was lost
 or misfiled after a load; sums read from the node files catch less (a page on two free lists
 of one node keeps every sum right). It lives under debugfs, root-only (0400), as a kernel's
 CONFIG_DEBUG_VM checks would.
+
+`workload` is the workload's control file (files/workload.py, the README's "The workload").
 """
 from __future__ import annotations
 
