@@ -42,6 +42,7 @@ from dnumafs.machines import (
     describe,
     open_snapshot,
     parse_distances,
+    synthetic,
 )
 
 log = logging.getLogger("dnumafs")
@@ -144,9 +145,11 @@ def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
             check_block_size(cfg["block_size"])
         except ValueError as e:
             raise CliError(f"--block-size: {e}") from None
-    if "mem" in cfg:
-        daemon.check_host_memory(cfg["mem"], max(cfg.get("nodes", 1),
-                                                 cfg.get("possible_nodes", 1)))
+    if "mem" in cfg:    # refused up front, before anything is mounted
+        try:
+            check_host_memory(synthetic(**{k: v for k, v in cfg.items() if k != "block_size"}))
+        except MachineError as e:
+            raise CliError(str(e)) from None
     return cfg
 
 

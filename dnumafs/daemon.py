@@ -355,42 +355,6 @@ def not_answering(mp: Path) -> str | None:
 
 # --- starting -----------------------------------------------------------------------------------
 
-# The model's memory: its page arrays take about 4 bytes per 4 KiB page (the bench's row
-# "memory per page after boot"); a node's zones, lists and files a few KiB; the interpreter,
-# numpy and the file tree some tens of MiB.
-PAGE_SIZE = 4096
-MODEL_BYTES_PER_PAGE = 4
-MODEL_BYTES_PER_NODE = 64 << 10
-DAEMON_BASE_BYTES = 64 << 20
-
-
-def memory_needed(mem: int, nodes: int) -> int:
-    """About how much memory a daemon modelling mem bytes over nodes nodes takes."""
-    return DAEMON_BASE_BYTES + mem // PAGE_SIZE * MODEL_BYTES_PER_PAGE + \
-        nodes * MODEL_BYTES_PER_NODE
-
-
-def host_mem_available() -> int | None:
-    """The host's MemAvailable, in bytes (None if /proc/meminfo does not say)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def check_host_memory(mem: int, nodes: int) -> None:
-    """Refuse, before booting, a machine whose model would not fit in the host's memory."""
-    need = memory_needed(mem, nodes)
-    avail = host_mem_available()
-    if avail is not None and need > avail:
-        raise DaemonError(
-            f"a machine of {mem >> 20} MiB needs about {need >> 20} MiB in the daemon "
-            f"({MODEL_BYTES_PER_PAGE} bytes per {PAGE_SIZE // 1024} KiB page, plus "
-            f"{DAEMON_BASE_BYTES >> 20} MiB and {MODEL_BYTES_PER_NODE >> 10} KiB per node), "
-            f"but the host has {avail >> 20} MiB available")
-
-
 @contextlib.contextmanager
 def serving(mp: Path, pidfile_fd: int | None = None) -> Iterator[None]:
     """The daemon's side: own mp's pid file (claimed here, or inherited as pidfile_fd from

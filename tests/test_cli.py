@@ -17,6 +17,7 @@ from conftest import cli_env, force_unmount
 
 from dnumafs import cli, client, daemon
 from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
+from dnumafs.machines import MODEL_BYTES_PER_PAGE, host_available_bytes, memory_needed, synthetic
 
 # --- argument parsing and pure functions --------------------------------------------------------
 
@@ -550,14 +551,13 @@ def test_a_log_in_a_missing_directory_is_reported(foreground, tmp_path, run_dnum
 def test_a_machine_beyond_the_hosts_memory_is_refused_up_front(tmp_path, run_dnumafs,
                                                                 runtime_dir):
     (tmp_path / "mnt").mkdir()
-    avail = daemon.host_mem_available()
-    assert avail is not None
-    mem = avail // daemon.MODEL_BYTES_PER_PAGE * daemon.PAGE_SIZE * 2   # twice what fits
+    avail = host_available_bytes()
+    mem = avail // MODEL_BYTES_PER_PAGE * 4096 * 2      # twice what fits
     r = run_dnumafs("mount", tmp_path / "mnt", "--mem", str(mem), "--nodes", "2", timeout=30)
     assert r.returncode == 1, r.stderr
-    need = daemon.memory_needed(mem, 2) >> 20
+    need = memory_needed(synthetic(nodes=2, mem=mem)) >> 20
     assert f"needs about {need} MiB in the daemon" in r.stderr, r.stderr
-    said = int(r.stderr.split("the host has ")[1].split(" MiB available")[0])
+    said = int(r.stderr.split("this host has ")[1].split(" MiB available")[0])
     assert abs(said - (avail >> 20)) < (avail >> 20) // 10      # MemAvailable moves a little
     _no_traceback(r)
     assert not daemon.is_mounted(daemon.mountpoint_path(tmp_path / "mnt"))

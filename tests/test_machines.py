@@ -16,12 +16,14 @@ from machines_helpers import ARCHIVES, MACHINES_DIR, shared_snapshots
 
 from dnumafs.machines import (
     MAX_CPUS,
+    MODEL_BYTES_PER_PAGE,
     MachineDescription,
     MachineError,
     Snapshot,
     check_host_memory,
     describe,
     load,
+    memory_needed,
     open_snapshot,
     synthetic,
 )
@@ -327,9 +329,10 @@ def test_a_link_out_of_a_snapshot_directory_is_not_followed(tmp_path: Path) -> N
 
 def test_too_big_for_this_host(snapshots: dict[str, Snapshot]) -> None:
     d = describe(next(iter(snapshots.values())))
-    pages = d.memory_kb // 4
-    check_host_memory(d, available=pages * 5)
+    need = memory_needed(d)
+    assert need > d.memory_kb * 1024 // 4096 * MODEL_BYTES_PER_PAGE     # pages, and more
+    check_host_memory(d, available=need)
     with pytest.raises(MachineError, match=f"{re.escape(d.source)}: .* GiB of memory needs"):
-        check_host_memory(d, available=pages * 5 - 1)
+        check_host_memory(d, available=need - 1)
     with pytest.raises(MachineError, match="synthetic: 65536 GiB"):
         check_host_memory(synthetic(mem=64 << 40))

@@ -10,8 +10,21 @@ from functools import partial
 from dnumafs.lib.kstrtox import kstrtobool, kstrtoull
 from dnumafs.mm import Machine
 from dnumafs.mm import memory_hotplug as mh
+from dnumafs.mm.changes import NODES, PLACES
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
-from dnumafs.vfs.tree import RO, RW, SYSFS, WO, Dir, FileSet, Node, NodeKind, StaticDir, Symlink
+from dnumafs.vfs.tree import (
+    RO,
+    RW,
+    STATIC,
+    SYSFS,
+    WO,
+    Dir,
+    FileSet,
+    Node,
+    NodeKind,
+    StaticDir,
+    Symlink,
+)
 
 from .format import parse_indexed_name
 
@@ -72,13 +85,16 @@ def valid_zones_show(m: Machine, bid: int) -> str:
     return " ".join(mh.valid_zones(m, bid)) + "\n"
 
 
+# A block's state changes with the nodes' memory (onlining and offlining announce a change of
+# anything); its zones with where its pages lie. Read by lsmem for every block, these are many:
+# none is made again for an allocation or a free.
 BLOCK_ATTRS = {
-    "state": RW(state_show, state_store),
-    "online": RW(online_show, online_store),
-    "phys_index": RO(phys_index_show),
-    "phys_device": RO(phys_device_show),
-    "removable": RO(removable_show),
-    "valid_zones": RO(valid_zones_show),
+    "state": RW(state_show, state_store, depends=frozenset({NODES})),
+    "online": RW(online_show, online_store, depends=frozenset({NODES})),
+    "phys_index": RO(phys_index_show, depends=STATIC),
+    "phys_device": RO(phys_device_show, depends=STATIC),
+    "removable": RO(removable_show, depends=STATIC),
+    "valid_zones": RO(valid_zones_show, depends=frozenset({NODES, PLACES})),
 }
 
 

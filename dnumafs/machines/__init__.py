@@ -29,12 +29,28 @@ from .synthetic import parse_distances, synthetic
 __all__ = [
     "MAX_CPUS", "MAX_NUMNODES", "MODEL_BYTES_PER_PAGE", "CacheDescription", "CpuDescription",
     "MachineDescription", "MachineError", "NodeDescription", "Snapshot", "check_host_memory",
-    "describe", "load", "open_snapshot", "parse_distances", "synthetic",
+    "describe", "load", "memory_needed", "open_snapshot", "parse_distances", "synthetic",
 ]
 
-# What the model keeps per 4 KiB page (its page metadata arrays and the lists over them), at
-# most: the bound a machine's size is checked against before booting.
+# What a daemon takes: its page arrays and the lists over them, at most 5 bytes per 4 KiB page
+# (the bench's row "memory per page after boot"); a node's zones, lists and files some KiB;
+# the interpreter, numpy and the file tree some tens of MiB. The bound a machine is checked
+# against before booting.
 MODEL_BYTES_PER_PAGE = 5
+MODEL_BYTES_PER_NODE = 64 << 10
+DAEMON_BASE_BYTES = 64 << 20
+
+
+def model_pages(desc: MachineDescription) -> int:
+    """The pages the model holds: every present page, where the description gives them, else
+    about MemTotal (the reserved pages boot adds are a sixtieth of it, inside the bound)."""
+    return sum(n.present_pages or n.memory_kb // PAGE_KB for n in desc.nodes)
+
+
+def memory_needed(desc: MachineDescription) -> int:
+    """About how many bytes a daemon modelling desc takes."""
+    return DAEMON_BASE_BYTES + model_pages(desc) * MODEL_BYTES_PER_PAGE + \
+        len(desc.possible_nodes) * MODEL_BYTES_PER_NODE
 
 
 def host_available_bytes(meminfo: str | os.PathLike[str] = "/proc/meminfo") -> int:
@@ -48,14 +64,12 @@ def host_available_bytes(meminfo: str | os.PathLike[str] = "/proc/meminfo") -> i
 
 def check_host_memory(desc: MachineDescription, available: int | None = None) -> None:
     """Refuse a machine whose model would not fit this host's available memory."""
-    # The model holds every present page: the RAM where the description gives it, else about
-    # MemTotal (the reserved pages boot adds are a sixtieth of it, well inside the bound).
-    pages = sum(n.present_pages or n.memory_kb // PAGE_KB for n in desc.nodes)
-    need = pages * MODEL_BYTES_PER_PAGE
+    need = memory_needed(desc)
     have = host_available_bytes() if available is None else available
     if need > have:
-        raise MachineError(f"{desc.source}: {pages * PAGE_KB >> 20} GiB of memory needs about "
-                           f"{need >> 20} MiB for the model's pages, and this host has "
+        gib = model_pages(desc) * PAGE_KB >> 20
+        raise MachineError(f"{desc.source}: {gib} GiB of memory needs about "
+                           f"{need >> 20} MiB in the daemon, and this host has "
                            f"{have >> 20} MiB available")
 
 

@@ -16,7 +16,10 @@ import attrs
 PAGES = "pages"          # pages allocated, freed, moved between lists or pools; their counts
 LAYOUTS = "layouts"      # the pending, current and kept layouts, their ranges and statistics
 NODES = "nodes"          # which nodes are online, their zones, zonelists, CPUs and distances
-MODEL_TOPICS = frozenset({PAGES, LAYOUTS, NODES})
+# The node of some pages (a transplant on free), always with PAGES: what shows where pages
+# lie (a memory block's zones) need not be looked at again for every allocation and free.
+PLACES = "places"
+MODEL_TOPICS = frozenset({PAGES, LAYOUTS, NODES, PLACES})
 # What the node and proc files show: pages and nodes, not the layouts staged or kept (a
 # commit, which changes pages, announces anything).
 MACHINE = frozenset({PAGES, NODES})

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .changes import NODES, PAGES, Device
+from .changes import NODES, PAGES, Device, node_device
 from .constants import LOCAL_DISTANCE
 from .memory_hotplug import HotplugError
 from .page_alloc import free_pcppages_bulk
@@ -51,10 +51,6 @@ class CpuState:
 
 def cpu_device(cpu: int, **props: str) -> tuple[str, dict[str, str]]:
     return f"/devices/system/cpu/cpu{cpu}", {"CPU": str(cpu), **props}
-
-
-def node_device(action: str, nid: int) -> Device:
-    return action, f"/devices/system/node/node{nid}", {"NODE": str(nid)}
 
 
 def siblings(m: Machine, cpu: int) -> tuple[int, ...]:

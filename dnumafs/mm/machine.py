@@ -18,7 +18,7 @@ from dnumafs.machines import MachineDescription
 
 from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
 from . import workload as workload_mod
-from .changes import LAYOUTS, PAGES, ChangeHook, Device, memory_block_device, node_device
+from .changes import LAYOUTS, PAGES, PLACES, ChangeHook, Device, memory_block_device, node_device
 from .check import check
 from .constants import (
     HPAGE_ORDER,
@@ -483,6 +483,7 @@ class Machine:
         if self.resized:
             devs += [node_device("change", n) for n in sorted(self.resized)]
             self.resized.clear()
+            topics = None if topics is None else [*topics, PLACES]
         self.changes.changed(topics, devices=devs)
 
     def _node_sizes(self) -> dict[int, int]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from dnumafs.mm.changes import MODEL_TOPICS
+from dnumafs.mm.changes import LAYOUTS, MODEL_TOPICS, NODES, PLACES
 
 from .tree import PAGE_SIZE, STATIC, Attr, Depends, Dir, Node, Symlink, resolve
 
@@ -125,6 +125,11 @@ class Notifier:
 # made one long before its reader asks.
 VOLATILE_NS = 10_000_000
 
+# Directories and their entries come and go with nodes, layouts and memory blocks (whose
+# changes announce anything) and with where pages lie (memoryN/nodeM): never with an
+# allocation or a free alone, so thousands of known directories are not looked up again then.
+DIR_DEPENDS = frozenset({NODES, LAYOUTS, PLACES})
+
 @attrs.define
 class Known:
     """A path the kernel has asked about, and what the daemon gave it: a file's text (None
@@ -209,7 +214,8 @@ class PageCache:
         if k is not None and k.kind is _kind(node) and not (
                 k.volatile and time.time_ns() - k.changed_ns > VOLATILE_NS):
             return k
-        depends = node.depends if isinstance(node, Attr) else None
+        depends = node.depends if isinstance(node, Attr) else (
+            DIR_DEPENDS if isinstance(node, Dir) else None)
         volatile = isinstance(node, Attr) and node.volatile
         while True:
             epoch = self._epoch
