@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench_seed() + bench_big(args.gib) + bench_transplant()
     notes: list[str] = []
     if not args.model_only:
-        from . import fs, machines, pictures
+        from . import fs, machines, pictures, workload
         rows += fs.run_all(args.gib, notes, profile=args.profile)
         rows += machines.run_all(notes)
         rows += pictures.bench_map(args.gib)
+        rows += workload.run_all(notes)
     print(table(rows))
     for note in notes:
         print(note)

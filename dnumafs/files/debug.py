@@ -8,6 +8,7 @@ of one node keeps every sum right). It lives under debugfs, root-only (0400), as
 CONFIG_DEBUG_VM checks would.
 
 `marked_pages` (files/marked.py) counts the pages still waiting to be transplanted, per node.
+`workload` is the workload's control file (files/workload.py, the README's "The workload").
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import random
 import threading
 import time
@@ -44,9 +45,11 @@ from .mempolicy import (
 if TYPE_CHECKING:
     from .machine import Machine
 
+log = logging.getLogger(__name__)
+
 NS = 1_000_000_000
 TICK_NS = 10_000_000            # 10 ms of model time per tick
-CHUNK = 256                     # allocations per hold of the machine lock
+CHUNK = 1024                    # allocations per hold of the machine lock
 MAX_ADVANCE_NS = 3600 * NS      # one `advance` runs at most an hour of model time
 MAX_RATE = 10_000_000           # allocations per model second, per task
 MAX_PAGES = 1 << 40
@@ -191,10 +194,10 @@ class Workload:
                     with self.m.lock:
                         for _ in range(min(CHUNK, len(task.held))):
                             self._free_oldest(task)
-                        self.m._announce([PAGES, WORKLOAD])
                     time.sleep(0)
                 with self.m.lock:
                     del self.tasks[n]
+                    self.m._announce([PAGES, WORKLOAD])
         self._told()
 
     def set_clock(self, realtime: bool) -> None:
@@ -229,13 +232,14 @@ class Workload:
         if not 0 < ns <= MAX_ADVANCE_NS:
             raise WorkloadError(errno.EINVAL,
                                 f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
-        end = self.now_ns + ns
-        while self.now_ns < end:
-            with self.mutex:
+        with self.mutex:        # the realtime clock waits: the advance is all its own
+            end = self.now_ns + ns
+            while self.now_ns < end:
                 self.tick(min(end, (self.now_ns // TICK_NS + 1) * TICK_NS), between)
 
     def tick(self, until: int, between: Callable[[], None]) -> None:
-        """Run every task from now to until (within one tick), under the mutex."""
+        """Run every task from now to until (within one tick), under the mutex, and announce
+        the tick's changes once, at its end."""
         with self.m.lock:
             elapsed = until - self.now_ns
             owed = []
@@ -248,17 +252,16 @@ class Workload:
                 if n:
                     owed.append((task, n))
             self.now_ns = until
-            if not owed:        # the clock moved, and nothing else
-                self.m._announce([WORKLOAD])
         for task, n in owed:
             while n > 0:
                 k = min(n, CHUNK)
                 with self.m.lock:
                     if task.spec.cpu in self.m.cpus.online:
                         self._run(task, k)
-                        self.m._announce([PAGES, WORKLOAD])
                 n -= k
                 between()
+        with self.m.lock:       # pages, if any moved, and the clock
+            self.m._announce([PAGES, WORKLOAD] if owed else [WORKLOAD])
 
     # ------------------------------------------------------------------ allocation
 
@@ -356,12 +359,6 @@ class Workload:
                 kept = [e for e in task.held if e >> ORDER_BITS not in gone]
                 task.held_pages = sum(1 << (e & ((1 << ORDER_BITS) - 1)) for e in kept)
                 task.held = collections.deque(kept)
-
-    def held_pfns(self) -> list[tuple[int, int]]:
-        """(pfn, order) of every allocation the tasks hold."""
-        with self.m.lock:
-            return [(e >> ORDER_BITS, e & ((1 << ORDER_BITS) - 1))
-                    for t in self.tasks.values() for e in t.held]
 
     def check(self) -> list[str]:
         """The tasks hold allocated blocks, each once, of the order they asked for, and
@@ -471,4 +468,9 @@ def start_clock(w: Workload) -> None:
 def stop_clocks(timeout: float = 5.0) -> None:
     """Stop every clock this process started, each within timeout seconds."""
     while _CLOCKS:
-        _CLOCKS.pop().stop(timeout)
+        clock = _CLOCKS.pop()
+        clock.stop(timeout)
+        if clock.alive:
+            log.warning("workload clock still running %.0f s after its stop", timeout)
+        else:
+            log.info("workload clock stopped")

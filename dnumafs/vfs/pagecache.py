@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -55,9 +56,21 @@ def kernel_has_no_open(release: str | None = None) -> bool:
     return m is not None and (int(m[1]), int(m[2])) >= (4, 19)
 
 
+# The kernel's notices (include/uapi/linux/fuse.h): fuse_out_header {len, error = the notice's
+# code, unique = 0}, then its fuse_notify_*_out.
+FUSE_NOTIFY_INVAL_INODE = 2
+FUSE_NOTIFY_INVAL_ENTRY = 3
+OUT_HEADER = struct.Struct("<IiQ")
+INVAL_INODE_OUT = struct.Struct("<Qqq")
+INVAL_ENTRY_OUT = struct.Struct("<QII")
+
+
 class Notifier:
-    """libfuse 2's low-level invalidation calls over the mount's channel (captured at init,
-    from the thread that runs libfuse's init callback)."""
+    """The kernel's invalidation notices, written to the mount's /dev/fuse channel as
+    libfuse 2's fuse_lowlevel_notify_inval_* write them, but on a duplicate of its descriptor
+    (taken at init, from the thread that runs libfuse's init callback): libfuse frees its
+    channel when the mount goes, while a change made outside a request (the workload's
+    clock) may still be told; a write on the duplicate then fails with ENODEV instead."""
 
     def __init__(self) -> None:
         from fuse import _libfuse  # the libfuse fusepy loaded (it carries the session)
@@ -67,31 +80,44 @@ class Notifier:
         self._lib.fuse_get_session.argtypes = [ctypes.c_void_p]
         self._lib.fuse_session_next_chan.restype = ctypes.c_void_p
         self._lib.fuse_session_next_chan.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self._lib.fuse_lowlevel_notify_inval_inode.argtypes = [
-            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64]
-        self._lib.fuse_lowlevel_notify_inval_entry.argtypes = [
-            ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
-        self._chan: int | None = None
+        self._lib.fuse_chan_fd.restype = ctypes.c_int
+        self._lib.fuse_chan_fd.argtypes = [ctypes.c_void_p]
+        self._fd: int | None = None
 
     def capture(self) -> None:
         """Take the channel from the current request's context (call from init)."""
         fuse = self._lib.fuse_get_context().contents.fuse
-        self._chan = self._lib.fuse_session_next_chan(self._lib.fuse_get_session(fuse), None)
+        chan = self._lib.fuse_session_next_chan(self._lib.fuse_get_session(fuse), None)
+        self._fd = os.dup(self._lib.fuse_chan_fd(chan))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def ready(self) -> bool:
-        return bool(self._chan)
+        return self._fd is not None
+
+    def _send(self, code: int, body: bytes) -> int:
+        """0, or the negative errno of the write (-ENOENT: the kernel forgot the inode)."""
+        assert self._fd is not None
+        try:
+            os.write(self._fd, OUT_HEADER.pack(OUT_HEADER.size + len(body), code, 0) + body)
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        return 0
 
     def inval_inode(self, ino: int, pages: range) -> int:
         """Drop the inode's attributes and its cached pages in the range (none if empty): 0,
         or -ENOENT if the kernel has forgotten the inode."""
         off, length = ((pages.start * PAGE_SIZE, len(pages) * PAGE_SIZE) if pages
                        else (-1, 0))
-        return int(self._lib.fuse_lowlevel_notify_inval_inode(self._chan, ino, off, length))
+        return self._send(FUSE_NOTIFY_INVAL_INODE, INVAL_INODE_OUT.pack(ino, off, length))
 
     def inval_entry(self, parent: int, name: bytes) -> int:
-        return int(self._lib.fuse_lowlevel_notify_inval_entry(self._chan, parent, name,
-                                                              len(name)))
+        return self._send(FUSE_NOTIFY_INVAL_ENTRY,
+                          INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
 
 
 # A text that changes with the clock (counted in USER_HZ ticks) is made again when the one
@@ -174,6 +200,8 @@ class PageCache:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=SYNC_TIMEOUT)
+            if not self._thread.is_alive():
+                self.notifier.close()
 
     # --- what requests ask --------------------------------------------------------------
 
