@@ -562,6 +562,10 @@ def stop(mp: Path, *, lazy: bool = False) -> str | None:
     pid = daemon_pid(mp)
     mounted = _dnumafs_on_top(mp)
     if not mounted and pid is None:
+        if pidfile_path(mp).exists():       # a daemon killed after a lazy unmount
+            _remove_stale_pidfile(mp)
+            if not pidfile_path(mp).exists():
+                return f"{mp}: not mounted; removed the pid file its dead daemon left"
         raise DaemonError(f"{mp}: not a mounted dnumafs file system")
     note = None
     live = mounted and pid is not None and _answers(mp, pid)

@@ -145,6 +145,26 @@ def test_umount_of_a_busy_live_mount_fails_unless_lazy(standin, run_dnumafs):
     assert daemon.wait_exit(pid, 10)                     # gone with its last user
 
 
+def test_umount_clears_what_a_daemon_killed_after_a_lazy_unmount_left(standin, run_dnumafs):
+    mnt = standin()
+    mp = daemon.mountpoint_path(mnt)
+    pid = daemon.daemon_pid(mp)
+    busy = subprocess.Popen(["sleep", "60"], cwd=mnt / "test")
+    try:
+        assert run_dnumafs("umount", "--lazy", mnt).returncode == 0
+        os.kill(pid, signal.SIGKILL)
+        assert daemon.wait_exit(pid, 10)
+    finally:
+        busy.kill()
+        busy.wait(10)
+    assert daemon.pidfile_path(mp).exists()             # the killed daemon's
+    r = run_dnumafs("umount", mnt)
+    assert r.returncode == 0 and "removed the pid file" in r.stdout, r.stderr
+    assert not daemon.pidfile_path(mp).exists()
+    r = run_dnumafs("umount", mnt)                      # and now there is nothing at all
+    assert r.returncode == 1 and "not a mounted dnumafs" in r.stderr
+
+
 def test_sigterm_unmounts_cleanly(standin):
     mnt = standin()
     mp = daemon.mountpoint_path(mnt)
