@@ -304,7 +304,13 @@ def _require_answer(mnt: str) -> None:
         raise CliError(why)
 
 
-def _tree(mnt: str) -> MountedTree:
+def _tree(mnt: str, *, writes: bool = False) -> MountedTree:
+    """MNT's files; for a command that writes them, only those of a dnumafs mount at the top
+    of MNT (a real kernel's files are for reading)."""
+    if writes:
+        why = daemon.not_dnumafs(daemon.mountpoint_path(mnt))
+        if why is not None:
+            raise CliError(why)
     _require_answer(mnt)
     return MountedTree(mnt)
 
@@ -317,7 +323,7 @@ def _report_commit(tree: MountedTree, count: int) -> None:
 def cmd_stripe(args: argparse.Namespace) -> int:
     if args.first > args.last:
         raise CliError(f"FIRST ({args.first}) is above LAST ({args.last})")
-    tree = _tree(args.mnt)
+    tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.first)
     check_possible(tree, args.last)
     _report_commit(tree, commit_layout(
@@ -326,7 +332,7 @@ def cmd_stripe(args: argparse.Namespace) -> int:
 
 
 def cmd_all_to(args: argparse.Namespace) -> int:
-    tree = _tree(args.mnt)
+    tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.node)
     _report_commit(tree, commit_layout(tree, [(0, tree.max_pfn() - 1, args.node)]))
     return 0
@@ -361,7 +367,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     from dnumafs import play
     try:
         scenario = play.load(args.scenario)     # checked whole before the mount is touched
-        play.play(_tree(args.mnt), scenario, speed=args.speed, seed=args.seed,
+        play.play(_tree(args.mnt, writes=True), scenario, speed=args.speed, seed=args.seed,
                   trace_path=args.trace, out=sys.stdout)
     except play.ScenarioError as e:
         print(e, file=sys.stderr)
