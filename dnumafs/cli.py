@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -372,6 +373,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     except play.ScenarioError as e:
         print(e, file=sys.stderr)
         return 1
+    except play.Signalled as e:
+        print(f"dnumafs: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

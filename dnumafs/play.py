@@ -22,7 +22,10 @@ Time: each step happens at its model time `at`. The workload's clock is driven b
 (`clock manual`, `seed N`, and before each step `advance` by the model time since the step
 before), so a run is the same whatever the wall clock; between steps the player sleeps
 `at / speed` of wall time (speed 0 or inf: no sleeping), only so that a person can watch. At
-the end the workload's clock is put back in the mode it was found in. A daemon without the
+the end the workload's clock is put back in the mode it was found in, also when the play
+stops at an error, SIGINT, SIGTERM or SIGHUP. Its seed stays the play's: the files cannot put
+the generator back in the state it was found in (`seed N` restarts N's draws), and the seed
+shown is the one that drew the play's pages. A daemon without the
 workload file plays every scenario without workload steps.
 
 The trace (--trace FILE) is JSON lines, keys sorted, no wall-clock values: step 0 (`start`)
@@ -31,13 +34,15 @@ before the first step, then one line after each step with the figures of every o
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import re
+import signal
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -84,6 +89,33 @@ class ScenarioError(Exception):
             where += f": step {self.step} ({self.do})"
         name = f" ({errno.errorcode.get(self.errno, self.errno)})" if self.errno else ""
         return f"{where}: {self.message}{name}"
+
+
+@attrs.define(auto_exc=True)
+class Signalled(BaseException):
+    """SIGTERM or SIGHUP stopped the play: it unwinds as SIGINT's KeyboardInterrupt does, so
+    that the workload's clock is put back."""
+
+    signum: int
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Signalled once; a second one while unwinding is ignored, so
+    that the clock's restoring is not itself cut short."""
+    def stop(signum: int, frame: object) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Signalled(signum)
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 # --- the values a step's keys take: each check returns what is wrong, or None -----------------
@@ -533,8 +565,7 @@ def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int
     """Play scenario on tree, telling out of each step; the seed is --seed's, else the
     scenario's, else 0."""
     seed = seed if seed is not None else scenario.seed or 0
-    if trace_path is None:
-        Player(tree, scenario, seed, speed, None, out).play()
-        return
-    with open(trace_path, "w", encoding="utf-8") as trace:
+    with stopped_by_signals(), contextlib.ExitStack() as stack:
+        trace = None if trace_path is None else \
+            stack.enter_context(open(trace_path, "w", encoding="utf-8"))
         Player(tree, scenario, seed, speed, trace, out).play()

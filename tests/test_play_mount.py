@@ -6,11 +6,14 @@ from __future__ import annotations
 import errno
 import json
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli_env
 
 from dnumafs import client, play
 
@@ -441,3 +444,27 @@ def test_a_daemon_without_workload_plays_scenarios_without_workload_steps(
     assert r.stderr == (f"{scenario}:13: step 1 (workload): {mnt}/{client.WORKLOAD} does not "
                         "exist (a daemon without a workload) (ENOENT)\n")
     assert client.MountedTree(mnt).moved_pages() == moved
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signalled_play_puts_the_clock_back(mount_dnumafs, tmp_path, signum):
+    mnt = mount_dnumafs()
+    (mnt / client.WORKLOAD).write_text("pause\n")
+    path = write(tmp_path, "long.toml", '[[step]]\nat = 0\ndo = "wait"\n\n'
+                 '[[step]]\nat = 600\ndo = "wait"\n')
+    child = subprocess.Popen([sys.executable, "-m", "dnumafs", "play", str(mnt), str(path)],
+                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        assert "step 1:" in child.stdout.readline()     # the clock is manual by now
+        assert clock_line(mnt).startswith("# clock manual ")
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "Traceback" not in err, err
+    assert child.returncode == 128 + signum, err
+    assert clock_line(mnt).startswith("# clock realtime paused ")

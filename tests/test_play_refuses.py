@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 NODE = "sys/devices/system/node"
