@@ -380,12 +380,14 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def _speed(text: str) -> float:
+    from dnumafs.play import SPEED_MIN
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not (value == 0 or value >= SPEED_MIN):      # nan too
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be 0 or inf (no waiting) or at least {SPEED_MIN:g}")
     return value
 
 

@@ -21,7 +21,8 @@ good step left it.
 Time: each step happens at its model time `at`. The workload's clock is driven by the player
 (`clock manual`, `seed N`, and before each step `advance` by the model time since the step
 before), so a run is the same whatever the wall clock; between steps the player sleeps
-`at / speed` of wall time (speed 0 or inf: no sleeping), only so that a person can watch. At
+`at / speed` of wall time (speed 0 or inf: no sleeping; else at least SPEED_MIN), only so
+that a person can watch. At
 the end the workload's clock is put back in the mode it was found in, also when the play
 stops at an error, SIGINT, SIGTERM or SIGHUP. Its seed stays the play's: the files cannot put
 the generator back in the state it was found in (`seed N` restarts N's draws), and the seed
@@ -67,7 +68,13 @@ DROP_CACHES = "proc/sys/vm/drop_caches"
 # several; and its resolution, nanoseconds, which is the finest `at` a step may have.
 ADVANCE_MAX = Decimal(3600)
 AT_PLACES = 9
-AT_MAX = 10**9          # seconds: some thirty years of model time
+# A scenario's model time is at most a day: 24 advances, whose allocations the workload runs
+# as it is written, so that a play with --speed 0 ends in minutes.
+AT_MAX = 86400
+# The slowest --speed but 0: a model second per 1000 wall seconds (a day's scenario then
+# takes some three years, but sleeps stay finite numbers time.sleep takes).
+SPEED_MIN = 0.001
+SLEEP_MAX = 60.0        # seconds: a long wait is slept in pieces
 DEFAULT_HUGEPAGE_KB = 2048
 
 
@@ -354,7 +361,8 @@ def _check_step(path: str, number: int, line: int, table: object, prev_at: Decim
     at = table["at"]
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
             or not 0 <= at <= AT_MAX:
-        raise fail(f"at = {at!r}: must be a number of seconds from 0 to {AT_MAX}", do)
+        raise fail(f"at = {at!r}: must be a number of seconds from 0 to {AT_MAX} (a day: "
+                   "a scenario's model time is at most that)", do)
     exact = Decimal(repr(at)) if isinstance(at, float) else Decimal(at)
     if exact != round(exact, AT_PLACES):
         raise fail(f"at = {at!r}: more than {AT_PLACES} decimal places (the workload's "
@@ -531,9 +539,9 @@ class Player:
     def _sleep_until(self, started: float, at: Decimal) -> None:
         if self.speed == 0 or math.isinf(self.speed):
             return
-        delay = started + float(at) / self.speed - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        until = started + float(at) / self.speed
+        while (delay := until - time.monotonic()) > 0:
+            time.sleep(min(delay, SLEEP_MAX))
 
     def _advance(self, step: Step) -> None:
         """Run the workload from the step before to this one's model time."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from files_helpers import ML, Tree, boot
 
-from dnumafs import play
+from dnumafs import cli, play
 from dnumafs.mm.constants import PG_LOOKUP_NODE
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
@@ -63,8 +63,9 @@ def test_a_good_scenario_parses_whole():
                                                    "takes: node)"),
     ('at = 0\ndo = "stripe"\nfirst = 2\nlast = 1\npfns = 8', "(stripe): first is above last"),
     ('at = 0\ndo = "stripe"\nfirst = 0\nlast = 1\npfns = 0', "pfns = 0: must be at least 1"),
-    ('at = -1\ndo = "wait"', "at = -1: must be a number of seconds from 0 to 1000000000"),
-    ('at = 1e10\ndo = "wait"', "at = 10000000000.0: must be a number of seconds from 0 to "),
+    ('at = -1\ndo = "wait"', "at = -1: must be a number of seconds from 0 to 86400 (a day"),
+    ('at = 86400.5\ndo = "wait"', "at = 86400.5: must be a number of seconds from 0 to "),
+    ('at = 1e9\ndo = "wait"', "at = 1000000000.0: must be a number of seconds from 0 to "),
     ('at = 0.1234567891\ndo = "wait"', "at = 0.1234567891: more than 9 decimal places"),
     ('at = nan\ndo = "wait"', "at = nan: must be a number"),
     ('at = "1"\ndo = "wait"', "at = '1': must be a number"),
@@ -179,3 +180,42 @@ def test_marked_pages_count_the_pages_a_commit_marked_and_drain_as_they_are_free
     assert freed > 0
     assert marked_file(t) == flag_counts(t) == {1: marked[1] - freed}
     assert t.m.check() == []
+
+
+def test_a_day_of_model_time_is_the_most_a_scenario_plays():
+    sc = play.parse('[[step]]\nat = 86400\ndo = "wait"\n', "s.toml")
+    assert sc.steps[-1].at == play.AT_MAX == 86400
+
+
+@pytest.mark.parametrize("speed", ["1e-300", "0.0009", "-1", "nan", "-inf", "fast"])
+def test_an_unusable_speed_is_refused_up_front(speed, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["play", "mnt", "s.toml", "--speed", speed])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --speed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("speed, value", [("0", 0.0), ("inf", float("inf")), ("0.001", 0.001),
+                                          ("1e300", 1e300)])
+def test_a_usable_speed_is_taken(speed, value):
+    assert cli.build_parser().parse_args(["play", "mnt", "s.toml", "--speed", speed]
+                                         ).speed == value
+
+
+def test_a_long_wait_is_slept_in_bounded_pieces(monkeypatch):
+    """A day's step at the slowest speed: time.sleep is never asked for more than SLEEP_MAX
+    (a sleep too long for it is an OverflowError), and the wait ends when it should."""
+    now = [0.0]
+    asked: list[float] = []
+
+    def sleep(s: float) -> None:
+        asked.append(s)
+        now[0] += s
+    monkeypatch.setattr(play.time, "sleep", sleep)
+    monkeypatch.setattr(play.time, "monotonic", lambda: now[0])
+    sc = play.parse('[[step]]\nat = 0\ndo = "wait"\n', "s.toml")
+    player = play.Player(None, sc, 0, play.SPEED_MIN)  # type: ignore[arg-type]
+    player._sleep_until(0.0, Decimal(play.AT_MAX))
+    assert max(asked) <= play.SLEEP_MAX
+    assert now[0] == pytest.approx(play.AT_MAX / play.SPEED_MIN)
