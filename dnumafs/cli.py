@@ -391,6 +391,14 @@ def _speed(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    from dnumafs.play import seed_max
+    value = _nonneg_int(text)
+    if value > seed_max():
+        raise argparse.ArgumentTypeError(f"{text}: must be from 0 to {seed_max()}")
+    return value
+
+
 def cmd_map(args: argparse.Namespace) -> int:
     from dnumafs.pictures import map as page_map  # numpy: only when drawing
     page_map.check_output(Path(args.output), page_map.MAP_SUFFIXES)
@@ -522,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--speed", type=_speed, default=1.0, metavar="X",
                     help="model seconds per wall second between steps (default 1; 0 or inf: "
                          "no waiting)")
-    pl.add_argument("--seed", type=_nonneg_int, metavar="N",
+    pl.add_argument("--seed", type=_seed, metavar="N",
                     help="the workload's seed (default: the scenario's seed, else 0)")
     pl.add_argument("--trace", metavar="FILE",
                     help="write each step and every node's figures after it, as JSON lines")

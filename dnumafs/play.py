@@ -59,6 +59,7 @@ from dnumafs.client import (
     stripe_ranges,
     workload_clock,
 )
+from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
 NUMA_TOPOLOGY_DIR = "sys/kernel/debug/numa_topology"
 CPU_DIR = "sys/devices/system/cpu"
@@ -76,6 +77,8 @@ AT_MAX = 86400
 SPEED_MIN = 0.001
 SLEEP_MAX = 60.0        # seconds: a long wait is slept in pieces
 DEFAULT_HUGEPAGE_KB = 2048
+HUGEPAGES_DIR = "sys/kernel/mm/hugepages"
+_HUGEPAGES_DIR = re.compile(r"hugepages-(\d+)kB")
 
 
 @attrs.define(auto_exc=True)
@@ -166,12 +169,23 @@ def ranges(v: object) -> str | None:
     return None
 
 
+def seed_max() -> int:
+    from dnumafs.mm.workload import MAX_SEED  # the model's, loaded only when it is needed
+    return MAX_SEED
+
+
 def commands(v: object) -> str | None:
     if isinstance(v, str):
-        return None if v.strip() else "must not be empty"
-    if isinstance(v, list) and v and all(isinstance(c, str) and c.strip() for c in v):
-        return None
-    return "must be a string or a non-empty list of strings, none empty"
+        if not v.strip():
+            return "must not be empty"
+    elif not (isinstance(v, list) and v and all(isinstance(c, str) and c.strip() for c in v)):
+        return "must be a string or a non-empty list of strings, none empty"
+    from dnumafs.files.workload import CONTROL_FS  # the control file's longest write
+    size = len(workload_text({"commands": v}).encode())
+    if size > CONTROL_FS.max_write:
+        return (f"{size} bytes written at once: more than the control file takes in one "
+                f"write ({CONTROL_FS.max_write})")
+    return None
 
 
 # --- the actions -------------------------------------------------------------------------------
@@ -407,8 +421,8 @@ def parse(text: str, path: str) -> Scenario:
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ScenarioError(path, 0, f"{key} must be {what}")
     seed = data.get("seed")
-    if seed is not None and seed < 0:
-        raise ScenarioError(path, 0, "seed must not be negative")
+    if seed is not None and not 0 <= seed <= seed_max():
+        raise ScenarioError(path, 0, f"seed must be from 0 to {seed_max()}")
     machine = data.get("machine", {})
     for key in machine:
         if key != "mount":
@@ -491,6 +505,7 @@ class Player:
         if self.clock is None and needs is not None:
             raise needs.error(sc.path, f"{self.tree.path(WORKLOAD)} does not exist (a "
                               "daemon without a workload)", errno.ENOENT)
+        self._check_mount()
         try:
             if self.clock is not None:
                 self._write_workload(None, f"clock manual\nseed {self.seed}\n")
@@ -510,6 +525,32 @@ class Player:
             raise                               # to tell
         self._restore_clock()
         self._say(f"played {len(sc.steps)} steps to model time {sc.steps[-1].at} s")
+
+    def _check_mount(self) -> None:
+        """What the scenario names that the mount must have (its possible CPUs, its hugepage
+        sizes), checked before the first write."""
+        cpus: list[int] | None = None
+        sizes: list[int] | None = None
+        for step in self.scenario.steps:
+            try:
+                if "cpu" in step.args:
+                    if cpus is None:
+                        cpus = bitmap_parselist(self.tree.read(f"{CPU_DIR}/possible"))
+                    if step.args["cpu"] not in cpus:
+                        raise step.error(self.scenario.path, f"cpu {step.args['cpu']} is not a "
+                                         f"possible CPU (possible: {bitmap_list(cpus)})",
+                                         errno.ENOENT)
+                if step.do == "hugepages":
+                    if sizes is None:
+                        sizes = sorted(int(m.group(1)) for m in map(
+                            _HUGEPAGES_DIR.fullmatch, self.tree.listdir(HUGEPAGES_DIR)) if m)
+                    size = step.args.get("size_kb", DEFAULT_HUGEPAGE_KB)
+                    if size not in sizes:
+                        raise step.error(self.scenario.path, f"no {size} kB hugepages (sizes: "
+                                         f"{', '.join(map(str, sizes)) or 'none'})",
+                                         errno.ENOENT)
+            except ClientError as e:
+                raise self._error(step, e) from None
 
     def _error(self, step: Step | None, e: ClientError, doing: str = "") -> ScenarioError:
         if step is None:

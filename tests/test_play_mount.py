@@ -468,3 +468,31 @@ def test_a_signalled_play_puts_the_clock_back(mount_dnumafs, tmp_path, signum):
     assert "Traceback" not in err, err
     assert child.returncode == 128 + signum, err
     assert clock_line(mnt).startswith("# clock realtime paused ")
+
+
+def test_what_the_mount_has_not_is_refused_before_the_first_write(mount_dnumafs, run_dnumafs,
+                                                                  tmp_path):
+    """A CPU the mount cannot have, a hugepage size it has not, commands longer than the
+    control file takes, a seed out of the workload's range: refused before the clock, the
+    seed or the good step before are written."""
+    mnt = mount_dnumafs()
+    (mnt / client.WORKLOAD).write_text("pause\n")
+    before = snapshot(mnt)
+    good = '[[step]]\nat = 0\ndo = "hugepages"\ncount = 2\n\n[[step]]\nat = 1\n'
+    long = " ".join(["task a cpu 0 rate 1 pages 1"] * 200)
+    for i, (step, message) in enumerate([
+            ('do = "move-cpu"\ncpu = 99999999999999999999\nnode = 0',
+             "cpu 99999999999999999999 is not a possible CPU (possible: 0-3) (ENOENT)"),
+            ('do = "cpu-offline"\ncpu = 4', "cpu 4 is not a possible CPU"),
+            ('do = "hugepages"\ncount = 1\nsize_kb = 4', "no 4 kB hugepages (sizes: "),
+            (f'do = "workload"\ncommands = "{long}"', "more than the control file takes")]):
+        path = write(tmp_path, f"bad{i}.toml", good + step + "\n")
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0")
+        assert r.returncode == 1, step
+        assert r.stderr.startswith(f"{path}:6: step 2 ("), r.stderr
+        assert message in r.stderr, r.stderr
+        assert snapshot(mnt) == before, step
+    r = play_cli(run_dnumafs, mnt, write(tmp_path, "s.toml", good + 'do = "wait"\n'),
+                 "--speed", "0", "--seed", str(1 << 64))
+    assert r.returncode == 2 and "argument --seed" in r.stderr, r.stderr
+    assert snapshot(mnt) == before
