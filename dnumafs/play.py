@@ -605,8 +605,13 @@ class Player:
             line = trace_line(0, 0, Decimal(0), "start", {}, figures)
         else:
             line = trace_line(step.number, step.line, step.at, step.do, step.args, figures)
-        self.trace.write(line)
-        self.trace.flush()
+        try:
+            self.trace.write(line)
+            self.trace.flush()
+        except OSError as e:
+            when = "before the first step" if step is None else f"after step {step.number}"
+            raise ScenarioError(self.trace.name, 0, f"writing the trace {when}: "
+                                f"{e.strerror}", errno=e.errno) from None
 
 
 def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int | None = None,
@@ -614,7 +619,14 @@ def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int
     """Play scenario on tree, telling out of each step; the seed is --seed's, else the
     scenario's, else 0."""
     seed = seed if seed is not None else scenario.seed or 0
-    with stopped_by_signals(), contextlib.ExitStack() as stack:
-        trace = None if trace_path is None else \
-            stack.enter_context(open(trace_path, "w", encoding="utf-8"))
-        Player(tree, scenario, seed, speed, trace, out).play()
+    with stopped_by_signals():
+        trace = None if trace_path is None else open(trace_path, "w", encoding="utf-8")
+        try:
+            Player(tree, scenario, seed, speed, trace, out).play()
+        except BaseException:
+            if trace is not None:   # its close would write again what a full disk refused
+                with contextlib.suppress(OSError):
+                    trace.close()
+            raise
+        if trace is not None:
+            trace.close()

@@ -496,3 +496,13 @@ def test_what_the_mount_has_not_is_refused_before_the_first_write(mount_dnumafs,
                  "--speed", "0", "--seed", str(1 << 64))
     assert r.returncode == 2 and "argument --seed" in r.stderr, r.stderr
     assert snapshot(mnt) == before
+
+
+def test_a_full_trace_disk_names_the_file_and_the_step(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt = mount_dnumafs()
+    path = write(tmp_path, "s.toml", '[[step]]\nat = 0\ndo = "wait"\n')
+    r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", "/dev/full")
+    assert r.returncode == 1
+    assert r.stderr == ("/dev/full: writing the trace before the first step: No space left on "
+                        "device (ENOSPC)\n")
+    assert clock_line(mnt).startswith("# clock realtime running ")
