@@ -36,6 +36,7 @@ before the first step, then one line after each step with the figures of every o
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import json
 import math
@@ -133,6 +134,23 @@ def stopped_by_signals() -> Iterator[None]:
 Check = Callable[[Any], "str | None"]
 
 
+def toml_value(v: object) -> str:
+    """A value as TOML writes it, for messages: true, "0", 1970-01-01, [1, "a"]."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)    # a TOML basic string's escapes
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, datetime.date | datetime.time):   # datetime is a date
+        return v.isoformat()
+    if isinstance(v, list):
+        return "[" + ", ".join(map(toml_value, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -163,9 +181,9 @@ def ranges(v: object) -> str | None:
         return "must be a non-empty list of [start, end, node]"
     for r in v:
         if integers(r) or len(r) != 3:
-            return f"{r!r} is not [start, end, node] (integers, none negative)"
+            return f"{toml_value(r)} is not [start, end, node] (integers, none negative)"
         if r[0] > r[1]:
-            return f"{r!r}: start is above end"
+            return f"{toml_value(r)}: start is above end"
     return None
 
 
@@ -368,35 +386,36 @@ def _check_step(path: str, number: int, line: int, table: object, prev_at: Decim
     if do is None:
         raise fail('missing key "do" (the action: ' + ", ".join(STEPS) + ")")
     if not isinstance(do, str) or do not in STEPS:
-        raise fail(f"unknown step {do!r} (one of: {', '.join(STEPS)})", str(do))
+        raise fail(f"unknown step {toml_value(do)} (one of: {', '.join(STEPS)})",
+                   do if isinstance(do, str) else toml_value(do))
     action = STEPS[do]
     if "at" not in table:
         raise fail('missing key "at" (the step\'s model time in seconds)', do)
     at = table["at"]
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
             or not 0 <= at <= AT_MAX:
-        raise fail(f"at = {at!r}: must be a number of seconds from 0 to {AT_MAX} (a day: "
+        raise fail(f"at = {toml_value(at)}: must be a number of seconds from 0 to {AT_MAX} (a day: "
                    "a scenario's model time is at most that)", do)
     exact = Decimal(repr(at)) if isinstance(at, float) else Decimal(at)
     if exact != round(exact, AT_PLACES):
-        raise fail(f"at = {at!r}: more than {AT_PLACES} decimal places (the workload's "
+        raise fail(f"at = {toml_value(at)}: more than {AT_PLACES} decimal places (the workload's "
                    "clock counts nanoseconds)", do)
     if exact < prev_at:
-        raise fail(f"at = {at!r} is before the step before ({prev_at})", do)
+        raise fail(f"at = {toml_value(at)} is before the step before ({prev_at})", do)
     args = {k: v for k, v in table.items() if k not in ("at", "do")}
     for key in args:
         if key not in action.required and key not in action.optional:
             keys = [*action.required, *action.optional]
-            raise fail(f"unknown key {key!r} (a {do} step takes: "
+            raise fail(f"unknown key {toml_value(key)} (a {do} step takes: "
                        f"{', '.join(keys) or 'no key'})", do)
     for key in action.required:
         if key not in args:
-            raise fail(f"missing key {key!r}", do)
+            raise fail(f"missing key {toml_value(key)}", do)
     for key, value in args.items():
         check = action.required.get(key) or action.optional[key]
         problem = check(value)
         if problem:
-            raise fail(f"{key} = {value!r}: {problem}", do)
+            raise fail(f"{key} = {toml_value(value)}: {problem}", do)
     if action.whole is not None:
         problem = action.whole(args)
         if problem:
@@ -415,7 +434,7 @@ def parse(text: str, path: str) -> Scenario:
         raise ScenarioError(path, 0, str(e)) from None
     for key, value in data.items():
         if key not in TOP_KEYS:
-            raise ScenarioError(path, 0, f"unknown key {key!r} (a scenario has: "
+            raise ScenarioError(path, 0, f"unknown key {toml_value(key)} (a scenario has: "
                                 f"{', '.join(TOP_KEYS)})")
         want, what = TOP_KEYS[key]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
@@ -524,7 +543,8 @@ class Player:
             self._restore_clock(quiet=True)     # the error that stopped the play is the one
             raise                               # to tell
         self._restore_clock()
-        self._say(f"played {len(sc.steps)} steps to model time {sc.steps[-1].at} s")
+        n = len(sc.steps)
+        self._say(f"played {n} step{'s' if n != 1 else ''} to model time {sc.steps[-1].at} s")
 
     def _check_mount(self) -> None:
         """What the scenario names that the mount must have (its possible CPUs, its hugepage

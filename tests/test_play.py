@@ -52,14 +52,14 @@ def test_a_good_scenario_parses_whole():
 
 
 @pytest.mark.parametrize("step, message", [
-    ('do = "fly"', "(fly): unknown step 'fly' (one of: ranges, "),
+    ('do = "fly"', '(fly): unknown step "fly" (one of: ranges, '),
     ('at = 1', '(?): missing key "do"'),
     ('do = "all-to"', '(all-to): missing key "at"'),
-    ('at = 0\ndo = "all-to"', "(all-to): missing key 'node'"),
-    ('at = 0\ndo = "all-to"\nnode = "2"', "(all-to): node = '2': must be an integer"),
-    ('at = 0\ndo = "all-to"\nnode = true', "node = True: must be an integer"),
+    ('at = 0\ndo = "all-to"', '(all-to): missing key "node"'),
+    ('at = 0\ndo = "all-to"\nnode = "2"', '(all-to): node = "2": must be an integer'),
+    ('at = 0\ndo = "all-to"\nnode = true', "node = true: must be an integer"),
     ('at = 0\ndo = "all-to"\nnode = -1', "node = -1: must be at least 0"),
-    ('at = 0\ndo = "all-to"\nnode = 1\nnodes = 2', "unknown key 'nodes' (a all-to step "
+    ('at = 0\ndo = "all-to"\nnode = 1\nnodes = 2', 'unknown key "nodes" (a all-to step '
                                                    "takes: node)"),
     ('at = 0\ndo = "stripe"\nfirst = 2\nlast = 1\npfns = 8', "(stripe): first is above last"),
     ('at = 0\ndo = "stripe"\nfirst = 0\nlast = 1\npfns = 0', "pfns = 0: must be at least 1"),
@@ -68,13 +68,13 @@ def test_a_good_scenario_parses_whole():
     ('at = 1e9\ndo = "wait"', "at = 1000000000.0: must be a number of seconds from 0 to "),
     ('at = 0.1234567891\ndo = "wait"', "at = 0.1234567891: more than 9 decimal places"),
     ('at = nan\ndo = "wait"', "at = nan: must be a number"),
-    ('at = "1"\ndo = "wait"', "at = '1': must be a number"),
-    ('at = 0\ndo = "block"\nblock = 1\nstate = "up"', 'state = \'up\': must be one of '
+    ('at = "1"\ndo = "wait"', 'at = "1": must be a number'),
+    ('at = 0\ndo = "block"\nblock = 1\nstate = "up"', 'state = "up": must be one of '
                                                       '"offline", "online"'),
     ('at = 0\ndo = "ranges"\nranges = [[3, 1, 0]]', "[3, 1, 0]: start is above end"),
     ('at = 0\ndo = "ranges"\nranges = [[0, 1]]', "[0, 1] is not [start, end, node]"),
     ('at = 0\ndo = "ranges"\nranges = []', "must be a non-empty list"),
-    ('at = 0\ndo = "distance"\nnode = 0\nrow = [10, "20"]', "row = [10, '20']: must be a "
+    ('at = 0\ndo = "distance"\nnode = 0\nrow = [10, "20"]', 'row = [10, "20"]: must be a '
                                                             "non-empty list of integers"),
     ('at = 0\ndo = "workload"\ncommands = ["task a cpu 0", ""]', "none empty"),
     ('at = 0\ndo = "workload"\ncommands = 3', "must be a string or a non-empty list"),
@@ -86,6 +86,19 @@ def test_a_bad_step_is_named_by_its_line(step, message):
     assert message in error(text)
 
 
+@pytest.mark.parametrize("step, message", [
+    ('at = true\ndo = "wait"', "s.toml:1: step 1 (wait): at = true: must be a number"),
+    ('at = 1970-01-01\ndo = "wait"', "s.toml:1: step 1 (wait): at = 1970-01-01: must be"),
+    ('at = 1979-05-27T07:32:00\ndo = "wait"', "at = 1979-05-27T07:32:00: must be"),
+    ('at = 0\ndo = ["wait"]', 's.toml:1: step 1 (["wait"]): unknown step ["wait"] (one of'),
+    ('at = 0\ndo = "drop-caches"\nmode = "0"', '(drop-caches): mode = "0": must be an integer'),
+    ('at = 0\ndo = "drop-caches"\nmode = {a = 1}', "mode = {a = 1}: must be an integer"),
+    ('at = inf\ndo = "wait"', "at = inf: must be a number"),
+])
+def test_values_are_told_as_toml_writes_them(step, message):
+    assert message in error(f"[[step]]\n{step}\n")
+
+
 def test_times_never_go_back():
     text = '[[step]]\nat = 2\ndo = "wait"\n[[step]]\nat = 1.5\ndo = "wait"\n'
     assert error(text) == "s.toml:4: step 2 (wait): at = 1.5 is before the step before (2)"
@@ -95,12 +108,12 @@ def test_the_whole_file_is_checked_before_anything_runs():
     """A typo at the last step refuses the scenario, whatever comes before it."""
     steps = "".join(f'[[step]]\nat = {i}\ndo = "drop-caches"\nmode = 1\n' for i in range(9))
     assert error(steps + '[[step]]\nat = 9\ndo = "drop-caches"\nmod = 1\n').startswith(
-        "s.toml:37: step 10 (drop-caches): unknown key 'mod'")
+        's.toml:37: step 10 (drop-caches): unknown key "mod"')
 
 
 @pytest.mark.parametrize("text, message", [
     ('[[step]]\nat = 0\ndo = = "wait"\n', "s.toml:3: Invalid value"),
-    ('speed = 2\n[[step]]\nat = 0\ndo = "wait"\n', "s.toml: unknown key 'speed'"),
+    ('speed = 2\n[[step]]\nat = 0\ndo = "wait"\n', 's.toml: unknown key "speed"'),
     ('seed = "1"\n[[step]]\nat = 0\ndo = "wait"\n', "s.toml: seed must be an integer"),
     ('seed = -1\n[[step]]\nat = 0\ndo = "wait"\n', "s.toml: seed must be from 0 to "),
     ('seed = 18446744073709551616\n[[step]]\nat = 0\ndo = "wait"\n',

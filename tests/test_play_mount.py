@@ -259,6 +259,7 @@ def test_the_workload_clock_is_left_as_it_was_found(mount_dnumafs, run_dnumafs, 
             (mnt / client.WORKLOAD).write_text(before + "\n")
         r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--seed", "5")
         assert r.returncode == 0, r.stderr
+        assert r.stdout.endswith("\nplayed 1 step to model time 2.5 s\n"), r.stdout
         clock = client.workload_clock(client.MountedTree(mnt))
         assert clock is not None
         assert clock_line(mnt).startswith(f"# clock {after} time ")
@@ -423,7 +424,7 @@ def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dn
     r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", tmp_path / "t")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == (f"{path}:{PREFIX.count(chr(10)) + 2}: step {PREFIX.count('[[step]]') + 1}"
-                        " (drop-caches): mode = '3': must be an integer\n")
+                        ' (drop-caches): mode = "3": must be an integer\n')
     assert snapshot(mnt) == before
     assert not (tmp_path / "t").exists()
 
