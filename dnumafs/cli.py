@@ -399,10 +399,23 @@ def _seed(text: str) -> int:
     return value
 
 
+def _map_width(text: str) -> int:
+    """--width: one message for every width out of range, whatever its sign or size."""
+    from dnumafs.pictures import map as page_map  # numpy: only when drawing
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        page_map.check_width(value)
+    except ClientError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def cmd_map(args: argparse.Namespace) -> int:
     from dnumafs.pictures import map as page_map  # numpy: only when drawing
     page_map.check_output(Path(args.output), page_map.MAP_SUFFIXES)
-    page_map.check_width(args.width)
     _require_answer(args.mnt)
     page_map.write_map(args.mnt, Path(args.output), args.width)
     return 0
@@ -549,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and current layout's range boundaries, from its files.")
     mp.add_argument("mnt", metavar="MNT")
     mp.add_argument("-o", "--output", required=True, metavar="FILE.svg|FILE.png")
-    mp.add_argument("--width", type=_positive_int, default=1024, metavar="CELLS",
-                    help="cells in a row (default 1024)")
+    mp.add_argument("--width", type=_map_width, default=1024, metavar="CELLS",
+                    help="cells in a row, 1 to 8192 (default 1024); the raster is at most "
+                         "CELLS rows tall")
     mp.set_defaults(func=cmd_map)
 
     pl = sub.add_parser("plot", help="draw a trace of `dnumafs play --trace` over model time",

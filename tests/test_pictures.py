@@ -222,8 +222,9 @@ def test_bad_input_gets_a_clear_message(fs: Mounted, run_dnumafs: Run, tmp_path:
     fails("map", fs.mnt, "-o", tmp_path / "x.jpg", says=".jpg")
     fails("map", fs.mnt, "-o", tmp_path / "x", says="without a suffix")
     fails("map", fs.mnt, "-o", tmp_path / "no" / "x.svg", says="No such file")
-    fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "0", says="at least 1")
-    fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "100000", says="1 to 8192")
+    for width in ("0", "-1", "8193", "100000", "-99999999999999999999"):
+        fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", width,
+              says=f"argument --width: width {int(width)}: a row holds 1 to 8192 cells")
     assert not list(tmp_path.glob("x*"))
 
     trace = tmp_path / "trace.jsonl"
@@ -285,3 +286,17 @@ def test_plot_reads_a_line_at_a_time_with_bounds(tmp_path: Path, run_dnumafs: Ru
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert says in r.stderr, r.stderr
     assert not (tmp_path / "p.svg").exists()
+
+
+def test_map_of_width_1_is_one_cell_of_all_memory(fs: Mounted, run_dnumafs: Run,
+                                                  tmp_path: Path) -> None:
+    """As the README says: a cell holds as few pfns (a power of two) as keep the raster no
+    taller than it is wide, so one cell a row is one cell in all."""
+    r = run_dnumafs("map", fs.mnt, "-o", tmp_path / "m.svg", "--width", "1")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "m.svg").read_text()
+    m = re.search(r"each cell: (\d+) pfns \(\d+ KiB\), 1 a row", text)
+    assert m, text[:2000]
+    per = int(m.group(1))
+    pfns = int(re.search(r": (\d+) pfns \(", text).group(1))  # type: ignore[union-attr]
+    assert per >= pfns > per // 2 and per & (per - 1) == 0
