@@ -288,7 +288,7 @@ def not_dnumafs(mp: Path) -> str | None:
         return None
     top = _topmost(_mounts_at(str(mp)))
     what = f"the file system there is {top.fstype}" if top is not None else "not a mount point"
-    return f"{mp}: not a dnumafs mount ({what}); nothing written"
+    return f"{mp}: not a mounted dnumafs file system ({what}); nothing written"
 
 
 def mountpoint_path(mnt: str | os.PathLike[str]) -> Path:

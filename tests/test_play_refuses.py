@@ -48,7 +48,7 @@ def test_writers_refuse_what_is_not_a_dnumafs_mount(tmp_path, where):
     for argv in commands(tmp_path, mnt):
         r = run_cli(*argv)
         assert r.returncode == 1, (argv, r.stdout, r.stderr)
-        assert "not a dnumafs mount" in r.stderr, (argv, r.stderr)
+        assert "not a mounted dnumafs file system (" in r.stderr, (argv, r.stderr)
         assert "Traceback" not in r.stderr
         assert r.stdout == "", (argv, r.stdout)
     if before is not None:
