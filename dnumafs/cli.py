@@ -541,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("mnt", metavar="MNT")
     pl.add_argument("scenario", metavar="SCENARIO.toml")
     pl.add_argument("--speed", type=_speed, default=1.0, metavar="X",
-                    help="model seconds per wall second between steps (default 1; 0 or inf: "
-                         "no waiting)")
+                    help="model seconds per wall second between steps (default 1, at least "
+                         "0.001; 0 or inf: no waiting)")
     pl.add_argument("--seed", type=_seed, metavar="N",
                     help="the workload's seed (default: the scenario's seed, else 0)")
     pl.add_argument("--trace", metavar="FILE",

@@ -22,12 +22,11 @@ Time: each step happens at its model time `at`. The workload's clock is driven b
 (`clock manual`, `seed N`, and before each step `advance` by the model time since the step
 before), so a run is the same whatever the wall clock; between steps the player sleeps
 `at / speed` of wall time (speed 0 or inf: no sleeping; else at least SPEED_MIN), only so
-that a person can watch. At
-the end the workload's clock is put back in the mode it was found in, also when the play
-stops at an error, SIGINT, SIGTERM or SIGHUP. Its seed stays the play's: the files cannot put
-the generator back in the state it was found in (`seed N` restarts N's draws), and the seed
-shown is the one that drew the play's pages. A daemon without the
-workload file plays every scenario without workload steps.
+that a person can watch. At the end the workload's clock is put back in the mode it was found
+in, also when the play stops at an error, SIGINT, SIGTERM or SIGHUP. Its seed stays the
+play's: the files cannot put the generator back in the state it was found in (`seed N`
+restarts N's draws), and the seed shown is the one that drew the play's pages. A daemon
+without the workload file plays every scenario without workload steps.
 
 The trace (--trace FILE) is JSON lines, keys sorted, no wall-clock values: step 0 (`start`)
 before the first step, then one line after each step with the figures of every online node
