@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -304,7 +305,13 @@ def _require_answer(mnt: str) -> None:
         raise CliError(why)
 
 
-def _tree(mnt: str) -> MountedTree:
+def _tree(mnt: str, *, writes: bool = False) -> MountedTree:
+    """MNT's files; for a command that writes them, only those of a dnumafs mount at the top
+    of MNT (a real kernel's files are for reading)."""
+    if writes:
+        why = daemon.not_dnumafs(daemon.mountpoint_path(mnt))
+        if why is not None:
+            raise CliError(why)
     _require_answer(mnt)
     return MountedTree(mnt)
 
@@ -317,7 +324,7 @@ def _report_commit(tree: MountedTree, count: int) -> None:
 def cmd_stripe(args: argparse.Namespace) -> int:
     if args.first > args.last:
         raise CliError(f"FIRST ({args.first}) is above LAST ({args.last})")
-    tree = _tree(args.mnt)
+    tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.first)
     check_possible(tree, args.last)
     _report_commit(tree, commit_layout(
@@ -326,7 +333,7 @@ def cmd_stripe(args: argparse.Namespace) -> int:
 
 
 def cmd_all_to(args: argparse.Namespace) -> int:
-    tree = _tree(args.mnt)
+    tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.node)
     _report_commit(tree, commit_layout(tree, [(0, tree.max_pfn() - 1, args.node)]))
     return 0
@@ -361,28 +368,54 @@ def cmd_play(args: argparse.Namespace) -> int:
     from dnumafs import play
     try:
         scenario = play.load(args.scenario)     # checked whole before the mount is touched
-        play.play(_tree(args.mnt), scenario, speed=args.speed, seed=args.seed,
+        play.play(_tree(args.mnt, writes=True), scenario, speed=args.speed, seed=args.seed,
                   trace_path=args.trace, out=sys.stdout)
     except play.ScenarioError as e:
         print(e, file=sys.stderr)
         return 1
+    except play.Signalled as e:
+        print(f"dnumafs: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 
 def _speed(text: str) -> float:
+    from dnumafs.play import SPEED_MIN
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not (value == 0 or value >= SPEED_MIN):      # nan too
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be 0 or inf (no waiting) or at least {SPEED_MIN:g}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from dnumafs.play import seed_max
+    value = _nonneg_int(text)
+    if value > seed_max():
+        raise argparse.ArgumentTypeError(f"{text}: must be from 0 to {seed_max()}")
+    return value
+
+
+def _map_width(text: str) -> int:
+    """--width: one message for every width out of range, whatever its sign or size."""
+    from dnumafs.pictures import map as page_map  # numpy: only when drawing
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        page_map.check_width(value)
+    except ClientError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 
 def cmd_map(args: argparse.Namespace) -> int:
     from dnumafs.pictures import map as page_map  # numpy: only when drawing
     page_map.check_output(Path(args.output), page_map.MAP_SUFFIXES)
-    page_map.check_width(args.width)
     _require_answer(args.mnt)
     page_map.write_map(args.mnt, Path(args.output), args.width)
     return 0
@@ -508,9 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("mnt", metavar="MNT")
     pl.add_argument("scenario", metavar="SCENARIO.toml")
     pl.add_argument("--speed", type=_speed, default=1.0, metavar="X",
-                    help="model seconds per wall second between steps (default 1; 0 or inf: "
-                         "no waiting)")
-    pl.add_argument("--seed", type=_nonneg_int, metavar="N",
+                    help="model seconds per wall second between steps (default 1, at least "
+                         "0.001; 0 or inf: no waiting)")
+    pl.add_argument("--seed", type=_seed, metavar="N",
                     help="the workload's seed (default: the scenario's seed, else 0)")
     pl.add_argument("--trace", metavar="FILE",
                     help="write each step and every node's figures after it, as JSON lines")
@@ -529,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and current layout's range boundaries, from its files.")
     mp.add_argument("mnt", metavar="MNT")
     mp.add_argument("-o", "--output", required=True, metavar="FILE.svg|FILE.png")
-    mp.add_argument("--width", type=_positive_int, default=1024, metavar="CELLS",
-                    help="cells in a row (default 1024)")
+    mp.add_argument("--width", type=_map_width, default=1024, metavar="CELLS",
+                    help="cells in a row, 1 to 8192 (default 1024); the raster is at most "
+                         "CELLS rows tall")
     mp.set_defaults(func=cmd_map)
 
     pl = sub.add_parser("plot", help="draw a trace of `dnumafs play --trace` over model time",

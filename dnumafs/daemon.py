@@ -281,6 +281,16 @@ def _dnumafs_on_top(mp: Path) -> bool:
     return top is not None and top.fstype == FSTYPE
 
 
+def not_dnumafs(mp: Path) -> str | None:
+    """None if a dnumafs mount is the topmost one at mp, else why not, for the user: what
+    writes through mp's files must never reach another file system's (the host's /sys)."""
+    if _dnumafs_on_top(mp):
+        return None
+    top = _topmost(_mounts_at(str(mp)))
+    what = f"the file system there is {top.fstype}" if top is not None else "not a mount point"
+    return f"{mp}: not a mounted dnumafs file system ({what}); nothing written"
+
+
 def mountpoint_path(mnt: str | os.PathLike[str]) -> Path:
     """The absolute, symlink-free path of a mount point, found without looking up the mount
     point itself when it is one (its lookup would wait on a stopped daemon): the parent is

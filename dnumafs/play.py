@@ -21,9 +21,12 @@ good step left it.
 Time: each step happens at its model time `at`. The workload's clock is driven by the player
 (`clock manual`, `seed N`, and before each step `advance` by the model time since the step
 before), so a run is the same whatever the wall clock; between steps the player sleeps
-`at / speed` of wall time (speed 0 or inf: no sleeping), only so that a person can watch. At
-the end the workload's clock is put back in the mode it was found in. A daemon without the
-workload file plays every scenario without workload steps.
+`at / speed` of wall time (speed 0 or inf: no sleeping; else at least SPEED_MIN), only so
+that a person can watch. At the end the workload's clock is put back in the mode it was found
+in, also when the play stops at an error, SIGINT, SIGTERM or SIGHUP. Its seed stays the
+play's: the files cannot put the generator back in the state it was found in (`seed N`
+restarts N's draws), and the seed shown is the one that drew the play's pages. A daemon
+without the workload file plays every scenario without workload steps.
 
 The trace (--trace FILE) is JSON lines, keys sorted, no wall-clock values: step 0 (`start`)
 before the first step, then one line after each step with the figures of every online node
@@ -31,13 +34,16 @@ before the first step, then one line after each step with the figures of every o
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import errno
 import json
 import math
 import re
+import signal
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -53,6 +59,7 @@ from dnumafs.client import (
     stripe_ranges,
     workload_clock,
 )
+from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
 NUMA_TOPOLOGY_DIR = "sys/kernel/debug/numa_topology"
 CPU_DIR = "sys/devices/system/cpu"
@@ -62,8 +69,16 @@ DROP_CACHES = "proc/sys/vm/drop_caches"
 # several; and its resolution, nanoseconds, which is the finest `at` a step may have.
 ADVANCE_MAX = Decimal(3600)
 AT_PLACES = 9
-AT_MAX = 10**9          # seconds: some thirty years of model time
+# A scenario's model time is at most a day: 24 advances, whose allocations the workload runs
+# as it is written, so that a play with --speed 0 ends in minutes.
+AT_MAX = 86400
+# The slowest --speed but 0: a model second per 1000 wall seconds (a day's scenario then
+# takes some three years, but sleeps stay finite numbers time.sleep takes).
+SPEED_MIN = 0.001
+SLEEP_MAX = 60.0        # seconds: a long wait is slept in pieces
 DEFAULT_HUGEPAGE_KB = 2048
+HUGEPAGES_DIR = "sys/kernel/mm/hugepages"
+_HUGEPAGES_DIR = re.compile(r"hugepages-(\d+)kB")
 
 
 @attrs.define(auto_exc=True)
@@ -86,9 +101,53 @@ class ScenarioError(Exception):
         return f"{where}: {self.message}{name}"
 
 
+@attrs.define(auto_exc=True)
+class Signalled(BaseException):
+    """SIGTERM or SIGHUP stopped the play: it unwinds as SIGINT's KeyboardInterrupt does, so
+    that the workload's clock is put back."""
+
+    signum: int
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Signalled once; a second one while unwinding is ignored, so
+    that the clock's restoring is not itself cut short."""
+    def stop(signum: int, frame: object) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Signalled(signum)
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 # --- the values a step's keys take: each check returns what is wrong, or None -----------------
 
 Check = Callable[[Any], "str | None"]
+
+
+def toml_value(v: object) -> str:
+    """A value as TOML writes it, for messages: true, "0", 1970-01-01, [1, "a"]."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)    # a TOML basic string's escapes
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, datetime.date | datetime.time):   # datetime is a date
+        return v.isoformat()
+    if isinstance(v, list):
+        return "[" + ", ".join(map(toml_value, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
 
 
 def _is_int(v: object) -> bool:
@@ -121,18 +180,29 @@ def ranges(v: object) -> str | None:
         return "must be a non-empty list of [start, end, node]"
     for r in v:
         if integers(r) or len(r) != 3:
-            return f"{r!r} is not [start, end, node] (integers, none negative)"
+            return f"{toml_value(r)} is not [start, end, node] (integers, none negative)"
         if r[0] > r[1]:
-            return f"{r!r}: start is above end"
+            return f"{toml_value(r)}: start is above end"
     return None
+
+
+def seed_max() -> int:
+    from dnumafs.mm.workload import MAX_SEED  # the model's, loaded only when it is needed
+    return MAX_SEED
 
 
 def commands(v: object) -> str | None:
     if isinstance(v, str):
-        return None if v.strip() else "must not be empty"
-    if isinstance(v, list) and v and all(isinstance(c, str) and c.strip() for c in v):
-        return None
-    return "must be a string or a non-empty list of strings, none empty"
+        if not v.strip():
+            return "must not be empty"
+    elif not (isinstance(v, list) and v and all(isinstance(c, str) and c.strip() for c in v)):
+        return "must be a string or a non-empty list of strings, none empty"
+    from dnumafs.files.workload import CONTROL_FS  # the control file's longest write
+    size = len(workload_text({"commands": v}).encode())
+    if size > CONTROL_FS.max_write:
+        return (f"{size} bytes written at once: more than the control file takes in one "
+                f"write ({CONTROL_FS.max_write})")
+    return None
 
 
 # --- the actions -------------------------------------------------------------------------------
@@ -315,34 +385,36 @@ def _check_step(path: str, number: int, line: int, table: object, prev_at: Decim
     if do is None:
         raise fail('missing key "do" (the action: ' + ", ".join(STEPS) + ")")
     if not isinstance(do, str) or do not in STEPS:
-        raise fail(f"unknown step {do!r} (one of: {', '.join(STEPS)})", str(do))
+        raise fail(f"unknown step {toml_value(do)} (one of: {', '.join(STEPS)})",
+                   do if isinstance(do, str) else toml_value(do))
     action = STEPS[do]
     if "at" not in table:
         raise fail('missing key "at" (the step\'s model time in seconds)', do)
     at = table["at"]
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
             or not 0 <= at <= AT_MAX:
-        raise fail(f"at = {at!r}: must be a number of seconds from 0 to {AT_MAX}", do)
+        raise fail(f"at = {toml_value(at)}: must be a number of seconds from 0 to {AT_MAX} (a day: "
+                   "a scenario's model time is at most that)", do)
     exact = Decimal(repr(at)) if isinstance(at, float) else Decimal(at)
     if exact != round(exact, AT_PLACES):
-        raise fail(f"at = {at!r}: more than {AT_PLACES} decimal places (the workload's "
+        raise fail(f"at = {toml_value(at)}: more than {AT_PLACES} decimal places (the workload's "
                    "clock counts nanoseconds)", do)
     if exact < prev_at:
-        raise fail(f"at = {at!r} is before the step before ({prev_at})", do)
+        raise fail(f"at = {toml_value(at)} is before the step before ({prev_at})", do)
     args = {k: v for k, v in table.items() if k not in ("at", "do")}
     for key in args:
         if key not in action.required and key not in action.optional:
             keys = [*action.required, *action.optional]
-            raise fail(f"unknown key {key!r} (a {do} step takes: "
+            raise fail(f"unknown key {toml_value(key)} (a {do} step takes: "
                        f"{', '.join(keys) or 'no key'})", do)
     for key in action.required:
         if key not in args:
-            raise fail(f"missing key {key!r}", do)
+            raise fail(f"missing key {toml_value(key)}", do)
     for key, value in args.items():
         check = action.required.get(key) or action.optional[key]
         problem = check(value)
         if problem:
-            raise fail(f"{key} = {value!r}: {problem}", do)
+            raise fail(f"{key} = {toml_value(value)}: {problem}", do)
     if action.whole is not None:
         problem = action.whole(args)
         if problem:
@@ -361,14 +433,14 @@ def parse(text: str, path: str) -> Scenario:
         raise ScenarioError(path, 0, str(e)) from None
     for key, value in data.items():
         if key not in TOP_KEYS:
-            raise ScenarioError(path, 0, f"unknown key {key!r} (a scenario has: "
+            raise ScenarioError(path, 0, f"unknown key {toml_value(key)} (a scenario has: "
                                 f"{', '.join(TOP_KEYS)})")
         want, what = TOP_KEYS[key]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ScenarioError(path, 0, f"{key} must be {what}")
     seed = data.get("seed")
-    if seed is not None and seed < 0:
-        raise ScenarioError(path, 0, "seed must not be negative")
+    if seed is not None and not 0 <= seed <= seed_max():
+        raise ScenarioError(path, 0, f"seed must be from 0 to {seed_max()}")
     machine = data.get("machine", {})
     for key in machine:
         if key != "mount":
@@ -451,6 +523,7 @@ class Player:
         if self.clock is None and needs is not None:
             raise needs.error(sc.path, f"{self.tree.path(WORKLOAD)} does not exist (a "
                               "daemon without a workload)", errno.ENOENT)
+        self._check_mount()
         try:
             if self.clock is not None:
                 self._write_workload(None, f"clock manual\nseed {self.seed}\n")
@@ -469,7 +542,34 @@ class Player:
             self._restore_clock(quiet=True)     # the error that stopped the play is the one
             raise                               # to tell
         self._restore_clock()
-        self._say(f"played {len(sc.steps)} steps to model time {sc.steps[-1].at} s")
+        n = len(sc.steps)
+        self._say(f"played {n} step{'s' if n != 1 else ''} to model time {sc.steps[-1].at} s")
+
+    def _check_mount(self) -> None:
+        """What the scenario names that the mount must have (its possible CPUs, its hugepage
+        sizes), checked before the first write."""
+        cpus: list[int] | None = None
+        sizes: list[int] | None = None
+        for step in self.scenario.steps:
+            try:
+                if "cpu" in step.args:
+                    if cpus is None:
+                        cpus = bitmap_parselist(self.tree.read(f"{CPU_DIR}/possible"))
+                    if step.args["cpu"] not in cpus:
+                        raise step.error(self.scenario.path, f"cpu {step.args['cpu']} is not a "
+                                         f"possible CPU (possible: {bitmap_list(cpus)})",
+                                         errno.ENOENT)
+                if step.do == "hugepages":
+                    if sizes is None:
+                        sizes = sorted(int(m.group(1)) for m in map(
+                            _HUGEPAGES_DIR.fullmatch, self.tree.listdir(HUGEPAGES_DIR)) if m)
+                    size = step.args.get("size_kb", DEFAULT_HUGEPAGE_KB)
+                    if size not in sizes:
+                        raise step.error(self.scenario.path, f"no {size} kB hugepages (sizes: "
+                                         f"{', '.join(map(str, sizes)) or 'none'})",
+                                         errno.ENOENT)
+            except ClientError as e:
+                raise self._error(step, e) from None
 
     def _error(self, step: Step | None, e: ClientError, doing: str = "") -> ScenarioError:
         if step is None:
@@ -499,9 +599,9 @@ class Player:
     def _sleep_until(self, started: float, at: Decimal) -> None:
         if self.speed == 0 or math.isinf(self.speed):
             return
-        delay = started + float(at) / self.speed - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        until = started + float(at) / self.speed
+        while (delay := until - time.monotonic()) > 0:
+            time.sleep(min(delay, SLEEP_MAX))
 
     def _advance(self, step: Step) -> None:
         """Run the workload from the step before to this one's model time."""
@@ -524,8 +624,13 @@ class Player:
             line = trace_line(0, 0, Decimal(0), "start", {}, figures)
         else:
             line = trace_line(step.number, step.line, step.at, step.do, step.args, figures)
-        self.trace.write(line)
-        self.trace.flush()
+        try:
+            self.trace.write(line)
+            self.trace.flush()
+        except OSError as e:
+            when = "before the first step" if step is None else f"after step {step.number}"
+            raise ScenarioError(self.trace.name, 0, f"writing the trace {when}: "
+                                f"{e.strerror}", errno=e.errno) from None
 
 
 def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int | None = None,
@@ -533,8 +638,14 @@ def play(tree: MountedTree, scenario: Scenario, *, speed: float = 1.0, seed: int
     """Play scenario on tree, telling out of each step; the seed is --seed's, else the
     scenario's, else 0."""
     seed = seed if seed is not None else scenario.seed or 0
-    if trace_path is None:
-        Player(tree, scenario, seed, speed, None, out).play()
-        return
-    with open(trace_path, "w", encoding="utf-8") as trace:
-        Player(tree, scenario, seed, speed, trace, out).play()
+    with stopped_by_signals():
+        trace = None if trace_path is None else open(trace_path, "w", encoding="utf-8")
+        try:
+            Player(tree, scenario, seed, speed, trace, out).play()
+        except BaseException:
+            if trace is not None:   # its close would write again what a full disk refused
+                with contextlib.suppress(OSError):
+                    trace.close()
+            raise
+        if trace is not None:
+            trace.close()

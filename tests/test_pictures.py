@@ -222,8 +222,9 @@ def test_bad_input_gets_a_clear_message(fs: Mounted, run_dnumafs: Run, tmp_path:
     fails("map", fs.mnt, "-o", tmp_path / "x.jpg", says=".jpg")
     fails("map", fs.mnt, "-o", tmp_path / "x", says="without a suffix")
     fails("map", fs.mnt, "-o", tmp_path / "no" / "x.svg", says="No such file")
-    fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "0", says="at least 1")
-    fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", "100000", says="1 to 8192")
+    for width in ("0", "-1", "8193", "100000", "-99999999999999999999"):
+        fails("map", fs.mnt, "-o", tmp_path / "x.svg", "--width", width,
+              says=f"argument --width: width {int(width)}: a row holds 1 to 8192 cells")
     assert not list(tmp_path.glob("x*"))
 
     trace = tmp_path / "trace.jsonl"
@@ -244,3 +245,58 @@ def test_bad_input_gets_a_clear_message(fs: Mounted, run_dnumafs: Run, tmp_path:
     fails("plot", bad, "-o", tmp_path / "p.svg", says="empty")
     fails("plot", empty, "-o", tmp_path / "p.svg", says="Is a directory")
     assert not (tmp_path / "p.svg").exists() and not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda s: s[2].update(at=0.25), "t.jsonl:3: at = 0.25 is before the line before's (0.5)"),
+    (lambda s: s[1].update(at=1e308), "t.jsonl:2: at = 1e+308 is out of range (0 to 86400)"),
+    (lambda s: s[1].update(moved_pages=-1), "t.jsonl:2: moved_pages = -1 is out of range"),
+    (lambda s: s[1]["nodes"]["0"].update(total_kb=-5), "t.jsonl:2: node 0 total_kb = -5 is "),
+    (lambda s: s[3]["nodes"]["2"].update(free_kb=-1), "t.jsonl:4: node 2 free_kb = -1 is "),
+    (lambda s: s[0].update(step=-1), "t.jsonl:1: step = -1 is out of range"),
+])
+def test_plot_refuses_a_nonsense_trace_by_its_line(tmp_path: Path, run_dnumafs: Run,
+                                                   change: Callable[[list[dict]], None],
+                                                   says: str) -> None:
+    trace = tmp_path / "t.jsonl"
+    steps = write_trace(trace)
+    change(steps)  # type: ignore[arg-type]
+    trace.write_text("".join(json.dumps(s) + "\n" for s in steps))
+    r = run_dnumafs("plot", trace, "-o", tmp_path / "p.svg")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"dnumafs: {tmp_path}/{says}"), r.stderr
+    assert not (tmp_path / "p.svg").exists()
+
+
+def test_plot_reads_a_line_at_a_time_with_bounds(tmp_path: Path, run_dnumafs: Run) -> None:
+    """A line longer than MAX_LINE_BYTES, or more lines than MAX_LINES, is refused by its
+    line number without reading the rest: /dev/zero is one endless line."""
+    from dnumafs.pictures import plot
+    trace = tmp_path / "t.jsonl"
+    write_trace(trace)
+    first = trace.read_text().splitlines()[0]
+    long = tmp_path / "long.jsonl"
+    long.write_text(first + "\n" + " " * (plot.MAX_LINE_BYTES + 1) + first + "\n")
+    many = tmp_path / "many.jsonl"
+    many.write_text((first + "\n") * (plot.MAX_LINES + 1))
+    for path, says in ((long, f"long.jsonl:2: a line longer than {plot.MAX_LINE_BYTES} bytes"),
+                       (many, f"many.jsonl:{plot.MAX_LINES + 1}: more than {plot.MAX_LINES}"),
+                       (Path("/dev/zero"), "/dev/zero:1: a line longer than")):
+        r = run_dnumafs("plot", path, "-o", tmp_path / "p.svg")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert says in r.stderr, r.stderr
+    assert not (tmp_path / "p.svg").exists()
+
+
+def test_map_of_width_1_is_one_cell_of_all_memory(fs: Mounted, run_dnumafs: Run,
+                                                  tmp_path: Path) -> None:
+    """As the README says: a cell holds as few pfns (a power of two) as keep the raster no
+    taller than it is wide, so one cell a row is one cell in all."""
+    r = run_dnumafs("map", fs.mnt, "-o", tmp_path / "m.svg", "--width", "1")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "m.svg").read_text()
+    m = re.search(r"each cell: (\d+) pfns \(\d+ KiB\), 1 a row", text)
+    assert m, text[:2000]
+    per = int(m.group(1))
+    pfns = int(re.search(r": (\d+) pfns \(", text).group(1))  # type: ignore[union-attr]
+    assert per >= pfns > per // 2 and per & (per - 1) == 0

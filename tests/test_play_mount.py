@@ -6,11 +6,14 @@ from __future__ import annotations
 import errno
 import json
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli_env
 
 from dnumafs import client, play
 
@@ -256,6 +259,7 @@ def test_the_workload_clock_is_left_as_it_was_found(mount_dnumafs, run_dnumafs, 
             (mnt / client.WORKLOAD).write_text(before + "\n")
         r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--seed", "5")
         assert r.returncode == 0, r.stderr
+        assert r.stdout.endswith("\nplayed 1 step to model time 2.5 s\n"), r.stdout
         clock = client.workload_clock(client.MountedTree(mnt))
         assert clock is not None
         assert clock_line(mnt).startswith(f"# clock {after} time ")
@@ -420,7 +424,7 @@ def test_a_scenario_is_checked_before_the_mount_is_touched(mount_dnumafs, run_dn
     r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", tmp_path / "t")
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == (f"{path}:{PREFIX.count(chr(10)) + 2}: step {PREFIX.count('[[step]]') + 1}"
-                        " (drop-caches): mode = '3': must be an integer\n")
+                        ' (drop-caches): mode = "3": must be an integer\n')
     assert snapshot(mnt) == before
     assert not (tmp_path / "t").exists()
 
@@ -441,3 +445,65 @@ def test_a_daemon_without_workload_plays_scenarios_without_workload_steps(
     assert r.stderr == (f"{scenario}:13: step 1 (workload): {mnt}/{client.WORKLOAD} does not "
                         "exist (a daemon without a workload) (ENOENT)\n")
     assert client.MountedTree(mnt).moved_pages() == moved
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signalled_play_puts_the_clock_back(mount_dnumafs, tmp_path, signum):
+    mnt = mount_dnumafs()
+    (mnt / client.WORKLOAD).write_text("pause\n")
+    path = write(tmp_path, "long.toml", '[[step]]\nat = 0\ndo = "wait"\n\n'
+                 '[[step]]\nat = 600\ndo = "wait"\n')
+    child = subprocess.Popen([sys.executable, "-m", "dnumafs", "play", str(mnt), str(path)],
+                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        assert "step 1:" in child.stdout.readline()     # the clock is manual by now
+        assert clock_line(mnt).startswith("# clock manual ")
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "Traceback" not in err, err
+    assert child.returncode == 128 + signum, err
+    assert clock_line(mnt).startswith("# clock realtime paused ")
+
+
+def test_what_the_mount_has_not_is_refused_before_the_first_write(mount_dnumafs, run_dnumafs,
+                                                                  tmp_path):
+    """A CPU the mount cannot have, a hugepage size it has not, commands longer than the
+    control file takes, a seed out of the workload's range: refused before the clock, the
+    seed or the good step before are written."""
+    mnt = mount_dnumafs()
+    (mnt / client.WORKLOAD).write_text("pause\n")
+    before = snapshot(mnt)
+    good = '[[step]]\nat = 0\ndo = "hugepages"\ncount = 2\n\n[[step]]\nat = 1\n'
+    long = " ".join(["task a cpu 0 rate 1 pages 1"] * 200)
+    for i, (step, message) in enumerate([
+            ('do = "move-cpu"\ncpu = 99999999999999999999\nnode = 0',
+             "cpu 99999999999999999999 is not a possible CPU (possible: 0-3) (ENOENT)"),
+            ('do = "cpu-offline"\ncpu = 4', "cpu 4 is not a possible CPU"),
+            ('do = "hugepages"\ncount = 1\nsize_kb = 4', "no 4 kB hugepages (sizes: "),
+            (f'do = "workload"\ncommands = "{long}"', "more than the control file takes")]):
+        path = write(tmp_path, f"bad{i}.toml", good + step + "\n")
+        r = play_cli(run_dnumafs, mnt, path, "--speed", "0")
+        assert r.returncode == 1, step
+        assert r.stderr.startswith(f"{path}:6: step 2 ("), r.stderr
+        assert message in r.stderr, r.stderr
+        assert snapshot(mnt) == before, step
+    r = play_cli(run_dnumafs, mnt, write(tmp_path, "s.toml", good + 'do = "wait"\n'),
+                 "--speed", "0", "--seed", str(1 << 64))
+    assert r.returncode == 2 and "argument --seed" in r.stderr, r.stderr
+    assert snapshot(mnt) == before
+
+
+def test_a_full_trace_disk_names_the_file_and_the_step(mount_dnumafs, run_dnumafs, tmp_path):
+    mnt = mount_dnumafs()
+    path = write(tmp_path, "s.toml", '[[step]]\nat = 0\ndo = "wait"\n')
+    r = play_cli(run_dnumafs, mnt, path, "--speed", "0", "--trace", "/dev/full")
+    assert r.returncode == 1
+    assert r.stderr == ("/dev/full: writing the trace before the first step: No space left on "
+                        "device (ENOSPC)\n")
+    assert clock_line(mnt).startswith("# clock realtime running ")

@@ -409,7 +409,7 @@ def map_svg(pm: PageMap, width: int = DEFAULT_WIDTH) -> str:
 
 def check_width(width: int) -> None:
     if not 1 <= width <= MAX_WIDTH:
-        raise ClientError(f"--width {width}: a row holds 1 to {MAX_WIDTH} cells")
+        raise ClientError(f"width {width}: a row holds 1 to {MAX_WIDTH} cells")
 
 
 def check_output(out: Path, suffixes: tuple[str, ...]) -> str:

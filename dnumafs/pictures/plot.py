@@ -8,18 +8,25 @@ the pages moved in all. A node that is not online at a step has no point there.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 from dnumafs.client import ClientError
+from dnumafs.play import AT_MAX
 
 from . import svg
 from .map import check_output, hex_colour, node_colour
 
 NODE_KEYS = ("total_kb", "free_kb", "used_kb", "marked_pages")
+# A trace's bounds: a line of 1024 nodes' figures is some 100 kB; a line per step, and no
+# scenario of the player's has near this many steps.
+MAX_LINE_BYTES = 1 << 20
+MAX_LINES = 100_000
 MAX_STEP_LABELS = 60        # more steps than this are drawn without their actions
 
 
@@ -32,10 +39,14 @@ class Step:
     moved_pages: int
 
 
-def _number(v: object, what: str, where: str, kind: type = int) -> float:
+def _number(v: object, what: str, where: str, kind: type = int, high: float = math.inf
+            ) -> float:
+    """A figure of the trace: a number (an integer for kind int) from 0 to high."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (
             kind is int and not isinstance(v, int)) or not math.isfinite(v):
-        raise ClientError(f"{where}: {what} is not a number: {v!r}")
+        raise ClientError(f"{where}: {what} is not a number: {json.dumps(v)}")
+    if not 0 <= v <= high:
+        raise ClientError(f"{where}: {what} = {json.dumps(v)} is out of range (0 to {high:g})")
     return v
 
 
@@ -62,20 +73,43 @@ def parse_step(text: str, where: str) -> Step:
         nodes[int(nid)] = {k: int(_number(fig[k], f"node {nid} {k}", where))
                            for k in NODE_KEYS}
     return Step(step=int(_number(obj["step"], "step", where)),
-                at=float(_number(obj["at"], "at", where, float)), do=str(obj["do"]),
+                at=float(_number(obj["at"], "at", where, float, AT_MAX)), do=str(obj["do"]),
                 nodes=nodes, moved_pages=int(_number(obj["moved_pages"], "moved_pages",
                                                       where)))
 
 
-def read_trace(path: Path) -> list[Step]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The trace's lines, numbered, read one at a time: a line longer than MAX_LINE_BYTES or
+    more than MAX_LINES lines (/dev/zero, a wrong file) is refused, never read whole."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            for n in itertools.count(1):
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return
+                if len(raw) > MAX_LINE_BYTES:
+                    raise ClientError(f"{path}:{n}: a line longer than {MAX_LINE_BYTES} bytes "
+                                      "(not a trace)")
+                if n > MAX_LINES:
+                    raise ClientError(f"{path}:{n}: more than {MAX_LINES} lines (not a trace)")
+                try:
+                    yield n, raw.decode()
+                except UnicodeDecodeError:
+                    raise ClientError(f"{path}:{n}: not a trace (not text)") from None
     except OSError as e:
         raise ClientError(f"{path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ClientError(f"{path}: not a trace (not text)") from None
-    steps = [parse_step(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1)
-             if line.strip()]
+
+
+def read_trace(path: Path) -> list[Step]:
+    steps: list[Step] = []
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        step = parse_step(line, f"{path}:{n}")
+        if steps and step.at < steps[-1].at:
+            raise ClientError(f"{path}:{n}: at = {step.at:g} is before the line before's "
+                              f"({steps[-1].at:g})")
+        steps.append(step)
     if not steps:
         raise ClientError(f"{path}: an empty trace")
     return steps
