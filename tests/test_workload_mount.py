@@ -93,7 +93,38 @@ def test_mode_and_long_writes(fs):
     assert len(many) < 4095
     assert fs.write(CONTROL, many) is None
     assert len(tasks(fs)) == 100
-    assert fs.write(CONTROL, "#" * 4096) == errno.EINVAL
+    # longer than dynamic_debug/control takes: E2BIG, as ddebug_proc_write() gives
+    assert fs.write(CONTROL, "#" * 4096) == errno.E2BIG
+
+
+def test_separators_as_the_kernel_tokenizer(fs):
+    """Words split at every isspace() character, a NUL ends the write's commands."""
+    r = sh(fs, r"""set -e
+        printf 'seed 1\r\n' > workload; head -1 workload
+        printf '\tseed\v2\f\r;clock\tmanual\r\n' > workload; head -1 workload
+        printf 'seed 3\0bogus' > workload; head -1 workload""")
+    assert r.returncode == 0, r.stderr
+    assert [line.split(" seed ")[1].split()[0] for line in r.stdout.splitlines()] == \
+        ["1", "2", "3"]
+    assert "clock manual" in r.stdout.splitlines()[1]
+
+
+def test_advance_bounded_by_its_work(fs):
+    """An advance asking for more allocations than a few seconds' work is refused up front
+    (E2BIG, nothing runs), counted over the write's tasks and advances."""
+    assert fs.write(CONTROL, "clock manual; task big cpu 0 rate 10000000 pages 100000 "
+                             "mix anon=1,file=1") is None
+    before = fs.read(CONTROL)
+    assert fs.write(CONTROL, "advance 3600") == errno.E2BIG
+    assert fs.write(CONTROL, "advance 0.02; advance 0.02") == errno.E2BIG
+    assert fs.write(CONTROL, "stop big; task big cpu 0 rate 1000000; advance 1") == errno.E2BIG
+    assert fs.read(CONTROL) == before
+    # within the limit it runs, and a task stopped first asks for nothing
+    assert fs.write(CONTROL, "advance 0.001") is None
+    assert tasks(fs)["big"][2] == 10000
+    assert fs.write(CONTROL, "stop big; task small cpu 0 rate 10; advance 3600") is None
+    assert tasks(fs)["small"][2] == 36000
+    assert fs.read(CHECK) == ""
 
 
 # (what to write, the errno): each fails whole and changes nothing
@@ -115,6 +146,9 @@ ERRORS = [
     ("task a cpu 0 policy bind nodes 4", errno.EINVAL),     # not possible
     ("task a cpu 0 policy bind nodes 1-0", errno.EINVAL),
     ("task a cpu 0 policy bind nodes 0,,1", errno.EINVAL),
+    ("task a cpu 0 policy bind nodes 0-99999999999", errno.EINVAL),    # not expanded
+    ("task a cpu 0 policy interleave nodes 0-15000000", errno.EINVAL),
+    ("task all cpu 0", errno.EINVAL),                       # `stop all` means every task
     ("task a cpu 0 rate 1.5", errno.EINVAL),
     ("task a cpu 0 rate 10000001", errno.EINVAL),
     ("task a cpu 0 pages x", errno.EINVAL),

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
@@ -35,27 +37,40 @@ from dnumafs.mm.workload import (
     TaskSpec,
     Workload,
     WorkloadError,
+    check_advance,
     check_spec,
     start_clock,
 )
 from dnumafs.vfs.tree import DEBUGFS, NO_LOCK, PAGE_SIZE, RW, FileSet, Node
 
-# dynamic_debug/control takes a write of up to a page less its NUL (USER_BUF_PAGE - 1); the
-# file takes the machine lock itself, a chunk at a time, so that a long `advance` never
-# holds readers off.
-CONTROL_FS = attrs.evolve(DEBUGFS, max_write=PAGE_SIZE - 1)
+# dynamic_debug/control takes a write of up to a page less its NUL (USER_BUF_PAGE - 1), E2BIG
+# past it (ddebug_proc_write()), and its queries as a C string (a NUL ends them); the file
+# takes the machine lock itself, a chunk at a time, so that an `advance` never holds readers
+# off.
+CONTROL_FS = attrs.evolve(DEBUGFS, max_write=PAGE_SIZE - 1, too_long_errno=errno.E2BIG)
 
 NUMBER = re.compile(r"[0-9]+")
 NODELIST = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
 SECONDS = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))?")
 MIX_ITEM = re.compile(r"([a-z_]+)=([0-9]+)")
+# Words are separated as the kernel's ddebug_tokenize() does, by isspace() characters.
+SPACE = re.compile(r"[ \t\v\f\r]+")
 TASK_OPTIONS = ("cpu", "policy", "nodes", "rate", "pages", "mix", "order")
 
 Command = tuple[str, object]
+T = TypeVar("T")
 
 
 def _invalid(why: str) -> OSError:
     return OSError(errno.EINVAL, why)
+
+
+def _checked(check: Callable[..., T], *args: object) -> T:
+    """check(*args), its WorkloadError as the write's errno."""
+    try:
+        return check(*args)
+    except WorkloadError as e:
+        raise OSError(e.errno, str(e)) from None
 
 
 def _number(word: str, what: str, limit: int = MAX_SEED) -> int:
@@ -64,14 +79,15 @@ def _number(word: str, what: str, limit: int = MAX_SEED) -> int:
     return int(word)
 
 
-def _nodes(word: str) -> frozenset[int]:
+def _nodes(m: Machine, word: str) -> frozenset[int]:
+    """A node list, each node a possible one, checked before it is expanded."""
     if not NODELIST.fullmatch(word):
         raise _invalid(f"nodes {word!r} is not a node list such as 0-2,4")
-    for part in word.split(","):
-        lo, _, hi = part.partition("-")
-        if hi and int(hi) < int(lo):
-            raise _invalid(f"nodes {word!r}: {part} runs backwards")
-    return frozenset(bitmap_parselist(word))
+    try:
+        nodes = frozenset(bitmap_parselist(word, max(m.possible_node_ids) + 1))
+    except ValueError as e:
+        raise _invalid(f"nodes {word!r}: {e}") from None
+    return nodes
 
 
 def _mix(word: str) -> tuple[tuple[str, int], ...]:
@@ -111,7 +127,7 @@ def parse_task(m: Machine, words: list[str]) -> TaskSpec:
         if key == "policy":
             given[key] = value
         elif key == "nodes":
-            given[key] = _nodes(value)
+            given[key] = _nodes(m, value)
         elif key == "mix":
             given[key] = _mix(value)
         else:
@@ -120,11 +136,9 @@ def parse_task(m: Machine, words: list[str]) -> TaskSpec:
         raise _invalid(f"task {name}: cpu is required")
     try:
         spec = TaskSpec(name, **given)  # type: ignore[arg-type]
-        check_spec(m, spec)
     except (ValueError, TypeError) as e:
         raise _invalid(f"task {name}: {e}") from None
-    except WorkloadError as e:
-        raise OSError(e.errno, str(e)) from None
+    _checked(check_spec, m, spec)
     return spec
 
 
@@ -132,16 +146,17 @@ def parse(m: Machine, w: Workload, text: str) -> list[Command]:
     """Every command of a write, checked in order against the tasks the ones before leave
     (caller holds the workload's mutex)."""
     commands: list[Command] = []
-    names = set(w.tasks)
+    rates = {name: t.spec.rate for name, t in w.tasks.items()}
+    work = 0    # the allocations the write's advances ask for, bounded together
     for line in text.split("\n"):
         for piece in line.split("#", 1)[0].split(";"):
-            words = [word for word in re.split(r"[ \t]+", piece) if word]
+            words = [word for word in SPACE.split(piece) if word]
             if not words:
                 continue
             verb, args = words[0], words[1:]
             if verb == "task":
                 spec = parse_task(m, args)
-                names.add(spec.name)
+                rates[spec.name] = spec.rate
                 commands.append((verb, spec))
                 continue
             if verb in ("pause", "resume"):
@@ -154,19 +169,21 @@ def parse(m: Machine, w: Workload, text: str) -> list[Command]:
             arg = args[0]
             if verb == "stop":
                 if arg == "all":
-                    names.clear()
+                    rates.clear()
                     commands.append((verb, None))
                     continue
-                if arg not in names:
+                if arg not in rates:
                     raise OSError(errno.ENOENT, f"stop {arg}: no such task")
-                names.discard(arg)
+                del rates[arg]
                 commands.append((verb, arg))
             elif verb == "clock":
                 if arg not in ("realtime", "manual"):
                     raise _invalid(f"clock {arg!r}: realtime or manual")
                 commands.append((verb, arg == "realtime"))
             elif verb == "advance":
-                commands.append((verb, _seconds(arg)))
+                ns = _seconds(arg)
+                work = _checked(check_advance, rates.values(), ns, work)
+                commands.append((verb, ns))
             elif verb == "seed":
                 commands.append((verb, _number(arg, "seed")))
             else:
@@ -201,7 +218,7 @@ def workload_store(m: Machine, buf: bytes) -> None:
     w = m.workload
     with w.mutex:
         commands = parse(m, w, text)
-        apply(w, commands)
+        _checked(apply, w, commands)
         if w.realtime:
             start_clock(w)      # the daemon's thread that runs model time with wall time
 

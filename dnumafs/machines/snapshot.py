@@ -186,7 +186,10 @@ class _Reader:
         text = self.text(rel).strip()
         if not re.fullmatch(r"(\d+(-\d+)?(,\d+(-\d+)?)*)?", text):
             raise MachineError(f"{self.where(rel)}: not a list of ids: {text[:40]!r}")
-        return tuple(bitmap_parselist(text))
+        try:
+            return tuple(bitmap_parselist(text))
+        except ValueError as e:
+            raise MachineError(f"{self.where(rel)}: {e}") from None
 
     def mask(self, rel: str) -> tuple[int, ...]:
         """A `%*pb` mask file: 32-bit hex words, most significant first."""
