@@ -282,3 +282,37 @@ def test_clock_stops_with_the_mount(mount_dnumafs, run_dnumafs, tmp_path):
     assert not daemon.process_alive(pid)
     log = Path(tmp_path / f"{mnt.name}.log").read_text()
     assert "workload clock stopped" in log and "unmounted" in log, log
+
+
+def test_reads_and_writes_under_a_heavy_realtime_workload(mount_dnumafs, run_dnumafs,
+                                                          tmp_path):
+    """The file's text changes at every tick: each read gives a whole text (its size and its
+    bytes from one text), a write's notices never wait for the page the write holds, and the
+    unmount is clean."""
+    mnt = mount_dnumafs("--nodes", "2", "--mem", "1G", "--cpus", "4")
+    fs = Mounted(mnt)
+    assert fs.write(CONTROL, "task a cpu 0 rate 10000000 pages 100000; "
+                             "task b cpu 1 rate 10000000 pages 100000 mix anon=1,file=1") is None
+    for i in range(20):
+        text = fs.read(CONTROL)
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) == 4, text
+        assert re.fullmatch(r"# clock realtime running time \d+\.\d{9} seed \d+ "
+                            r"behind \d+\.\d{3}", lines[0]), text
+        assert sorted(tasks_in(lines[1:3])) == ["a", "b"], text
+        if i % 5 == 0:
+            assert fs.write(CONTROL, f"seed {i}") is None
+    r = run_dnumafs("umount", mnt)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
+    log = Path(tmp_path / f"{mnt.name}.log").read_text()
+    assert "still pending" not in log and "failed to unmount" not in log, log
+    assert "unmounted" in log, log
+
+
+def tasks_in(lines: list[str]) -> list[str]:
+    names = []
+    for line in lines:
+        m = TASK.fullmatch(line)
+        assert m, line
+        names.append(m[1].split()[1])
+    return names

@@ -28,7 +28,6 @@ import attrs
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 from dnumafs.mm import Machine
-from dnumafs.mm.changes import WORKLOAD
 from dnumafs.mm.workload import (
     KINDS,
     MAX_ADVANCE_NS,
@@ -41,7 +40,7 @@ from dnumafs.mm.workload import (
     check_spec,
     start_clock,
 )
-from dnumafs.vfs.tree import DEBUGFS, NO_LOCK, PAGE_SIZE, RW, FileSet, Node
+from dnumafs.vfs.tree import DEBUGFS, NO_LOCK, PAGE_SIZE, RW, STATIC, FileSet, Node
 
 # dynamic_debug/control takes a write of up to a page less its NUL (USER_BUF_PAGE - 1), E2BIG
 # past it (ddebug_proc_write()), and its queries as a C string (a NUL ends them); the file
@@ -251,8 +250,10 @@ def workload_show(m: Machine) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-# Its text moves with the tasks' pages and the clock, which the workload announces.
-WORKLOAD_ATTRS = {"workload": RW(workload_show, workload_store, depends=frozenset({WORKLOAD}))}
+# Its text moves with the clock, at every tick: made when a reader asks (volatile), never again
+# at each tick just because a reader once asked (STATIC), which would drop its page while a
+# write holds it locked.
+WORKLOAD_ATTRS = {"workload": RW(workload_show, workload_store, depends=STATIC, volatile=True)}
 
 
 def workload_files(m: Machine) -> dict[str, Node]:

@@ -279,8 +279,8 @@ def RO(show: Callable[..., str], *, depends: Depends = None,  # noqa: N802 (the 
 
 
 def RW(show: Callable[..., str], store: Callable[..., None], *,  # noqa: N802
-       depends: Depends = None) -> AttrDef:
-    return AttrDef(show=show, store=store, depends=depends)
+       depends: Depends = None, volatile: bool = False) -> AttrDef:
+    return AttrDef(show=show, store=store, depends=depends, volatile=volatile)
 
 
 def WO(store: Callable[..., None]) -> AttrDef:     # noqa: N802
