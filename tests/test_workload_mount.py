@@ -293,6 +293,7 @@ def test_reads_and_writes_under_a_heavy_realtime_workload(mount_dnumafs, run_dnu
     fs = Mounted(mnt)
     assert fs.write(CONTROL, "task a cpu 0 rate 10000000 pages 100000; "
                              "task b cpu 1 rate 10000000 pages 100000 mix anon=1,file=1") is None
+    time.sleep(2)           # its first ticks: the page cache has its notices to catch up with
     for i in range(20):
         text = fs.read(CONTROL)
         lines = text.split("\n")
