@@ -303,9 +303,11 @@ def test_reads_and_writes_under_a_heavy_realtime_workload(mount_dnumafs, run_dnu
         assert sorted(tasks_in(lines[1:3])) == ["a", "b"], text
         if i % 5 == 0:
             assert fs.write(CONTROL, f"seed {i}") is None
+    assert fs.write(CONTROL, "advance 1") == errno.E2BIG
     r = run_dnumafs("umount", mnt)
     assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
     log = Path(tmp_path / f"{mnt.name}.log").read_text()
+    assert "workload: write refused (E2BIG): advance of 1 s: 20000000 allocations" in log, log
     assert "still pending" not in log and "failed to unmount" not in log, log
     assert "unmounted" in log, log
 

@@ -1,8 +1,8 @@
 """MNT/sys/kernel/debug/dnumafs/workload: the workload's control file (0600, root-only), a small
 command grammar in one file, as the kernel's dynamic_debug/control.
 
-A write holds commands separated by newlines or `;`, words by spaces or tabs, `#` starting a
-comment to the end of its line:
+A write holds commands separated by newlines or `;`, words by white space (isspace()), `#`
+starting a comment to the end of its line, a NUL ending them:
 
   task NAME cpu N [policy local|bind|preferred|interleave] [nodes LIST] [rate R] [pages P]
        [mix KIND=W[,KIND=W...]] [order O]
@@ -14,12 +14,14 @@ comment to the end of its line:
 
 Every command of a write is parsed and checked first (a `stop` against the tasks as the
 commands before it leave them); any error fails the whole write with EINVAL (ENOENT for `stop`
-of an unknown task) and changes nothing. The read gives the clock's line, then each task as a
+of an unknown task, E2BIG for advances that ask for more allocations than MAX_ADVANCE_WORK)
+and changes nothing. The read gives the clock's line, then each task as a
 `task` command that can be written back, with its counts in a comment.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -58,6 +60,8 @@ TASK_OPTIONS = ("cpu", "policy", "nodes", "rate", "pages", "mix", "order")
 
 Command = tuple[str, object]
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _invalid(why: str) -> OSError:
@@ -216,7 +220,12 @@ def workload_store(m: Machine, buf: bytes) -> None:
         raise _invalid("commands are ASCII") from None
     w = m.workload
     with w.mutex:
-        commands = parse(m, w, text)
+        try:
+            commands = parse(m, w, text)
+        except OSError as e:    # the errno is all the writer sees: the log says why
+            log.info("workload: write refused (%s): %s", errno.errorcode.get(e.errno or 0),
+                     e.strerror)
+            raise
         _checked(apply, w, commands)
         if w.realtime:
             start_clock(w)      # the daemon's thread that runs model time with wall time
