@@ -43,6 +43,15 @@ def test_node_lists_round_trip(text, ids):
     assert bitmap_list(ids) == text.strip()
 
 
+@pytest.mark.parametrize("text, nbits", [
+    ("0-99999999999", 8192), ("0-15000000", 8192), ("4", 4), ("0-2,3-4", 4), ("2-1", 8),
+    ("1,,x", 8), ("\u00b2", 8),
+])
+def test_node_lists_bounded_before_expanding(text, nbits):
+    with pytest.raises(ValueError):
+        bitmap_parselist(text, nbits)
+
+
 def test_stripe_ranges_cover_every_pfn_once_in_turn():
     ranges = list(client.stripe_ranges(1000, 1, 3, 256))
     assert ranges == [(0, 255, 1), (256, 511, 2), (512, 767, 3), (768, 999, 1)]

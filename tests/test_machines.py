@@ -264,6 +264,7 @@ def test_a_good_small_archive(tmp_path: Path, private_tmp: Path) -> None:
     ([_file("m/proc/cpuinfo", b"x")], "no m/sys/ directory"),
     (_good_machine(nodes="1024"), "node 1024 is out of range"),
     (_good_machine(cpus="0-8192"), "over the 8192 CPUs"),
+    (_good_machine(cpus="0-99999999999"), "99999999999 is out of range"),   # not expanded
     (_good_machine(meminfo="Node 0 MemTotal: lots\n"), "node0/meminfo: no `MemTotal"),
     ([*_good_machine()[:1], *_good_machine()[4:]], "possible: No such file|cpu"),
 ])

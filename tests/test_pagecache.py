@@ -256,3 +256,22 @@ def test_one_read_is_never_torn_while_the_file_changes(mount_dnumafs):
             int(fields["MemFree"]) + int(fields["MemUsed"])), text
         assert fields["HugePages_Total"] == fields["HugePages_Free"] in ("0", "1", "3"), text
         assert text.endswith(b"\n") and "HugePages_Surp" in fields, text
+
+
+def test_a_volatile_read_gets_the_text_its_size_was_given_of():
+    """getattr gives the size of a text made then; the read that follows gets that text, not
+    a longer one made since (the kernel would cut it at the size), even if a drop of the
+    file was worked through in between."""
+    pytest.importorskip("fuse", reason="the page cache's notifier is libfuse's")
+    from dnumafs.vfs.pagecache import PageCache
+    from dnumafs.vfs.tree import STATIC, Attr, StaticDir
+
+    ticks = iter(range(1, 1000))
+    attr = Attr(show=lambda: "x" * next(ticks), depends=STATIC, volatile=True)
+    cache = PageCache(StaticDir({"f": attr}), "/nonexistent")
+    sized = cache.known("/f", attr).text            # getattr
+    assert sized == b"x"
+    cache.remake(frozenset(), {"/f"})               # its drop, queued at the read before
+    cache.changed(None)                             # and a change of the model meanwhile
+    assert cache.known("/f", attr, sized=True).text == sized     # the read
+    assert cache.known("/f", attr).text == b"xx"    # a new getattr makes it again

@@ -310,3 +310,31 @@ def test_commands_conserve_pages(cmds):
         assert others() == kept     # every page the workload took is held, or free again
     w.stop(None)
     assert m.check() == [] and others() == kept
+
+
+def test_advance_refuses_more_work_than_its_limit():
+    m = boot()
+    w = m.workload
+    w.set_task(TaskSpec("big", cpu=0, rate=10_000_000, pages=100_000))
+    with pytest.raises(WorkloadError) as e:
+        w.advance(3600 * NS)
+    assert e.value.errno == errno.E2BIG
+    assert w.now_ns == 0 and w.tasks["big"].allocated == 0
+
+
+def test_advance_stops_when_the_mount_goes():
+    """stop_clocks (the mount gone) stops an advance at its next chunk."""
+    from dnumafs.mm import workload as workload_mod
+    m = boot()
+    w = m.workload
+    w.set_task(TaskSpec("a", cpu=0, rate=100_000, pages=100))
+
+    def between() -> None:
+        if w.tasks["a"].allocated >= 3 * workload_mod.CHUNK:
+            workload_mod.stop_clocks()
+    with pytest.raises(WorkloadError) as e:
+        w.advance(NS, between)
+    assert e.value.errno == errno.ESHUTDOWN
+    assert w.tasks["a"].allocated < 100_000
+    with m.lock:
+        assert m.check() == []

@@ -93,7 +93,38 @@ def test_mode_and_long_writes(fs):
     assert len(many) < 4095
     assert fs.write(CONTROL, many) is None
     assert len(tasks(fs)) == 100
-    assert fs.write(CONTROL, "#" * 4096) == errno.EINVAL
+    # longer than dynamic_debug/control takes: E2BIG, as ddebug_proc_write() gives
+    assert fs.write(CONTROL, "#" * 4096) == errno.E2BIG
+
+
+def test_separators_as_the_kernel_tokenizer(fs):
+    """Words split at every isspace() character, a NUL ends the write's commands."""
+    r = sh(fs, r"""set -e
+        printf 'seed 1\r\n' > workload; head -1 workload
+        printf '\tseed\v2\f\r;clock\tmanual\r\n' > workload; head -1 workload
+        printf 'seed 3\0bogus' > workload; head -1 workload""")
+    assert r.returncode == 0, r.stderr
+    assert [line.split(" seed ")[1].split()[0] for line in r.stdout.splitlines()] == \
+        ["1", "2", "3"]
+    assert "clock manual" in r.stdout.splitlines()[1]
+
+
+def test_advance_bounded_by_its_work(fs):
+    """An advance asking for more allocations than a few seconds' work is refused up front
+    (E2BIG, nothing runs), counted over the write's tasks and advances."""
+    assert fs.write(CONTROL, "clock manual; task big cpu 0 rate 10000000 pages 100000 "
+                             "mix anon=1,file=1") is None
+    before = fs.read(CONTROL)
+    assert fs.write(CONTROL, "advance 3600") == errno.E2BIG
+    assert fs.write(CONTROL, "advance 0.02; advance 0.02") == errno.E2BIG
+    assert fs.write(CONTROL, "stop big; task big cpu 0 rate 1000000; advance 1") == errno.E2BIG
+    assert fs.read(CONTROL) == before
+    # within the limit it runs, and a task stopped first asks for nothing
+    assert fs.write(CONTROL, "advance 0.001") is None
+    assert tasks(fs)["big"][2] == 10000
+    assert fs.write(CONTROL, "stop big; task small cpu 0 rate 10; advance 3600") is None
+    assert tasks(fs)["small"][2] == 36000
+    assert fs.read(CHECK) == ""
 
 
 # (what to write, the errno): each fails whole and changes nothing
@@ -115,6 +146,9 @@ ERRORS = [
     ("task a cpu 0 policy bind nodes 4", errno.EINVAL),     # not possible
     ("task a cpu 0 policy bind nodes 1-0", errno.EINVAL),
     ("task a cpu 0 policy bind nodes 0,,1", errno.EINVAL),
+    ("task a cpu 0 policy bind nodes 0-99999999999", errno.EINVAL),    # not expanded
+    ("task a cpu 0 policy interleave nodes 0-15000000", errno.EINVAL),
+    ("task all cpu 0", errno.EINVAL),                       # `stop all` means every task
     ("task a cpu 0 rate 1.5", errno.EINVAL),
     ("task a cpu 0 rate 10000001", errno.EINVAL),
     ("task a cpu 0 pages x", errno.EINVAL),
@@ -248,3 +282,40 @@ def test_clock_stops_with_the_mount(mount_dnumafs, run_dnumafs, tmp_path):
     assert not daemon.process_alive(pid)
     log = Path(tmp_path / f"{mnt.name}.log").read_text()
     assert "workload clock stopped" in log and "unmounted" in log, log
+
+
+def test_reads_and_writes_under_a_heavy_realtime_workload(mount_dnumafs, run_dnumafs,
+                                                          tmp_path):
+    """The file's text changes at every tick: each read gives a whole text (its size and its
+    bytes from one text), a write's notices never wait for the page the write holds, and the
+    unmount is clean."""
+    mnt = mount_dnumafs("--nodes", "2", "--mem", "1G", "--cpus", "4")
+    fs = Mounted(mnt)
+    assert fs.write(CONTROL, "task a cpu 0 rate 10000000 pages 100000; "
+                             "task b cpu 1 rate 10000000 pages 100000 mix anon=1,file=1") is None
+    time.sleep(2)           # its first ticks: the page cache has its notices to catch up with
+    for i in range(20):
+        text = fs.read(CONTROL)
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) == 4, text
+        assert re.fullmatch(r"# clock realtime running time \d+\.\d{9} seed \d+ "
+                            r"behind \d+\.\d{3}", lines[0]), text
+        assert sorted(tasks_in(lines[1:3])) == ["a", "b"], text
+        if i % 5 == 0:
+            assert fs.write(CONTROL, f"seed {i}") is None
+    assert fs.write(CONTROL, "advance 1") == errno.E2BIG
+    r = run_dnumafs("umount", mnt)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
+    log = Path(tmp_path / f"{mnt.name}.log").read_text()
+    assert "workload: write refused (E2BIG): advance of 1 s: 20000000 allocations" in log, log
+    assert "still pending" not in log and "failed to unmount" not in log, log
+    assert "unmounted" in log, log
+
+
+def tasks_in(lines: list[str]) -> list[str]:
+    names = []
+    for line in lines:
+        m = TASK.fullmatch(line)
+        assert m, line
+        names.append(m[1].split()[1])
+    return names

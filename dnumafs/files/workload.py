@@ -1,8 +1,8 @@
 """MNT/sys/kernel/debug/dnumafs/workload: the workload's control file (0600, root-only), a small
 command grammar in one file, as the kernel's dynamic_debug/control.
 
-A write holds commands separated by newlines or `;`, words by spaces or tabs, `#` starting a
-comment to the end of its line:
+A write holds commands separated by newlines or `;`, words by white space (isspace()), `#`
+starting a comment to the end of its line, a NUL ending them:
 
   task NAME cpu N [policy local|bind|preferred|interleave] [nodes LIST] [rate R] [pages P]
        [mix KIND=W[,KIND=W...]] [order O]
@@ -14,19 +14,22 @@ comment to the end of its line:
 
 Every command of a write is parsed and checked first (a `stop` against the tasks as the
 commands before it leave them); any error fails the whole write with EINVAL (ENOENT for `stop`
-of an unknown task) and changes nothing. The read gives the clock's line, then each task as a
+of an unknown task, E2BIG for advances that ask for more allocations than MAX_ADVANCE_WORK)
+and changes nothing. The read gives the clock's line, then each task as a
 `task` command that can be written back, with its counts in a comment.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
 from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 from dnumafs.mm import Machine
-from dnumafs.mm.changes import WORKLOAD
 from dnumafs.mm.workload import (
     KINDS,
     MAX_ADVANCE_NS,
@@ -35,27 +38,42 @@ from dnumafs.mm.workload import (
     TaskSpec,
     Workload,
     WorkloadError,
+    check_advance,
     check_spec,
     start_clock,
 )
-from dnumafs.vfs.tree import DEBUGFS, NO_LOCK, PAGE_SIZE, RW, FileSet, Node
+from dnumafs.vfs.tree import DEBUGFS, NO_LOCK, PAGE_SIZE, RW, STATIC, FileSet, Node
 
-# dynamic_debug/control takes a write of up to a page less its NUL (USER_BUF_PAGE - 1); the
-# file takes the machine lock itself, a chunk at a time, so that a long `advance` never
-# holds readers off.
-CONTROL_FS = attrs.evolve(DEBUGFS, max_write=PAGE_SIZE - 1)
+# dynamic_debug/control takes a write of up to a page less its NUL (USER_BUF_PAGE - 1), E2BIG
+# past it (ddebug_proc_write()), and its queries as a C string (a NUL ends them); the file
+# takes the machine lock itself, a chunk at a time, so that an `advance` never holds readers
+# off.
+CONTROL_FS = attrs.evolve(DEBUGFS, max_write=PAGE_SIZE - 1, too_long_errno=errno.E2BIG)
 
 NUMBER = re.compile(r"[0-9]+")
 NODELIST = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
 SECONDS = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))?")
 MIX_ITEM = re.compile(r"([a-z_]+)=([0-9]+)")
+# Words are separated as the kernel's ddebug_tokenize() does, by isspace() characters.
+SPACE = re.compile(r"[ \t\v\f\r]+")
 TASK_OPTIONS = ("cpu", "policy", "nodes", "rate", "pages", "mix", "order")
 
 Command = tuple[str, object]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _invalid(why: str) -> OSError:
     return OSError(errno.EINVAL, why)
+
+
+def _checked(check: Callable[..., T], *args: object) -> T:
+    """check(*args), its WorkloadError as the write's errno."""
+    try:
+        return check(*args)
+    except WorkloadError as e:
+        raise OSError(e.errno, str(e)) from None
 
 
 def _number(word: str, what: str, limit: int = MAX_SEED) -> int:
@@ -64,14 +82,15 @@ def _number(word: str, what: str, limit: int = MAX_SEED) -> int:
     return int(word)
 
 
-def _nodes(word: str) -> frozenset[int]:
+def _nodes(m: Machine, word: str) -> frozenset[int]:
+    """A node list, each node a possible one, checked before it is expanded."""
     if not NODELIST.fullmatch(word):
         raise _invalid(f"nodes {word!r} is not a node list such as 0-2,4")
-    for part in word.split(","):
-        lo, _, hi = part.partition("-")
-        if hi and int(hi) < int(lo):
-            raise _invalid(f"nodes {word!r}: {part} runs backwards")
-    return frozenset(bitmap_parselist(word))
+    try:
+        nodes = frozenset(bitmap_parselist(word, max(m.possible_node_ids) + 1))
+    except ValueError as e:
+        raise _invalid(f"nodes {word!r}: {e}") from None
+    return nodes
 
 
 def _mix(word: str) -> tuple[tuple[str, int], ...]:
@@ -111,7 +130,7 @@ def parse_task(m: Machine, words: list[str]) -> TaskSpec:
         if key == "policy":
             given[key] = value
         elif key == "nodes":
-            given[key] = _nodes(value)
+            given[key] = _nodes(m, value)
         elif key == "mix":
             given[key] = _mix(value)
         else:
@@ -120,11 +139,9 @@ def parse_task(m: Machine, words: list[str]) -> TaskSpec:
         raise _invalid(f"task {name}: cpu is required")
     try:
         spec = TaskSpec(name, **given)  # type: ignore[arg-type]
-        check_spec(m, spec)
     except (ValueError, TypeError) as e:
         raise _invalid(f"task {name}: {e}") from None
-    except WorkloadError as e:
-        raise OSError(e.errno, str(e)) from None
+    _checked(check_spec, m, spec)
     return spec
 
 
@@ -132,16 +149,17 @@ def parse(m: Machine, w: Workload, text: str) -> list[Command]:
     """Every command of a write, checked in order against the tasks the ones before leave
     (caller holds the workload's mutex)."""
     commands: list[Command] = []
-    names = set(w.tasks)
+    rates = {name: t.spec.rate for name, t in w.tasks.items()}
+    work = 0    # the allocations the write's advances ask for, bounded together
     for line in text.split("\n"):
         for piece in line.split("#", 1)[0].split(";"):
-            words = [word for word in re.split(r"[ \t]+", piece) if word]
+            words = [word for word in SPACE.split(piece) if word]
             if not words:
                 continue
             verb, args = words[0], words[1:]
             if verb == "task":
                 spec = parse_task(m, args)
-                names.add(spec.name)
+                rates[spec.name] = spec.rate
                 commands.append((verb, spec))
                 continue
             if verb in ("pause", "resume"):
@@ -154,19 +172,21 @@ def parse(m: Machine, w: Workload, text: str) -> list[Command]:
             arg = args[0]
             if verb == "stop":
                 if arg == "all":
-                    names.clear()
+                    rates.clear()
                     commands.append((verb, None))
                     continue
-                if arg not in names:
+                if arg not in rates:
                     raise OSError(errno.ENOENT, f"stop {arg}: no such task")
-                names.discard(arg)
+                del rates[arg]
                 commands.append((verb, arg))
             elif verb == "clock":
                 if arg not in ("realtime", "manual"):
                     raise _invalid(f"clock {arg!r}: realtime or manual")
                 commands.append((verb, arg == "realtime"))
             elif verb == "advance":
-                commands.append((verb, _seconds(arg)))
+                ns = _seconds(arg)
+                work = _checked(check_advance, rates.values(), ns, work)
+                commands.append((verb, ns))
             elif verb == "seed":
                 commands.append((verb, _number(arg, "seed")))
             else:
@@ -200,8 +220,13 @@ def workload_store(m: Machine, buf: bytes) -> None:
         raise _invalid("commands are ASCII") from None
     w = m.workload
     with w.mutex:
-        commands = parse(m, w, text)
-        apply(w, commands)
+        try:
+            commands = parse(m, w, text)
+        except OSError as e:    # the errno is all the writer sees: the log says why
+            log.info("workload: write refused (%s): %s", errno.errorcode.get(e.errno or 0),
+                     e.strerror)
+            raise
+        _checked(apply, w, commands)
         if w.realtime:
             start_clock(w)      # the daemon's thread that runs model time with wall time
 
@@ -234,8 +259,10 @@ def workload_show(m: Machine) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-# Its text moves with the tasks' pages and the clock, which the workload announces.
-WORKLOAD_ATTRS = {"workload": RW(workload_show, workload_store, depends=frozenset({WORKLOAD}))}
+# Its text moves with the clock, at every tick: made when a reader asks (volatile), never again
+# at each tick just because a reader once asked (STATIC), which would drop its page while a
+# write holds it locked.
+WORKLOAD_ATTRS = {"workload": RW(workload_show, workload_store, depends=STATIC, volatile=True)}
 
 
 def workload_files(m: Machine) -> dict[str, Node]:

@@ -5,9 +5,14 @@ lists without loading numpy (whose threads would keep `dnumafs run` out of a use
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 CHUNKSZ = 32    # bits per word of a `%*pb` mask
+# The most bits a list names by default: the largest CONFIG_NR_CPUS (8192, MAXSMP), above the
+# 1024 nodes of NODES_SHIFT 10, so that no list of ids builds more than that.
+MAX_BITS = 8192
+NUMBER = re.compile(r"[0-9]+")
 
 
 def bitmap_list(bits: Iterable[int]) -> str:
@@ -46,12 +51,23 @@ def bitmap_mask(bits: Iterable[int], nr_bits: int) -> str:
     return ",".join(words)
 
 
-def bitmap_parselist(text: str) -> list[int]:
-    """The inverse of bitmap_list: "0-2,4" (as in node/online) -> [0, 1, 2, 4]; "" is empty."""
-    ids: list[int] = []
+def bitmap_parselist(text: str, nbits: int = MAX_BITS) -> list[int]:
+    """The inverse of bitmap_list: "0-2,4" (as in node/online) -> [0, 1, 2, 4]; "" is empty.
+
+    As the kernel's bitmap_parselist() into a bitmap of nbits, every range is checked before
+    it is expanded: ValueError for a bit of nbits or more, a range that runs backwards, or a
+    part that is not a number or range."""
+    ranges: list[tuple[int, int]] = []
     for part in text.strip().split(","):
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        ids.extend(range(int(lo), int(hi or lo) + 1))
-    return ids
+        if not NUMBER.fullmatch(lo) or not NUMBER.fullmatch(hi or lo):
+            raise ValueError(f"{part!r} is not a number or range")
+        first, last = int(lo), int(hi or lo)
+        if last < first:
+            raise ValueError(f"{part!r} runs backwards")
+        if last >= nbits:
+            raise ValueError(f"{last} is out of range 0..{nbits - 1}")
+        ranges.append((first, last))
+    return [bit for first, last in ranges for bit in range(first, last + 1)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from dnumafs.lib.bitmap import bitmap_parselist
+from dnumafs.lib.bitmap import MAX_BITS, bitmap_parselist
 
 from .description import MAX_CPUS, MachineDescription, MachineError, NodeDescription
 
@@ -186,7 +186,12 @@ class _Reader:
         text = self.text(rel).strip()
         if not re.fullmatch(r"(\d+(-\d+)?(,\d+(-\d+)?)*)?", text):
             raise MachineError(f"{self.where(rel)}: not a list of ids: {text[:40]!r}")
-        return tuple(bitmap_parselist(text))
+        try:
+            # one id past the most a list may name, so that the callers' checks say what
+            # is over (a CPU past the 8192 Linux supports)
+            return tuple(bitmap_parselist(text, MAX_BITS + 1))
+        except ValueError as e:
+            raise MachineError(f"{self.where(rel)}: {e}") from None
 
     def mask(self, rel: str) -> tuple[int, ...]:
         """A `%*pb` mask file: 32-bit hex words, most significant first."""

@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -51,11 +52,16 @@ NS = 1_000_000_000
 TICK_NS = 10_000_000            # 10 ms of model time per tick
 CHUNK = 1024                    # allocations per hold of the machine lock
 MAX_ADVANCE_NS = 3600 * NS      # one `advance` runs at most an hour of model time
+# and at most this many allocations, summed over the tasks' rates: about 2 s of the daemon's
+# work (it makes some 120,000 a second), so that a write, its writer and an unmount never
+# wait long for one.
+MAX_ADVANCE_WORK = 250_000
 MAX_RATE = 10_000_000           # allocations per model second, per task
 MAX_PAGES = 1 << 40
 MAX_SEED = (1 << 64) - 1
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 MAX_NAME = 32
+RESERVED_NAMES = frozenset({"all"})    # `stop all` means every task
 ORDER_BITS = 4                  # a held allocation is kept as pfn << ORDER_BITS | order
 # Where an allocation goes: the node asked for, the zonelist with its watermarks, the zone
 # numastat compares with.
@@ -85,6 +91,8 @@ class WorkloadError(Exception):
 def _name(_inst: object, _attr: object, value: str) -> None:
     if not 1 <= len(value) <= MAX_NAME or not set(value) <= NAME_CHARS:
         raise ValueError(f"task name {value!r}: 1-{MAX_NAME} of [A-Za-z0-9_.-]")
+    if value in RESERVED_NAMES:
+        raise ValueError(f"task name {value!r} is reserved")
 
 
 def _mix(_inst: object, _attr: object, value: tuple[tuple[str, int], ...]) -> None:
@@ -124,6 +132,20 @@ class TaskSpec:
     @property
     def policy_mode(self) -> int:
         return POLICIES[self.policy]
+
+
+def check_advance(rates: Iterable[int], ns: int, before: int = 0) -> int:
+    """The allocations an advance of ns nanoseconds asks of tasks at these rates, plus before
+    (those of the advances before it in one write), refused past the limits."""
+    if not 0 < ns <= MAX_ADVANCE_NS:
+        raise WorkloadError(errno.EINVAL,
+                            f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
+    work = before + sum(rates) * ns // NS
+    if work > MAX_ADVANCE_WORK:
+        raise WorkloadError(errno.E2BIG,
+                            f"advance of {ns / NS:g} s: {work} allocations asked, more than "
+                            f"{MAX_ADVANCE_WORK} at a time: advance less at a time")
+    return work
 
 
 def check_spec(m: Machine, spec: TaskSpec) -> None:
@@ -168,6 +190,11 @@ class Workload:
     on_command: list[Callable[[], None]] = attrs.field(factory=list)
     behind_ns: int = 0              # how far the realtime clock trails wall time
     clock: RealtimeClock | None = None
+    # Set when the mount goes: a running advance stops at its next chunk.
+    gone: threading.Event = attrs.field(factory=threading.Event)
+
+    def __attrs_post_init__(self) -> None:
+        _WORKLOADS.add(self)
 
     # --------------------------------------------------------------------- commands
 
@@ -229,12 +256,12 @@ class Workload:
     def advance(self, ns: int, between: Callable[[], None] = lambda: time.sleep(0)) -> None:
         """Run the workload for ns nanoseconds of model time now, tick by tick; between()
         runs between chunks, with no lock held."""
-        if not 0 < ns <= MAX_ADVANCE_NS:
-            raise WorkloadError(errno.EINVAL,
-                                f"advance of {ns} ns out of range 1..{MAX_ADVANCE_NS}")
         with self.mutex:        # the realtime clock waits: the advance is all its own
+            check_advance((t.spec.rate for t in self.tasks.values()), ns)
             end = self.now_ns + ns
             while self.now_ns < end:
+                if self.gone.is_set():
+                    raise WorkloadError(errno.ESHUTDOWN, "the workload's mount is gone")
                 self.tick(min(end, (self.now_ns // TICK_NS + 1) * TICK_NS), between)
 
     def tick(self, until: int, between: Callable[[], None]) -> None:
@@ -259,6 +286,8 @@ class Workload:
                     if task.spec.cpu in self.m.cpus.online:
                         self._run(task, k)
                 n -= k
+                if self.gone.is_set():
+                    break
                 between()
         with self.m.lock:       # pages, if any moved, and the clock
             self.m._announce([PAGES, WORKLOAD] if owed else [WORKLOAD])
@@ -452,8 +481,10 @@ class RealtimeClock:
                     w.tick(until, lambda: time.sleep(REST_S))
 
 
-# The clocks started in this process (a daemon serves one machine), stopped when its mount goes.
+# The clocks started in this process (a daemon serves one machine), stopped when its mount goes,
+# and the workloads made in it, whose advances stop then too.
 _CLOCKS: list[RealtimeClock] = []
+_WORKLOADS: weakref.WeakSet[Workload] = weakref.WeakSet()
 
 
 def start_clock(w: Workload) -> None:
@@ -466,7 +497,10 @@ def start_clock(w: Workload) -> None:
 
 
 def stop_clocks(timeout: float = 5.0) -> None:
-    """Stop every clock this process started, each within timeout seconds."""
+    """Stop every clock this process started, each within timeout seconds, and any advance
+    still running."""
+    for w in list(_WORKLOADS):
+        w.gone.set()
     while _CLOCKS:
         clock = _CLOCKS.pop()
         clock.stop(timeout)

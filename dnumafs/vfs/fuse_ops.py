@@ -404,7 +404,7 @@ class CachedOperations(TreeOperations):
         if isinstance(node, Attr):
             st["st_size"] = (node.slices.size() if node.slices is not None
                              else PAGE_SIZE if known.text is None else len(known.text))
-            if node.volatile:
+            if node.volatile and known.text == b"":
                 self.cache.expire(path)
             st["st_mtime"] = st["st_ctime"] = known.changed_ns
         return st
@@ -422,7 +422,7 @@ class CachedOperations(TreeOperations):
             return data
         if node.show is None:
             raise FuseOSError(node.fs.no_show_errno)
-        text = self.cache.known(path, node).text
+        text = self.cache.known(path, node, sized=True).text
         if text is None:                       # the show failed (a layout destroyed)
             text = node.read()
         data = text[offset:offset + size]

@@ -205,16 +205,17 @@ class PageCache:
 
     # --- what requests ask --------------------------------------------------------------
 
-    def known(self, path: str, node: Node) -> Known:
+    def known(self, path: str, node: Node, sized: bool = False) -> Known:
         """The text the kernel gets for path: the one it was given, unless the file's text
         changes with the clock and is more than a tick old or older than a change of the
         model (a stale `check` would pass for sound). A text made while the model changed is
         made again: the change's remaking may have looked at the known texts before this
-        one was among them."""
+        one was among them. sized (a read): the kept one whatever its age, as the kernel
+        cuts the read at the size it was given with it."""
         with self._lock:
             k = self._known.get(path)
-        if k is not None and k.kind is _kind(node) and not (k.volatile and (
-                time.time_ns() - k.changed_ns > VOLATILE_NS or k.epoch != self._epoch)):
+        if k is not None and k.kind is _kind(node) and (sized or not (k.volatile and (
+                time.time_ns() - k.changed_ns > VOLATILE_NS or k.epoch != self._epoch))):
             return k
         depends = node.depends if isinstance(node, Attr) else (
             DIR_DEPENDS if isinstance(node, Dir) else None)
@@ -248,9 +249,11 @@ class PageCache:
         self._queue.put(Refresh(topics=frozenset(), written=(path,)))
 
     def expire(self, path: str) -> None:
-        """The kernel was just given the size of a file made again at each read: have it
-        forget that size soon, or an empty text (size 0, which the kernel reads without
-        asking) would stay empty for good."""
+        """The kernel was just given size 0 for a file made again at each read: have it
+        forget that size soon, or the empty text (which the kernel reads without asking)
+        would stay empty for good. Only then: a notice that reaches the kernel before it
+        took a getattr's answer has it ignore that answer and keep the size it had, which
+        would cut the next read short; a text read is dropped after its read (filled)."""
         self._queue.put(Refresh(topics=frozenset(), written=(path,)))
 
     # --- changes ------------------------------------------------------------------------
@@ -324,8 +327,10 @@ class PageCache:
                 continue
             if k.kind is Dir:
                 continue
-            if isinstance(node, Attr) and node.slices is not None:
-                changed.append(path)    # its bytes are not kept to compare: always dropped
+            if k.volatile or isinstance(node, Attr) and node.slices is not None:
+                # Always dropped: its bytes are not kept to compare, or are the text whose
+                # size a reader was just given, which its read must get whole.
+                changed.append(path)
                 continue
             text = render(node)
             if text != k.text:

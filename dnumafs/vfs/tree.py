@@ -46,11 +46,12 @@ class FileSystem:
     refuse_at_open: bool
     no_show_errno: int
     no_store_errno: int
-    # The longest write taken as one value; a longer one is refused with EINVAL.
+    # The longest write taken as one value; a longer one is refused with too_long_errno.
     max_write: int
     # kernfs and simple_attr_write hand the store a C string: a NUL ends the value. A
     # sysctl's parser sees the whole buffer, so a NUL there is a stray character.
     cstring: bool
+    too_long_errno: int = errno.EINVAL
 
 
 # kernfs takes at most a page per write (the rest would come as a short write's retry).
@@ -143,7 +144,7 @@ class Attr:
         if self.store is None:
             raise OSError(self.fs.no_store_errno, "file has no write")
         if len(data) > self.fs.max_write:
-            raise OSError(errno.EINVAL, f"write longer than {self.fs.max_write} bytes")
+            raise OSError(self.fs.too_long_errno, f"write longer than {self.fs.max_write} bytes")
         if self.fs.cstring:
             data = data.split(b"\0", 1)[0]
         with self.lock:
@@ -278,8 +279,8 @@ def RO(show: Callable[..., str], *, depends: Depends = None,  # noqa: N802 (the 
 
 
 def RW(show: Callable[..., str], store: Callable[..., None], *,  # noqa: N802
-       depends: Depends = None) -> AttrDef:
-    return AttrDef(show=show, store=store, depends=depends)
+       depends: Depends = None, volatile: bool = False) -> AttrDef:
+    return AttrDef(show=show, store=store, depends=depends, volatile=volatile)
 
 
 def WO(store: Callable[..., None]) -> AttrDef:     # noqa: N802
