@@ -307,6 +307,14 @@ def workload_clock(tree: MountedTree) -> WorkloadClock | None:
     return WorkloadClock(m.group(1) == "manual", m.group(2) == "paused", time, int(m.group(4)))
 
 
+_TASK_RATE = re.compile(r"task \S+ .*?\brate (\d+)\b", re.MULTILINE)
+
+
+def workload_rates(tree: MountedTree) -> list[int]:
+    """The allocations per second of each of the workload's tasks (their `task` lines)."""
+    return [int(rate) for rate in _TASK_RATE.findall(tree.read(WORKLOAD))]
+
+
 def check_possible(tree: MountedTree, nid: int) -> None:
     possible = tree.possible_nodes()
     if nid not in possible:

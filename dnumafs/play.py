@@ -58,6 +58,7 @@ from dnumafs.client import (
     commit_layout,
     stripe_ranges,
     workload_clock,
+    workload_rates,
 )
 from dnumafs.lib.bitmap import bitmap_list, bitmap_parselist
 
@@ -184,6 +185,18 @@ def ranges(v: object) -> str | None:
         if r[0] > r[1]:
             return f"{toml_value(r)}: start is above end"
     return None
+
+
+def advance_piece(rate: int) -> Decimal:
+    """The longest `advance` one write may ask of tasks making rate allocations a second in
+    all (the workload refuses more work than MAX_ADVANCE_WORK at a time, E2BIG): whole ticks
+    where it can, at most ADVANCE_MAX."""
+    from dnumafs.mm.workload import MAX_ADVANCE_WORK, NS, TICK_NS
+    if rate == 0:
+        return ADVANCE_MAX
+    ns = MAX_ADVANCE_WORK * NS // rate
+    ns = max(ns - ns % TICK_NS, min(ns, TICK_NS), 1)
+    return min(ADVANCE_MAX, Decimal(ns) / NS)
 
 
 def seed_max() -> int:
@@ -604,10 +617,15 @@ class Player:
             time.sleep(min(delay, SLEEP_MAX))
 
     def _advance(self, step: Step) -> None:
-        """Run the workload from the step before to this one's model time."""
-        if self.clock is not None:
+        """Run the workload from the step before to this one's model time, in advances each
+        within what one write may ask of the tasks at their rates."""
+        if self.clock is not None and self.now < step.at:
+            try:
+                piece = advance_piece(sum(workload_rates(self.tree)))
+            except ClientError as e:
+                raise self._error(step, e, "reading the workload's tasks: ") from None
             while self.now < step.at:
-                dt = min(step.at - self.now, ADVANCE_MAX)
+                dt = min(step.at - self.now, piece)
                 self._write_workload(step, f"advance {dt:f}\n")
                 self.now += dt
         self.now = step.at

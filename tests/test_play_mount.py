@@ -507,3 +507,23 @@ def test_a_full_trace_disk_names_the_file_and_the_step(mount_dnumafs, run_dnumaf
     assert r.stderr == ("/dev/full: writing the trace before the first step: No space left on "
                         "device (ENOSPC)\n")
     assert clock_line(mnt).startswith("# clock realtime running ")
+
+
+def test_a_busy_workload_is_advanced_in_pieces_one_write_may_ask(mount_dnumafs, run_dnumafs,
+                                                                 tmp_path):
+    """300,000 allocations between two steps are more than one `advance` may ask (E2BIG):
+    the player advances in pieces, and the task makes them all."""
+    from dnumafs.mm.workload import MAX_ADVANCE_WORK
+    rate = 300_000
+    assert rate > MAX_ADVANCE_WORK
+    mnt = mount_dnumafs()
+    path = write(tmp_path, "busy.toml",
+                 f'[[step]]\nat = 0\ndo = "workload"\ncommands = "task t cpu 0 rate {rate}"\n'
+                 '[[step]]\nat = 1\ndo = "wait"\n')
+    (mnt / client.WORKLOAD).write_text("clock manual\n")    # as the player will leave it
+    r = play_cli(run_dnumafs, mnt, path, "--speed", "0")
+    assert r.returncode == 0, r.stderr
+    task = next(line for line in read(mnt, client.WORKLOAD).splitlines()
+                if line.startswith("task t "))
+    assert f" allocated {rate} " in task, task
+    assert read(mnt, "sys/kernel/debug/dnumafs/check") == ""
