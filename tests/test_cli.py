@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import cli_env, force_unmount
@@ -132,12 +134,22 @@ def test_umount_after_kill_9_while_busy(standin, run_dnumafs):
             os.close(fd)
 
 
-def test_umount_of_a_busy_live_mount_fails_unless_lazy(standin, run_dnumafs):
+@contextlib.contextmanager
+def busy_mount(standin: Any) -> Iterator[tuple[Path, Path, int, subprocess.Popen[bytes]]]:
+    """A standin mount (its path, mount point and daemon's pid) with a process inside it,
+    killed at the end."""
     mnt = standin()
     mp = daemon.mountpoint_path(mnt)
-    pid = daemon.daemon_pid(mp)
     busy = subprocess.Popen(["sleep", "60"], cwd=mnt / "test")
     try:
+        yield mnt, mp, daemon.daemon_pid(mp), busy
+    finally:
+        busy.kill()
+        busy.wait(10)
+
+
+def test_umount_of_a_busy_live_mount_fails_unless_lazy(standin, run_dnumafs):
+    with busy_mount(standin) as (mnt, mp, pid, busy):
         r = run_dnumafs("umount", mnt)
         assert r.returncode == 1 and "busy" in r.stderr.lower(), r.stderr
         assert daemon.is_mounted(mp) and daemon.process_alive(pid)   # still served
@@ -148,24 +160,14 @@ def test_umount_of_a_busy_live_mount_fails_unless_lazy(standin, run_dnumafs):
         assert "serves the processes still using it" in r.stdout
         assert daemon.process_alive(pid)                 # for the process inside
         assert Path(f"/proc/{busy.pid}/cwd", "readonly").read_text() == "ro\n"
-    finally:
-        busy.kill()
-        busy.wait(10)
     assert daemon.wait_exit(pid, 10)                     # gone with its last user
 
 
 def test_umount_clears_what_a_daemon_killed_after_a_lazy_unmount_left(standin, run_dnumafs):
-    mnt = standin()
-    mp = daemon.mountpoint_path(mnt)
-    pid = daemon.daemon_pid(mp)
-    busy = subprocess.Popen(["sleep", "60"], cwd=mnt / "test")
-    try:
+    with busy_mount(standin) as (mnt, mp, pid, _):
         assert run_dnumafs("umount", "--lazy", mnt).returncode == 0
         os.kill(pid, signal.SIGKILL)
         assert daemon.wait_exit(pid, 10)
-    finally:
-        busy.kill()
-        busy.wait(10)
     assert daemon.pidfile_path(mp).exists()             # the killed daemon's
     r = run_dnumafs("umount", mnt)
     assert r.returncode == 0 and "removed the pid file" in r.stdout, r.stderr
