@@ -26,8 +26,8 @@ MACHINE = frozenset({PAGES, NODES})
 # The memlayout interface's staged bounds, which only its `start` and `end` files show: a file
 # that declares no topics depends on every model topic, but not on this one.
 STAGED = "staged"
-# The workload's tasks, counts and clock, which only its control file shows (its clock moves
-# with wall time whether or not a page moves).
+# The workload's tasks and counts, which only its control file shows, made at each read: a
+# command announces this, so that its write is not taken for a change of everything.
 WORKLOAD = "workload"
 TOPICS = MODEL_TOPICS | {STAGED, WORKLOAD}
 

@@ -289,8 +289,9 @@ class Workload:
                 if self.gone.is_set():
                     break
                 between()
-        with self.m.lock:       # pages, if any moved, and the clock
-            self.m._announce([PAGES, WORKLOAD] if owed else [WORKLOAD])
+        if owed:    # a tick that allocates nothing moves only the clock, which no text
+            with self.m.lock:   # is kept for (the control file is made at each read)
+                self.m._announce([PAGES, WORKLOAD])
 
     # ------------------------------------------------------------------ allocation
 
