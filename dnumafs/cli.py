@@ -30,11 +30,11 @@ from dnumafs import daemon, events
 from dnumafs.client import (
     ClientError,
     MountedTree,
+    all_to,
     check_possible,
-    commit_layout,
     hardware_text,
     status_text,
-    stripe_ranges,
+    stripe,
 )
 from dnumafs.machines import (
     MachineError,
@@ -327,15 +327,14 @@ def cmd_stripe(args: argparse.Namespace) -> int:
     tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.first)
     check_possible(tree, args.last)
-    _report_commit(tree, commit_layout(
-        tree, stripe_ranges(tree.max_pfn(), args.first, args.last, args.pfns)))
+    _report_commit(tree, stripe(tree, args.first, args.last, args.pfns))
     return 0
 
 
 def cmd_all_to(args: argparse.Namespace) -> int:
     tree = _tree(args.mnt, writes=True)
     check_possible(tree, args.node)
-    _report_commit(tree, commit_layout(tree, [(0, tree.max_pfn() - 1, args.node)]))
+    _report_commit(tree, all_to(tree, args.node))
     return 0
 
 

@@ -268,6 +268,16 @@ def commit_layout(tree: MountedTree, ranges: Iterable[tuple[int, int, int]]) -> 
     return count
 
 
+def stripe(tree: MountedTree, first: int, last: int, pfns: int) -> int:
+    """Stripe all of tree's memory over nodes first..last, pfns a stripe; the ranges."""
+    return commit_layout(tree, stripe_ranges(tree.max_pfn(), first, last, pfns))
+
+
+def all_to(tree: MountedTree, nid: int) -> int:
+    """Move all of tree's memory to node nid: one range over every pfn."""
+    return commit_layout(tree, [(0, tree.max_pfn() - 1, nid)])
+
+
 # what follows the seed (a running clock's lag) is not the clock's mode
 _CLOCK_LINE = re.compile(r"# clock (manual|realtime) (running|paused) time (\S+) seed (\d+)\b.*")
 

@@ -55,8 +55,9 @@ from dnumafs.client import (
     ClientError,
     MountedTree,
     WorkloadClock,
+    all_to,
     commit_layout,
-    stripe_ranges,
+    stripe,
     workload_clock,
     workload_rates,
 )
@@ -228,11 +229,11 @@ def do_ranges(tree: MountedTree, a: Args) -> None:
 
 
 def do_stripe(tree: MountedTree, a: Args) -> None:
-    commit_layout(tree, stripe_ranges(tree.max_pfn(), a["first"], a["last"], a["pfns"]))
+    stripe(tree, a["first"], a["last"], a["pfns"])
 
 
 def do_all_to(tree: MountedTree, a: Args) -> None:
-    commit_layout(tree, [(0, tree.max_pfn() - 1, a["node"])])
+    all_to(tree, a["node"])
 
 
 def do_move_cpu(tree: MountedTree, a: Args) -> None:
