@@ -234,7 +234,7 @@ def _serve(args: argparse.Namespace, mp: Path) -> int:
 def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
                 cfg: dict[str, Any]) -> int:
     from dnumafs.mm import workload
-    from dnumafs.vfs import fuse_ops  # needs libfuse; the other commands do not
+    from dnumafs.vfs import fuse_ops
 
     with daemon.serving(mp, args.pidfile_fd):   # first, so that umount can stop a boot
         try:
@@ -247,8 +247,8 @@ def _serve_root(args: argparse.Namespace, mp: Path, factory: Callable[..., Any],
         try:
             fuse_ops.serve(root, str(mp), allow_other=args.allow_other,
                            per_open=args.per_open_snapshot, shown=hub.publish)
-        except RuntimeError as e:
-            raise CliError(f"{mp}: libfuse could not mount it (status {e})") from None
+        except fuse_ops.MountError as e:
+            raise CliError(f"{mp}: cannot mount: {e}") from None
         finally:
             hub.stop()
             workload.stop_clocks()      # the workload's thread goes with the mount

@@ -34,8 +34,6 @@ from test_tools import (
 
 from dnumafs import run as dnuma_run
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 NODES, CPUS = 4, 8
 BUS = "/sys/bus"
 USER_HZ = 100

@@ -23,8 +23,6 @@ from test_tools import (
     run_tool,
 )
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 NODE = "/sys/devices/system/node"
 CPU = "/sys/devices/system/cpu"
 TOPO = "/sys/kernel/debug/numa_topology"

@@ -164,7 +164,6 @@ pytestmark_fuse = pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="no 
 
 @pytestmark_fuse
 def test_a_thousand_changes_arrive_complete_in_order_and_the_files_show_them(mount_dnumafs):
-    pytest.importorskip("fuse")
     mnt = mount_dnumafs(*OPTIONS)
     m = Machine.boot(MachineConfig(nodes=2, mem=256 << 20, cpus=4, possible_nodes=3,
                                    block_size=4 << 20))
@@ -209,7 +208,6 @@ def test_a_thousand_changes_arrive_complete_in_order_and_the_files_show_them(mou
 
 @pytestmark_fuse
 def test_monitor_prints_like_udevadm(mount_dnumafs, run_dnumafs, runtime_dir):
-    pytest.importorskip("fuse")
     mnt = mount_dnumafs(*OPTIONS)
     env = {**os.environ, "DNUMAFS_RUNTIME_DIR": str(runtime_dir)}
     p = subprocess.Popen([sys.executable, "-m", "dnumafs", "monitor", str(mnt)],
@@ -272,7 +270,6 @@ LISTENER = textwrap.dedent("""
 @pytestmark_fuse
 def test_run_uevents_sends_kernel_uevents_into_the_commands_namespace(mount_dnumafs,
                                                                      runtime_dir, tmp_path):
-    pytest.importorskip("fuse")
     mnt = mount_dnumafs(*OPTIONS)
     m = Machine.boot(MachineConfig(nodes=2, mem=256 << 20, cpus=4, possible_nodes=3,
                                    block_size=4 << 20))

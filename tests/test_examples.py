@@ -21,8 +21,6 @@ from files_helpers import (
 
 from dnumafs import client
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HPAGE_KB = 2048
 

@@ -25,8 +25,6 @@ from files_helpers import (
     proc_meminfo,
 )
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
 
 

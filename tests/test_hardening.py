@@ -32,8 +32,6 @@ from test_vfs import _as_nobody, needs_setpriv, public_dir  # noqa: F401 (a fixt
 from dnumafs import daemon
 from dnumafs.lib.kstrtox import kstrtoull
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 CHECK = "/sys/kernel/debug/dnumafs/check"
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
 BACKLOG_MAX = "/sys/module/memlayout_debugfs/parameters/backlog_max"

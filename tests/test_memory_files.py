@@ -23,8 +23,6 @@ from dnumafs.mm import memory_hotplug as mh
 from dnumafs.mm.constants import PAGE_SHIFT, PG_HEAD, PG_RESERVED
 from dnumafs.mm.memory_hotplug import OnlineType
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 MEM = "/sys/devices/system/memory"
 NODE = "/sys/devices/system/node"
 CONFIG = dict(nodes=2, mem=1 << 30, cpus=4, possible_nodes=4, block_size=4 << 20)

@@ -262,7 +262,6 @@ def test_a_volatile_read_gets_the_text_its_size_was_given_of():
     """getattr gives the size of a text made then; the read that follows gets that text, not
     a longer one made since (the kernel would cut it at the size), even if a drop of the
     file was worked through in between."""
-    pytest.importorskip("fuse", reason="the page cache's notifier is libfuse's")
     from dnumafs.vfs.pagecache import PageCache
     from dnumafs.vfs.tree import STATIC, Attr, StaticDir
 

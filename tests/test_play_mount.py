@@ -17,8 +17,6 @@ from conftest import cli_env
 
 from dnumafs import client, play
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 NODE = "sys/devices/system/node"
 CPU = "sys/devices/system/cpu"

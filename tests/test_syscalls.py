@@ -32,8 +32,6 @@ from test_tools import (
 
 from dnumafs.mm import mempolicy as mp
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 NODES, CPUS = 8, 8
 PROGRAM = TESTS_DIR / "programs" / "policy.c"
 HOST_NODE_DIR = Path("/sys/devices/system/node")

@@ -32,8 +32,6 @@ from files_helpers import (
 
 from dnumafs import run as dnuma_run
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 HP = NODE + "/node{}/hugepages/hugepages-2048kB/nr_hugepages"
 HPAGE_MB = 2
 TOOL_TIMEOUT = 60

@@ -19,7 +19,7 @@ from hypothesis import strategies as hs
 from standin import big_text
 
 from dnumafs.lib.kstrtox import ULLONG_MAX, kstrtoull
-from dnumafs.vfs import fuse_ops
+from dnumafs.vfs import fuse_ops, session
 from dnumafs.vfs.tree import Attr, Dir, DynamicDir, StaticDir, Symlink, resolve
 
 # --- tree ------------------------------------------------------------------------------------
@@ -244,9 +244,9 @@ def test_ops_unneeded_operations_are_unregistered():
     assert _errno(ops, "chmod", "/rw", 0o600) == errno.EPERM
     assert _errno(ops, "chown", "/rw", 0, 0) == errno.EPERM
     assert _errno(ops, "utimens", "/rw", None) == errno.EPERM
-    opts = fuse_ops.fuse_options()
-    assert opts["default_permissions"] is True and opts["negative_timeout"] == 0
-    assert opts["fsname"] == opts["subtype"] == "dnumafs"
+    assert session.mount_options(allow_other=False) == "default_permissions"
+    assert session.mount_options(allow_other=True, fd=5).split(",")[:2] == ["fd=5",
+                                                                           "rootmode=40000"]
 
 
 # --- the adapter, through the kernel ----------------------------------------------------------

@@ -14,8 +14,6 @@ from files_helpers import ML, NODE, Mounted, key_values, node_meminfo
 
 from dnumafs import daemon
 
-pytest.importorskip("fuse", reason="fusepy is needed to mount")
-
 CONTROL = "/sys/kernel/debug/dnumafs/workload"
 CHECK = "/sys/kernel/debug/dnumafs/check"
 MACHINE = ("--nodes", "2", "--mem", "64M", "--cpus", "4", "--possible-nodes", "4")

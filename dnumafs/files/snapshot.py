@@ -131,6 +131,10 @@ class SnapshotDir(Dir):
     only: tuple[str, ...] | None = None     # the names served, if not all
     live: bool = False                      # the running host's files, not a snapshot's
 
+    @property
+    def volatile(self) -> bool:
+        return self.live
+
     def names(self) -> list[str]:
         """The entries lookup serves: directories, links and regular files."""
         try:
@@ -176,6 +180,10 @@ class OverlayDir(Dir):
     # only for names one side has, so lookups of names found nowhere keep nothing.
     _theirs: dict[str, tuple[Node | None, bool]] = attrs.field(factory=dict, init=False)
     _merged: dict[str, OverlayDir] = attrs.field(factory=dict, init=False)
+
+    @property
+    def volatile(self) -> bool:
+        return self.snapshot is not None and self.snapshot.volatile
 
     def names(self) -> list[str]:
         names = list(self.model.names()) if self.model is not None else []

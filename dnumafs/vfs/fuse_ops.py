@@ -1,4 +1,4 @@
-"""The FUSE adapter: serves a tree of Attr/Symlink/Dir nodes through fusepy (libfuse 2).
+"""The FUSE adapter: serves a tree of Attr/Symlink/Dir nodes through a Session (session.py).
 
 It behaves as sysfs, procfs and debugfs do for their readers and writers:
 - an Attr's text is made by show() at a read at offset 0 and later offsets are served from
@@ -13,7 +13,6 @@ It behaves as sysfs, procfs and debugfs do for their readers and writers:
 """
 from __future__ import annotations
 
-import codecs
 import errno
 import itertools
 import logging
@@ -25,32 +24,35 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from fuse import FUSE, FuseOSError, Operations, c_stat
 
 from .pagecache import PageCache, kernel_has_no_open
-from .tree import PAGE_SIZE, Attr, ChangeSource, Dir, Node, NodeKind, StaticDir, Symlink, resolve
+from .session import FileInfo, MountError, Session, serve_session
+from .session import mount as fuse_mount
+from .tree import (
+    LETTER_MODES,
+    PAGE_SIZE,
+    Attr,
+    ChangeSource,
+    Dir,
+    Node,
+    StaticDir,
+    Symlink,
+    listing,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from dnumafs.mm.changes import Device
 
 log = logging.getLogger(__name__)
 
-# fusepy decodes every path with bytes.decode(encoding), strictly: a name that is not UTF-8
-# would fail there, before any operation, as EINVAL with a traceback in the log. This codec
-# is UTF-8 that keeps such bytes as surrogates, so the name is simply not found (ENOENT).
-PATH_ENCODING = "utf-8-surrogateescape"
+__all__ = ["FileInfo", "MountError", "serve"]
 
 
-def _path_codec(name: str) -> codecs.CodecInfo | None:
-    if name != PATH_ENCODING.replace("-", "_"):
-        return None
-    return codecs.CodecInfo(
-        name=PATH_ENCODING,
-        encode=lambda s, errors="strict": codecs.utf_8_encode(s, "surrogateescape"),
-        decode=lambda b, errors="strict": codecs.utf_8_decode(b, "surrogateescape", True))
+def fail(code: int) -> OSError:
+    """The error an operation answers with: its errno reaches the caller (`echo` prints it)."""
+    return OSError(code, os.strerror(code))
 
-
-codecs.register(_path_codec)
 
 # Entry and attribute cache lifetimes handed to the kernel, in seconds. Each FUSE request is a
 # round trip to this process (two context switches), and on a cold cache opening
@@ -60,14 +62,16 @@ codecs.register(_path_codec)
 # ten. It is safe here: a file's mode and size never change, open, readdir and readlink always
 # reach the daemon (so a layout.N that is gone fails to open at once), nodeN never goes away,
 # and a name that just appeared is never hidden by a cached "no such entry"
-# (negative_timeout 0). Only stat() of a destroyed layout.N may pass for up to ENTRY_TIMEOUT,
-# which fusepy cannot invalidate.
+# (an ENOENT is never cached). Only stat() of a destroyed layout.N may pass for up to
+# ENTRY_TIMEOUT, as nothing is invalidated in this mode.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
-NEGATIVE_TIMEOUT = 0
 # With the page cache, every change is told to the kernel, so it may keep entries and
 # attributes as long as it likes (a day).
 CACHED_TIMEOUT = 86400.0
+# Threads serving requests with the page cache: a writer's request waits for its notices, a
+# notice for the pages the kernel is filling, a page for a read that another thread serves.
+CACHED_THREADS = 4
 
 
 # The most text that open files may hold at once, identical texts counted once. A reader
@@ -143,20 +147,6 @@ class RateLimit(logging.Filter):
         return True
 
 
-# A directory listing as one bytes object, one entry a line: its kind's letter, then its name.
-# A listing is held, like a file's text, while readdir serves it in pieces; each entry's
-# readdir offset is where the next line starts, so a listing of any length is served in
-# requests of a page each, and other requests go on between them.
-KIND_LETTERS: dict[NodeKind, str] = {Dir: "d", Symlink: "l", Attr: "f"}
-LETTER_MODES = {ord("d"): stat.S_IFDIR, ord("l"): stat.S_IFLNK, ord("f"): stat.S_IFREG}
-
-
-def listing(node: Dir) -> bytes:
-    entries = [(".", Dir), ("..", Dir), *node.entries()]
-    return "".join([f"{KIND_LETTERS[kind]}{name}\n" for name, kind in entries]
-                   ).encode(PATH_ENCODING)
-
-
 @attrs.define
 class OpenDir:
     """One open directory: the listing its readdir at offset 0 made, until served whole."""
@@ -164,14 +154,12 @@ class OpenDir:
     text: bytes | None = None
 
 
-class TreeOperations(Operations):
-    """fusepy operations over a root Dir.
+class TreeOperations:
+    """The operations on paths a Session serves, over a root Dir.
 
     Safe from any number of threads (the tree's own locks guard the model; the table of open
-    files has its own lock), though serve() runs libfuse's single-threaded loop (see there).
+    files has its own lock), though serve() uses a single thread for them (see there).
     """
-
-    use_ns = True  # times in nanoseconds (fusepy warns about the float API otherwise)
 
     def __init__(self, root: Dir) -> None:
         self.root = root
@@ -187,42 +175,41 @@ class TreeOperations(Operations):
     def __call__(self, op: str, *args: Any) -> Any:
         """Dispatch one operation, letting nothing but an errno out.
 
-        fusepy turns a non-OSError into EINVAL and, for SystemExit or KeyboardInterrupt, sends a
-        broken reply and stops the file system; an OSError without a positive errno makes its
-        own handler fail. Anything unexpected is logged (rate-limited) and answered with EIO.
+        An OSError without a positive errno, or anything unexpected, is logged (rate-limited)
+        and answered with EIO.
         """
         try:
             return getattr(self, op)(*args)
         except OSError as e:
             if isinstance(e.errno, int) and e.errno > 0:
-                raise FuseOSError(e.errno) from None
+                raise fail(e.errno) from None
             log.error("%s %r: OSError without errno", op, args[:1], exc_info=True)
-            raise FuseOSError(errno.EIO) from None
+            raise fail(errno.EIO) from None
         except BaseException:
             log.error("%s %r failed", op, args[:1], exc_info=True)
-            raise FuseOSError(errno.EIO) from None
+            raise fail(errno.EIO) from None
 
     # --- lookups -------------------------------------------------------------------------
 
     def _resolve(self, path: str) -> Node:
         node = resolve(self.root, path)
         if node is None:
-            raise FuseOSError(errno.ENOENT)
+            raise fail(errno.ENOENT)
         return node
 
     def _attr(self, path: str) -> Attr:
         node = self._resolve(path)
         if isinstance(node, Dir):
-            raise FuseOSError(errno.EISDIR)
+            raise fail(errno.EISDIR)
         if not isinstance(node, Attr):
-            raise FuseOSError(errno.EINVAL)
+            raise fail(errno.EINVAL)
         return node
 
     def _open_file(self, fi: Any) -> OpenFile:
         with self._lock:
             f = self._files.get(fi.fh)
         if f is None:
-            raise FuseOSError(errno.EBADF)
+            raise fail(errno.EBADF)
         return f
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
@@ -241,7 +228,7 @@ class TreeOperations(Operations):
 
     def opendir(self, path: str) -> int:
         if not isinstance(self._resolve(path), Dir):
-            raise FuseOSError(errno.ENOTDIR)
+            raise fail(errno.ENOTDIR)
         with self._lock:
             fh = next(self._next_fh)
             self._dirs[fh] = OpenDir()
@@ -253,7 +240,7 @@ class TreeOperations(Operations):
         readdir's d_type (DT_DIR, DT_REG, DT_LNK), as sysfs does."""
         node = self._resolve(path)
         if not isinstance(node, Dir):
-            raise FuseOSError(errno.ENOTDIR)
+            raise fail(errno.ENOTDIR)
         with self._lock:
             d = self._dirs.get(fh) if fh else None
             text = d.text if d is not None else None
@@ -278,7 +265,8 @@ class TreeOperations(Operations):
                  ) -> Iterator[tuple[str, int, int]]:
         while offset < len(text):
             end = text.index(b"\n", offset) + 1
-            yield (text[offset + 1:end - 1].decode(PATH_ENCODING), LETTER_MODES[text[offset]],
+            yield (text[offset + 1:end - 1].decode("utf-8", "surrogateescape"),
+                   LETTER_MODES[text[offset]],
                    end)
             offset = end
         with self._lock:                # served whole: the listing is no longer needed
@@ -295,7 +283,7 @@ class TreeOperations(Operations):
     def readlink(self, path: str) -> str:
         node = self._resolve(path)
         if not isinstance(node, Symlink):
-            raise FuseOSError(errno.EINVAL)
+            raise fail(errno.EINVAL)
         return node.target()
 
     # --- files -----------------------------------------------------------------------------
@@ -307,7 +295,7 @@ class TreeOperations(Operations):
         writing = accmode in (os.O_WRONLY, os.O_RDWR)
         if attr.fs.refuse_at_open and ((reading and attr.show is None)
                                        or (writing and attr.store is None)):
-            raise FuseOSError(errno.EACCES)
+            raise fail(errno.EACCES)
         with self._lock:
             fh = next(self._next_fh)
             self._files[fh] = OpenFile(attr)
@@ -345,7 +333,7 @@ class TreeOperations(Operations):
         as in Linux, and not at the truncate."""
         attr = self._open_file(fh).attr if fh is not None else self._attr(path)
         if attr.store is None and attr.fs.refuse_at_open:
-            raise FuseOSError(errno.EACCES)
+            raise fail(errno.EACCES)
         return 0
 
     def release(self, path: str, fi: Any) -> int:
@@ -359,12 +347,12 @@ class TreeOperations(Operations):
         # Registered only for its errno: without it libfuse answers ENOSYS, and
         # `echo 1 > MNT/typo` would say "Function not implemented" where sysfs says
         # "Permission denied".
-        raise FuseOSError(errno.EACCES)
+        raise fail(errno.EACCES)
 
     def _eperm(self, *args: Any) -> int:
         """sysfs refuses to make, remove, link, rename, chmod, chown or touch anything with
         EPERM (kernfs has no setattr for them from user space)."""
-        raise FuseOSError(errno.EPERM)
+        raise fail(errno.EPERM)
 
     chmod = chown = link = mkdir = mknod = rename = rmdir = symlink = unlink = utimens = _eperm
 
@@ -391,9 +379,6 @@ class CachedOperations(TreeOperations):
         self.cache = cache
         self.changes = changes
 
-    def init(self, path: str) -> None:  # type: ignore[override]  # unregistered above
-        self.cache.notifier.capture()
-
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         node = self._resolve(path)
         st = super().getattr(path, fh)
@@ -410,7 +395,16 @@ class CachedOperations(TreeOperations):
         return st
 
     def open(self, path: str, fi: Any) -> int:
-        raise FuseOSError(errno.ENOSYS)         # FUSE_NO_OPEN_SUPPORT: no open, no release
+        raise fail(errno.ENOSYS)         # FUSE_NO_OPEN_SUPPORT: no open, no release
+
+    def readdir(self, path: str, fh: int | None, offset: int = 0
+                ) -> Iterator[tuple[str, int, int]]:
+        """The listing the kernel then keeps (the session answers no opendir, so every
+        directory is FOPEN_CACHE_DIR) until told it changed."""
+        node = self._resolve(path)
+        if not isinstance(node, Dir):
+            raise fail(errno.ENOTDIR)
+        return self._entries(None, self.cache.listed(path, node, offset), offset)
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         """Pages for the kernel's cache, from the text the kernel was given the size of."""
@@ -421,7 +415,7 @@ class CachedOperations(TreeOperations):
             self.cache.filled(path, offset, len(data))
             return data
         if node.show is None:
-            raise FuseOSError(node.fs.no_show_errno)
+            raise fail(node.fs.no_show_errno)
         text = self.cache.known(path, node, sized=True).text
         if text is None:                       # the show failed (a layout destroyed)
             text = node.read()
@@ -456,42 +450,6 @@ class CachedOperations(TreeOperations):
         return 0
 
 
-# One stat per kind, filled once: readdir hands libfuse only the type bits (its d_type).
-_DIRENT_STATS = {mode: c_stat(st_mode=mode) for mode in LETTER_MODES.values()}
-
-
-class _FUSE(FUSE):
-    """fusepy's FUSE, with readdir given the offset to go on from. fusepy's own lists a
-    directory from its start at every call, so a directory longer than one request's buffer
-    could only be served whole, in one request however long."""
-
-    def readdir(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any) -> int:
-        for name, mode, off in self.operations("readdir", self._decode_optional_path(path),
-                                               fip.contents.fh, offset):
-            if filler(buf, name.encode(self.encoding), _DIRENT_STATS[mode], off) != 0:
-                break
-        return 0
-
-
-def fuse_options(*, allow_other: bool = False, cached: bool = False) -> dict[str, Any]:
-    """The mount options: sysfs-like permission checks; kernel caches kept a second, or, when
-    every change is told to the kernel (cached), for as long as the kernel likes."""
-    timeout = CACHED_TIMEOUT if cached else ENTRY_TIMEOUT
-    return dict(
-        fsname="dnumafs",
-        subtype="dnumafs",
-        # The kernel checks mode bits for everyone but root; open() refuses the rest.
-        default_permissions=True,
-        allow_other=allow_other,
-        entry_timeout=timeout,
-        attr_timeout=timeout if cached else ATTR_TIMEOUT,
-        negative_timeout=NEGATIVE_TIMEOUT,
-        # A write through the page cache goes to the daemon as one request (up to 128 KiB),
-        # not a request per page: each request is taken as one value.
-        big_writes=cached,
-    )
-
-
 def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
           per_open: bool = False, shown: Callable[[list[Device]], None] | None = None
           ) -> None:
@@ -501,19 +459,17 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
     text per open (TreeOperations), or the kernel cannot keep pages without open (before
     4.19), which is then said in the log.
 
-    Always in the foreground: fusepy's background mode forks inside libfuse, which kills
-    Python's threads, so callers that want a daemon run this in a child process. libfuse
-    unmounts on SIGINT, SIGTERM and SIGHUP and then this returns. Raises RuntimeError if
-    libfuse fails to mount.
+    Always in the foreground; callers that want a daemon run this in a child process. A
+    SIGINT, SIGTERM or SIGHUP unmounts, and then this returns. debug writes a line per
+    request to standard error. Raises MountError if the mount fails.
     """
     limit = RateLimit()
-    for name in (__name__, "fuse", "dnumafs.vfs.pagecache"):   # and fusepy's own messages
+    for name in (__name__, "dnumafs.vfs.session", "dnumafs.vfs.pagecache"):
         logging.getLogger(name).addFilter(limit)
     if not per_open and not kernel_has_no_open():
         log.warning("kernel %s keeps no page cache without open (Linux 4.19+): "
                     "serving a text per open instead", os.uname().release)
         per_open = True
-    options = dict(raw_fi=True, foreground=True, debug=debug, encoding=PATH_ENCODING)
     changes = root.changes if isinstance(root, StaticDir) else None
     if per_open:
         if changes is not None and shown is not None:
@@ -522,20 +478,24 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
             changes.subscribe(lambda _topics, devices: shown(list(devices)) if devices
                               else None)
         # One thread serves every request, one after another. Every show and store takes the
-        # machine lock anyway, so libfuse's worker threads would only contend for it and for
-        # the GIL: measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone
-        # and more than twice as fast with 4 readers at once.
-        _FUSE(TreeOperations(root), mountpoint, nothreads=True, **options,
-              **fuse_options(allow_other=allow_other))
+        # machine lock anyway, so more threads would only contend for it and for the GIL:
+        # measured on 2 CPUs, one thread reads node0/meminfo a quarter faster alone and more
+        # than twice as fast with 4 readers at once.
+        session = Session(TreeOperations(root), fuse_mount(mountpoint, allow_other=allow_other),
+                          entry_timeout=ENTRY_TIMEOUT, attr_timeout=ATTR_TIMEOUT, debug=debug)
+        serve_session(session, mountpoint, threads=1)
         return
-    # Several threads: a writer waits for its notices, whose stat of a path may need a
-    # lookup served meanwhile; reads rarely come at all.
-    cache = PageCache(root, os.path.abspath(mountpoint), shown=shown)
+    # Several threads: a writer waits for its notices, which wait for the kernel's pages,
+    # which may wait for a read being served meanwhile.
+    cache = PageCache(root)
     if changes is not None:
         changes.subscribe(cache.changed)
+    session = Session(CachedOperations(root, cache, changes),
+                      fuse_mount(mountpoint, allow_other=allow_other),
+                      entry_timeout=CACHED_TIMEOUT, attr_timeout=CACHED_TIMEOUT,
+                      cache_dirs=True, debug=debug, on_init=cache.attach)
     cache.start()
     try:
-        _FUSE(CachedOperations(root, cache, changes), mountpoint, nothreads=False, **options,
-              **fuse_options(allow_other=allow_other, cached=True))
+        serve_session(session, mountpoint, threads=CACHED_THREADS)
     finally:
         cache.stop()

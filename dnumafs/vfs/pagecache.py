@@ -19,7 +19,6 @@ writer waits for its notices.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -29,17 +28,18 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
 
 from dnumafs.mm.changes import LAYOUTS, MODEL_TOPICS, NODES, PLACES
 
-from .tree import PAGE_SIZE, STATIC, Attr, Depends, Dir, Node, Symlink, resolve
+from .tree import PAGE_SIZE, STATIC, Attr, Depends, Dir, Node, Symlink, listing, resolve
 
 if TYPE_CHECKING:
     from dnumafs.mm.changes import Device
+
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +66,16 @@ INVAL_ENTRY_OUT = struct.Struct("<QII")
 
 
 class Notifier:
-    """The kernel's invalidation notices, written to the mount's /dev/fuse channel as
-    libfuse 2's fuse_lowlevel_notify_inval_* write them, but on a duplicate of its descriptor
-    (taken at init, from the thread that runs libfuse's init callback): libfuse frees its
-    channel when the mount goes, while a change made outside a request (the workload's
-    clock) may still be told; a write on the duplicate then fails with ENODEV instead."""
+    """The kernel's invalidation notices, written to the mount's /dev/fuse channel, on a
+    duplicate of the session's descriptor: a change made outside a request (the workload's
+    clock) may still be told after the session closed its own; the write then fails with
+    ENODEV instead of going to whatever took the descriptor's number."""
 
     def __init__(self) -> None:
-        from fuse import _libfuse  # the libfuse fusepy loaded (it carries the session)
-
-        self._lib = _libfuse
-        self._lib.fuse_get_session.restype = ctypes.c_void_p
-        self._lib.fuse_get_session.argtypes = [ctypes.c_void_p]
-        self._lib.fuse_session_next_chan.restype = ctypes.c_void_p
-        self._lib.fuse_session_next_chan.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self._lib.fuse_chan_fd.restype = ctypes.c_int
-        self._lib.fuse_chan_fd.argtypes = [ctypes.c_void_p]
         self._fd: int | None = None
 
-    def capture(self) -> None:
-        """Take the channel from the current request's context (call from init)."""
-        fuse = self._lib.fuse_get_context().contents.fuse
-        chan = self._lib.fuse_session_next_chan(self._lib.fuse_get_session(fuse), None)
-        self._fd = os.dup(self._lib.fuse_chan_fd(chan))
+    def capture(self, fd: int) -> None:
+        self._fd = os.dup(fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -108,11 +95,12 @@ class Notifier:
             return -(e.errno or errno.EIO)
         return 0
 
-    def inval_inode(self, ino: int, pages: range) -> int:
-        """Drop the inode's attributes and its cached pages in the range (none if empty): 0,
-        or -ENOENT if the kernel has forgotten the inode."""
-        off, length = ((pages.start * PAGE_SIZE, len(pages) * PAGE_SIZE) if pages
-                       else (-1, 0))
+    def inval_inode(self, ino: int, pages: range | None) -> int:
+        """Drop the inode's attributes and its cached pages in the range (none if empty, all
+        if None: a directory's cached listing): 0, or -ENOENT if the kernel has forgotten
+        the inode."""
+        off, length = ((0, 0) if pages is None else
+                       (pages.start * PAGE_SIZE, len(pages) * PAGE_SIZE) if pages else (-1, 0))
         return self._send(FUSE_NOTIFY_INVAL_INODE, INVAL_INODE_OUT.pack(ino, off, length))
 
     def inval_entry(self, parent: int, name: bytes) -> int:
@@ -154,7 +142,15 @@ def render(node: Node) -> bytes | None:
             return None
     if isinstance(node, Symlink):
         return node.target().encode()
+    if isinstance(node, Dir):
+        return listing(node)
     return None
+
+
+def _text(node: Node) -> bytes | None:
+    """What known() keeps of node: a directory's listing only once the kernel lists it
+    (listed()), so that a stat of a directory costs no listing."""
+    return None if isinstance(node, Dir) else render(node)
 
 
 def _kind(node: Node) -> type[Attr] | type[Symlink] | type[Dir]:
@@ -179,18 +175,25 @@ class PageCache:
     """The texts the kernel may hold, and the thread that keeps them in step with the model."""
 
     root: Dir
-    mountpoint: str
     notifier: Notifier = attrs.field(factory=Notifier)
+    # The node id the kernel knows a path by, if it knows it (the session's table).
+    nodeid: Callable[[str], int | None] = lambda path: None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
     _known: dict[str, Known] = attrs.field(factory=dict)
     # The pages of each file the kernel may hold up to date: served, or written whole.
     _pages: dict[str, range] = attrs.field(factory=dict)
-    _inos: dict[str, int] = attrs.field(factory=dict)     # the notifying thread's own
+    # The directories whose listing the kernel may hold.
+    _listed: set[str] = attrs.field(factory=set)
     _epoch: int = 0             # counts changes, so that a text made across one is made again
     _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
     # Told, in the notifying thread, the devices of changes whose files now show them.
     shown: Callable[[list[Device]], None] | None = None
+
+    def attach(self, session: Session) -> None:
+        """Tell the kernel of changes through session's mount (from its INIT)."""
+        self.nodeid = session.nodes.find
+        self.notifier.capture(session.fd)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dnumafs-inval", daemon=True)
@@ -219,10 +222,10 @@ class PageCache:
             return k
         depends = node.depends if isinstance(node, Attr) else (
             DIR_DEPENDS if isinstance(node, Dir) else None)
-        volatile = isinstance(node, Attr) and node.volatile
+        volatile = isinstance(node, (Attr, Dir)) and node.volatile
         while True:
             epoch = self._epoch
-            text = render(node)         # outside the lock: it takes the model's
+            text = _text(node)          # outside the lock: it takes the model's
             with self._lock:
                 if epoch == self._epoch:
                     k = Known(_kind(node), text, depends, volatile, time.time_ns(), epoch)
@@ -230,6 +233,28 @@ class PageCache:
                         self._known[path] = k
                         return k
                     return self._known.setdefault(path, k)
+
+    def listed(self, path: str, node: Dir, offset: int) -> bytes:
+        """The listing readdir serves from offset, which the kernel then caches: the one it
+        was given, remade at every change of the directories (DIR_DEPENDS) once listed, and
+        made afresh at the listing's start if it was not. A directory whose entries change
+        with the clock (a live host's) is dropped once listed to its end."""
+        while True:
+            k = self.known(path, node, sized=offset > 0)
+            with self._lock:
+                if k.text is not None and (offset > 0 or path in self._listed):
+                    text = k.text
+                    break
+                self._listed.add(path)      # from now on, changes remake it
+                epoch = self._epoch
+            text = listing(node)
+            with self._lock:
+                if epoch == self._epoch:
+                    k.text = text
+                    break
+        if node.volatile and offset >= len(text):
+            self._queue.put(Refresh(topics=frozenset(), written=(path,)))
+        return text
 
     def filled(self, path: str, offset: int, length: int) -> None:
         """The kernel now holds bytes [offset, offset + length) of path up to date (a read
@@ -325,8 +350,8 @@ class PageCache:
             if node is None or _kind(node) is not k.kind:
                 gone.append(path)
                 continue
-            if k.kind is Dir:
-                continue
+            if k.kind is Dir and path not in self._listed:
+                continue                # nothing held of it but its attributes
             if k.volatile or isinstance(node, Attr) and node.slices is not None:
                 # Always dropped: its bytes are not kept to compare, or are the text whose
                 # size a reader was just given, which its read must get whole.
@@ -341,42 +366,25 @@ class PageCache:
             for g in gone:
                 for p in [p for p in self._known if p == g or p.startswith(g + "/")]:
                     del self._known[p]
+                    self._pages.pop(p, None)
+                    self._listed.discard(p)
         return changed, gone
 
-    def _ino(self, path: str, fresh: bool = False) -> int | None:
-        """libfuse's node id for path (st_ino, as the mount has no use_ino), kept: a stat
-        would ask for the attributes just dropped, and make a text that changes with the
-        clock before its reader asks."""
-        if path == "/":
-            return FUSE_ROOT_ID
-        ino = None if fresh else self._inos.get(path)
-        if ino is None:
-            try:
-                ino = self._inos[path] = os.lstat(self.mountpoint + path).st_ino
-            except OSError:
-                return None
-        return ino
-
-    def _inval(self, path: str, call: Callable[[int], int]) -> None:
-        """Make call(node id of path), again with a fresh id if the kept one is stale."""
-        ino = self._ino(path)
-        rc = call(ino) if ino is not None else None
-        if rc == -errno.ENOENT:      # the kernel forgot it (and may know it by a new id)
-            ino = self._ino(path, fresh=True)
-            if ino is not None:
-                call(ino)
-
     def _notify(self, changed: list[str], gone: list[str]) -> None:
+        """Have the kernel drop what changed and forget what is gone, by the node ids it
+        knows them by (one it does not know holds nothing)."""
         if not self.notifier.ready:
             return
         for path in changed:
             with self._lock:
                 pages = self._pages.pop(path, range(0))
-            self._inval(path, partial(self.notifier.inval_inode, pages=pages))
+                listed = path in self._listed
+                self._listed.discard(path)      # until the kernel lists it again
+            ino = self.nodeid(path)
+            if ino is not None:
+                self.notifier.inval_inode(ino, None if listed else pages)
         for path in gone:
             parent, _, name = path.rpartition("/")
-            raw = name.encode("utf-8", "surrogateescape")
-            self._inval(parent or "/", partial(self.notifier.inval_entry, name=raw))
-            for p in [p for p in self._inos if p == path or p.startswith(path + "/")]:
-                del self._inos[p]
-
+            ino = self.nodeid(parent or "/")
+            if ino is not None:
+                self.notifier.inval_entry(ino, name.encode("utf-8", "surrogateescape"))

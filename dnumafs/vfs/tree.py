@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -167,6 +168,11 @@ class Dir(abc.ABC):
     """A directory. Children are asked for at every readdir and lookup."""
 
     mode: int = 0o755
+
+    @property
+    def volatile(self) -> bool:
+        """Whether its entries change with the clock (a live host's), not with the model."""
+        return False
 
     @abc.abstractmethod
     def names(self) -> Iterable[str]:
@@ -329,3 +335,17 @@ def resolve(root: Dir, path: str) -> Node | None:
         if node is None:
             return None
     return node
+
+
+# A directory listing as one bytes object, one entry a line: its kind's letter, then its name.
+# A listing is held, like a file's text, while readdir serves it in pieces; each entry's
+# readdir offset is where the next line starts, so a listing of any length is served in
+# requests of a page each, and other requests go on between them.
+KIND_LETTERS: dict[NodeKind, str] = {Dir: "d", Symlink: "l", Attr: "f"}
+LETTER_MODES = {ord("d"): stat.S_IFDIR, ord("l"): stat.S_IFLNK, ord("f"): stat.S_IFREG}
+
+
+def listing(node: Dir) -> bytes:
+    entries = [(".", Dir), ("..", Dir), *node.entries()]
+    return "".join([f"{KIND_LETTERS[kind]}{name}\n" for name, kind in entries]
+                   ).encode("utf-8", "surrogateescape")
