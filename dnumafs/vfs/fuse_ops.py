@@ -487,7 +487,7 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
         return
     # Several threads: a writer waits for its notices, which wait for the kernel's pages,
     # which may wait for a read being served meanwhile.
-    cache = PageCache(root)
+    cache = PageCache(root, shown=shown)
     if changes is not None:
         changes.subscribe(cache.changed)
     session = Session(CachedOperations(root, cache, changes),

@@ -367,6 +367,9 @@ class DirCompleter:
             return                  # gone meanwhile, or not ours to read
         try:
             os.listdir(fd)
+            # The reads invalidated the directory's atime: fetch its attributes now, or the
+            # next reader's opendir (glibc stats it) would ask for them.
+            os.fstat(fd)
         except OSError:
             pass
         finally:
@@ -532,7 +535,7 @@ class Session:
         alone is not a change of times (libfuse sets times only when both come)."""
         valid, _, fh, size = SETATTR_IN.unpack_from(arg)[:4]
         path = self.nodes.path(nodeid)
-        if valid & FATTR_OWNER or valid & FATTR_TIMES == FATTR_TIMES:
+        if valid & FATTR_OWNER or (valid & FATTR_TIMES) == FATTR_TIMES:
             self.ops("chmod", path)
         if valid & FATTR_SIZE:
             self.ops("truncate", path, size, FileInfo(fh=fh) if valid & FATTR_FH else None)
