@@ -11,6 +11,7 @@ this directory on PYTHONPATH). It has two parts:
 """
 from __future__ import annotations
 
+import copy
 import errno
 import threading
 from collections.abc import Iterable
@@ -67,7 +68,9 @@ def _test_dir(st: AdapterState) -> Dir:
 
     def raise_(exc: BaseException):
         def show() -> str:
-            raise exc
+            # a fresh one each time, as a bug raises it: one instance raised again and again
+            # would carry every earlier raise's frames in its traceback
+            raise copy.copy(exc).with_traceback(None)
         return show
 
     def entries() -> DynamicDir:

@@ -44,16 +44,22 @@ def bench_blocks(mounts: Mounts, notes: list[str]) -> list[Row]:
     memory = mnt / "sys/devices/system/memory"
     nblocks = sum(1 for n in os.listdir(memory) if n.startswith("memory"))
     if shutil.which("lsmem"):
+        # The first run asks the daemon for everything, the second for the attributes of what
+        # the first read (see "Reads from the page cache"); from the third on the kernel
+        # answers alone. Each is reported.
         runs = []
-        for _ in range(RUNS):
+        for _ in range(2 + RUNS):
             t = time.perf_counter()
             subprocess.run(["lsmem", "--sysroot", str(mnt), "-o", LSMEM_COLUMNS],
                            check=True, capture_output=True, timeout=300)
             runs.append(time.perf_counter() - t)
-        med, lo, hi = median_range(runs)
-        rows.append(Row(f"lsmem over {nblocks:,} blocks ({BLOCKS_GIB} GiB, {BLOCK_SIZE} "
-                        f"blocks), median of {RUNS}", f"{med:.2f} s ({lo:.2f}..{hi:.2f})",
-                        "< 1 s", med < 1))
+            time.sleep(1)       # the daemon completes the listings lsmem read in part
+        med, lo, hi = median_range(runs[2:])
+        what = f"lsmem over {nblocks:,} blocks ({BLOCKS_GIB} GiB, {BLOCK_SIZE} blocks)"
+        rows.append(Row(f"{what}: first run, then second", f"{runs[0]:.2f} s, {runs[1]:.2f} s",
+                        "-"))
+        rows.append(Row(f"{what}: later runs, median of {RUNS}",
+                        f"{med:.2f} s ({lo:.2f}..{hi:.2f})", "< 1 s", med < 1))
     else:
         notes.append("lsmem: not installed, so its row is missing")
     offline, online, refused = [], [], 0

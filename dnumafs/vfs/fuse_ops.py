@@ -69,9 +69,10 @@ ATTR_TIMEOUT = 1.0
 # With the page cache, every change is told to the kernel, so it may keep entries and
 # attributes as long as it likes (a day).
 CACHED_TIMEOUT = 86400.0
-# Threads serving requests with the page cache: a writer's request waits for its notices, a
-# notice for the pages the kernel is filling, a page for a read that another thread serves.
-CACHED_THREADS = 4
+# The most threads serving requests with the page cache (started as requests wait: a writer's
+# request waits for its notices, a notice for the pages the kernel is filling, a page for a
+# read that another thread serves).
+CACHED_THREADS = 16
 
 
 # The most text that open files may hold at once, identical texts counted once. A reader
@@ -483,7 +484,7 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
         # than twice as fast with 4 readers at once.
         session = Session(TreeOperations(root), fuse_mount(mountpoint, allow_other=allow_other),
                           entry_timeout=ENTRY_TIMEOUT, attr_timeout=ATTR_TIMEOUT, debug=debug)
-        serve_session(session, mountpoint, threads=1)
+        serve_session(session, mountpoint)
         return
     # Several threads: a writer waits for its notices, which wait for the kernel's pages,
     # which may wait for a read being served meanwhile.
@@ -493,9 +494,10 @@ def serve(root: Dir, mountpoint: str, *, allow_other: bool = False, debug: bool 
     session = Session(CachedOperations(root, cache, changes),
                       fuse_mount(mountpoint, allow_other=allow_other),
                       entry_timeout=CACHED_TIMEOUT, attr_timeout=CACHED_TIMEOUT,
-                      cache_dirs=True, debug=debug, on_init=cache.attach)
+                      cache_dirs=True, debug=debug, on_init=cache.attach,
+                      max_threads=CACHED_THREADS)
     cache.start()
     try:
-        serve_session(session, mountpoint, threads=CACHED_THREADS)
+        serve_session(session, mountpoint)
     finally:
         cache.stop()

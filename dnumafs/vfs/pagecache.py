@@ -184,6 +184,8 @@ class PageCache:
     _pages: dict[str, range] = attrs.field(factory=dict)
     # The directories whose listing the kernel may hold.
     _listed: set[str] = attrs.field(factory=set)
+    # Texts that change with the clock, read, and when to drop them (monotonic ns).
+    _later: dict[str, int] = attrs.field(factory=dict)
     _epoch: int = 0             # counts changes, so that a text made across one is made again
     _queue: queue.SimpleQueue[Refresh | None] = attrs.field(factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
@@ -259,8 +261,10 @@ class PageCache:
     def filled(self, path: str, offset: int, length: int) -> None:
         """The kernel now holds bytes [offset, offset + length) of path up to date (a read
         served, a write of whole pages). A file whose text changes with the clock is then
-        forgotten and dropped, so that its next read asks again (an empty one too: the
-        kernel now takes its size for 0 and would not ask)."""
+        dropped a tick later, so that a later read asks again (an empty one too: the kernel
+        now takes its size for 0 and would not ask), but not the same reader's next read(2):
+        dropped at once, its size would be asked again, and a reader reading on to its end
+        would get the tail of a newer, longer text after this one."""
         with self._lock:
             if length > 0:
                 first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE + 1
@@ -268,10 +272,12 @@ class PageCache:
                 self._pages[path] = (range(min(first, held.start), max(last, held.stop))
                                      if held else range(first, last))
             k = self._known.get(path)
-            if k is None or not k.volatile:
+            if k is None or not k.volatile or path in self._later:
                 return
-            del self._known[path]
-        self._queue.put(Refresh(topics=frozenset(), written=(path,)))
+            wake = not self._later
+            self._later[path] = time.monotonic_ns() + VOLATILE_NS
+        if wake:
+            self._queue.put(Refresh(topics=frozenset()))
 
     def expire(self, path: str) -> None:
         """The kernel was just given size 0 for a file made again at each read: have it
@@ -299,12 +305,29 @@ class PageCache:
         if not done.wait(SYNC_TIMEOUT):
             log.warning("page cache: notices still pending after %.0f s", SYNC_TIMEOUT)
 
+    def _later_due(self) -> tuple[list[str], float | None]:
+        """The delayed drops due now, and the seconds until the next one (None: none)."""
+        now = time.monotonic_ns()
+        with self._lock:
+            due = [p for p, t in self._later.items() if t <= now]
+            for p in due:
+                del self._later[p]
+            wait = min(self._later.values(), default=None)
+        return due, None if wait is None else max(0.0, (wait - now) / 1e9)
+
     def _run(self) -> None:
+        wait: float | None = None
         while True:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=wait)]
+            except queue.Empty:
+                batch = []
             while not self._queue.empty():      # coalesce what came meanwhile
                 batch.append(self._queue.get())
             work = [r for r in batch if r is not None]
+            due, wait = self._later_due()
+            if due:
+                work.append(Refresh(topics=frozenset(), written=tuple(due)))
             try:
                 if work:
                     self._apply(work)
@@ -317,7 +340,7 @@ class PageCache:
                 for r in work:
                     if r.done is not None:
                         r.done.set()
-            if len(work) < len(batch):
+            if None in batch:
                 return
 
     def _apply(self, work: list[Refresh]) -> None:

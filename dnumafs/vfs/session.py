@@ -398,6 +398,11 @@ class Session:
     gone: bool = False
     minor: int = FUSE_KERNEL_MINOR_VERSION
     completer: DirCompleter | None = None
+    # The threads serving requests: as many as are busy and one more, at most max_threads.
+    max_threads: int = 1
+    threads: list[threading.Thread] = attrs.field(factory=list)
+    _idle: int = 0
+    _pool_lock: threading.Lock = attrs.field(factory=threading.Lock)
     _handlers: dict[int, Handler] = attrs.field(factory=dict)
     _entry_valid: tuple[int, int] = (0, 0)      # the timeouts as (seconds, nanoseconds)
     _attr_valid: tuple[int, int] = (0, 0)
@@ -418,14 +423,29 @@ class Session:
 
     # --- the loop -------------------------------------------------------------------------
 
+    def start_worker(self) -> None:
+        with self._pool_lock:
+            if len(self.threads) >= self.max_threads:
+                return
+            t = threading.Thread(target=self.worker, name=f"dnumafs-fuse-{len(self.threads)}",
+                                 daemon=True)
+            self.threads.append(t)
+        t.start()
+
     def worker(self) -> None:
-        """Serve requests until the device says the mount is gone."""
+        """Serve requests until the device says the mount is gone. The last idle worker to
+        take a request starts another (up to max_threads), as libfuse's loop does: a request
+        may wait for another (a write for its notices, a notice for a page being read)."""
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
         while not self.stopped.is_set():
+            with self._pool_lock:
+                self._idle += 1
             try:
                 n = os.readv(self.fd, [buf])
             except OSError as e:
+                with self._pool_lock:
+                    self._idle -= 1
                 if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
                     continue        # a request interrupted before it was read
                 if e.errno != errno.ENODEV:
@@ -433,6 +453,11 @@ class Session:
                 self.gone = True
                 self.stopped.set()
                 return
+            with self._pool_lock:
+                self._idle -= 1
+                more = self._idle == 0
+            if more:
+                self.start_worker()
             if n == 0:
                 self.gone = True
                 self.stopped.set()
@@ -610,7 +635,7 @@ class Session:
         raise OSError(errno.EPERM, "not permitted")
 
 
-def serve_session(session: Session, mountpoint: str, *, threads: int) -> None:
+def serve_session(session: Session, mountpoint: str) -> None:
     """Serve session until a signal or the end of the mount, then unmount. SIGINT, SIGTERM
     and SIGHUP end it, as with libfuse; SIGPIPE is ignored."""
     def stop(signum: int, frame: Any) -> None:
@@ -619,15 +644,15 @@ def serve_session(session: Session, mountpoint: str, *, threads: int) -> None:
     previous = {sig: signal.signal(sig, stop)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    workers = [threading.Thread(target=session.worker, name=f"dnumafs-fuse-{i}", daemon=True)
-               for i in range(threads)]
+    helpers = []
     if session.cache_dirs:
         session.completer = DirCompleter(os.path.abspath(mountpoint), session.stopped)
-        workers.append(threading.Thread(target=session.completer.run, name="dnumafs-readdir",
+        helpers.append(threading.Thread(target=session.completer.run, name="dnumafs-readdir",
                                         daemon=True))
     try:
-        for w in workers:
-            w.start()
+        for h in helpers:
+            h.start()
+        session.start_worker()
         while not session.stopped.wait(3600):   # interruptible: the signal handler runs
             pass
     finally:
@@ -635,8 +660,10 @@ def serve_session(session: Session, mountpoint: str, *, threads: int) -> None:
             signal.signal(sig, handler)
         if not session.gone:
             unmount(mountpoint)
+        deadline = time.monotonic() + 0.5
+        workers = helpers + session.threads
         for w in workers:
-            w.join(0.5)
+            w.join(max(0.0, deadline - time.monotonic()))
         # A worker still reading would read whatever took the descriptor's number next: it
         # is closed only once none is (else at exit).
         if not any(w.is_alive() for w in workers):
