@@ -1,8 +1,8 @@
 """The daemon's whole life: starting a background mount and waiting for it to answer, its pid
 file, finding its mount, asking whether it answers, unmounting and stopping it.
 
-The daemon is a process running the file system in its foreground (fusepy cannot daemonize
-safely). It holds a pid file in a private runtime directory, keyed by the mount point and
+The daemon is a process running the file system in its foreground (a fork would not keep its
+threads). It holds a pid file in a private runtime directory, keyed by the mount point and
 locked (flock) for as long as it lives, so that `dnumafs umount` finds it even after the mount
 died, and two mounts of one path cannot both claim it.
 
@@ -417,7 +417,7 @@ def wait_answers(child: subprocess.Popen[bytes], mp: Path, timeout: float) -> st
 
 
 def _daemon_says(text: str) -> str:
-    """What a failed daemon's output says: its libfuse and dnumafs messages, else its last
+    """What a failed daemon's output says: its fuse and dnumafs messages, else its last
     line."""
     lines = [line for line in text.splitlines() if line.strip()]
     said = [line for line in lines if line.startswith(("fuse:", "dnumafs:"))]
@@ -542,7 +542,7 @@ def wait_exit(pid: int, timeout: float) -> bool:
 
 
 def kill(pid: int, *, grace: float = 5.0) -> None:
-    """SIGTERM (libfuse then unmounts cleanly), and SIGKILL if still alive after grace. A
+    """SIGTERM (the daemon then unmounts cleanly), and SIGKILL if still alive after grace. A
     stopped daemon is continued first, so that it can act on SIGTERM."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)

@@ -123,11 +123,14 @@ def test_open_read_write_release_and_setattr(wire):
     assert wire(fs.READ, nodeid, fs.READ_IN.pack(fh, 3, 100, 0, 0, 0, 0)) == (0, b"lo\n")
     err, body = wire(fs.WRITE, nodeid, fs.WRITE_IN.pack(fh, 0, 3, 0, 0, 0, 0) + b"12\n")
     assert err == 0 and fs.WRITE_OUT.unpack(body)[0] == 3 and wire.stored == [b"12\n"]
-    # a truncate (O_TRUNC: size and the kernel's own mtime) is taken, a chmod or touch not
-    trunc = fs.SETATTR_IN.pack(fs.FATTR_SIZE | fs.FATTR_MTIME | fs.FATTR_FH, 0, fh,
-                               *([0] * 13))
-    assert wire(fs.SETATTR, nodeid, trunc)[0] == 0
-    for valid in (fs.FATTR_MODE, fs.FATTR_UID, fs.FATTR_ATIME | fs.FATTR_MTIME):
+    # a truncate (O_TRUNC; truncate(2), with its own mtime; ftruncate) is taken, a chmod, a
+    # chown or a touch not
+    for valid in (fs.FATTR_SIZE | fs.FATTR_LOCKOWNER,
+                  fs.FATTR_SIZE | fs.FATTR_MTIME | fs.FATTR_LOCKOWNER,
+                  fs.FATTR_SIZE | fs.FATTR_FH | fs.FATTR_LOCKOWNER):
+        assert wire(fs.SETATTR, nodeid, fs.SETATTR_IN.pack(valid, 0, fh, *([0] * 13)))[0] == 0
+    for valid in (fs.FATTR_MODE, fs.FATTR_UID, fs.FATTR_ATIME | fs.FATTR_MTIME,
+                  fs.FATTR_MTIME, fs.FATTR_ATIME):
         assert wire(fs.SETATTR, nodeid, fs.SETATTR_IN.pack(valid, 0, *([0] * 14))) == (
             errno.EPERM, b"")
     assert wire(fs.RELEASE, nodeid, fs.RELEASE_IN.pack(fh, 0, 0, 0)) == (0, b"")
@@ -149,6 +152,36 @@ def test_readdir_fills_the_buffer_and_goes_on_from_the_offset(wire):
         names.append((body[fs.DIRENT.size:fs.DIRENT.size + namelen], kind))
     assert names == [(b".", 4), (b"..", 4), (b"f", 8), (b"d", 4), (b"l", 10)]
     assert wire(fs.RELEASEDIR, fs.FUSE_ROOT_ID, fs.RELEASE_IN.pack(fh, 0, 0, 0)) == (0, b"")
+
+
+def test_readdir_from_anywhere_goes_on_at_the_next_entry(wire):
+    """An offset that is not where an entry starts (a seek, or a listing made again since)
+    goes on at the next entry, never with a piece of a name."""
+    ends = []
+    for offset in range(0, 40):
+        err, body = wire(fs.READDIR, fs.FUSE_ROOT_ID, fs.READ_IN.pack(0, offset, 4096, 0, 0,
+                                                                      0, 0))
+        assert err == 0
+        names = []
+        while body:
+            _, _, namelen, _ = fs.DIRENT.unpack_from(body)
+            names.append(body[fs.DIRENT.size:fs.DIRENT.size + namelen])
+            body = body[len(fs.pack_dirent(0, 0, b"x" * namelen, 0)):]
+        assert names == [b".", b"..", b"f", b"d", b"l"][-len(names):] if names else True
+        ends.append(len(names))
+    assert ends[0] == 5 and ends[-1] == 0 and ends == sorted(ends, reverse=True)
+
+
+def test_a_name_gone_and_back_is_a_new_node(wire):
+    t = wire.session.nodes
+    a = t.lookup("/d")
+    t.lookup("/d/x")
+    t.unlink("/d")
+    assert t.find("/d") is None and t.find("/d/x") is None
+    b = t.lookup("/d")
+    assert b != a and t.path(a) == "/d"         # the old id answers until forgotten
+    t.forget(a, 1)
+    assert t.find("/d") == b                    # forgetting the old keeps the new
 
 
 def test_what_sysfs_refuses_and_what_is_not_spoken(wire):

@@ -1,2 +1,3 @@
-"""The file tree contract (tree), the kernel's number parser (kstrtox) and the FUSE adapter
-(fuse_ops). Only fuse_ops imports fusepy, so the tree can be built and tested without FUSE."""
+"""The file tree contract (tree), the operations on its paths (fuse_ops), the FUSE protocol
+and mount (session) and the page cache's notices (pagecache). The tree needs no FUSE: it can
+be built and tested without a mount."""

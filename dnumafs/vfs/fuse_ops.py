@@ -264,6 +264,9 @@ class TreeOperations:
 
     def _entries(self, d: OpenDir | None, text: bytes, offset: int
                  ) -> Iterator[tuple[str, int, int]]:
+        if 0 < offset < len(text) and text[offset - 1] != ord("\n"):
+            # not where an entry starts: a listing made since, or a seek to anywhere
+            offset = text.find(b"\n", offset) + 1 or len(text)
         while offset < len(text):
             end = text.index(b"\n", offset) + 1
             yield (text[offset + 1:end - 1].decode("utf-8", "surrogateescape"),
@@ -345,9 +348,8 @@ class TreeOperations:
         return 0
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        # Registered only for its errno: without it libfuse answers ENOSYS, and
-        # `echo 1 > MNT/typo` would say "Function not implemented" where sysfs says
-        # "Permission denied".
+        # For its errno: answered ENOSYS, `echo 1 > MNT/typo` would say "Function not
+        # implemented" where sysfs says "Permission denied".
         raise fail(errno.EACCES)
 
     def _eperm(self, *args: Any) -> int:
@@ -357,7 +359,7 @@ class TreeOperations:
 
     chmod = chown = link = mkdir = mknod = rename = rmdir = symlink = unlink = utimens = _eperm
 
-    # Left unregistered, so the kernel stops asking (or libfuse answers for us).
+    # Not served: the session answers ENOSYS, and the kernel stops asking.
     access = bmap = destroy = flush = fsync = fsyncdir = None
     getxattr = init = ioctl = listxattr = lock = None
     removexattr = setxattr = statfs = None

@@ -6,7 +6,7 @@ release and keeps each file's pages and attributes; it asks the daemon only for 
 not hold. So the daemon keeps, for every path the kernel has asked about, the text it gave (and
 its length, the file's st_size). After each change of the model it makes those texts again,
 compares, and tells the kernel to drop exactly the ones that differ (their pages and
-attributes) and the entries that are gone, through libfuse's low-level notify calls, before the
+attributes) and the entries that are gone, through the kernel's FUSE notices, before the
 writer whose write made the change gets its answer. A new text is made first and the kernel
 told second, so a read that reaches the daemon after the notice gets the new text.
 
@@ -178,6 +178,8 @@ class PageCache:
     notifier: Notifier = attrs.field(factory=Notifier)
     # The node id the kernel knows a path by, if it knows it (the session's table).
     nodeid: Callable[[str], int | None] = lambda path: None
+    # Forgets a path gone, so that a name that comes back is a new node (the session's).
+    unlink: Callable[[str], None] = lambda path: None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
     _known: dict[str, Known] = attrs.field(factory=dict)
     # The pages of each file the kernel may hold up to date: served, or written whole.
@@ -195,6 +197,7 @@ class PageCache:
     def attach(self, session: Session) -> None:
         """Tell the kernel of changes through session's mount (from its INIT)."""
         self.nodeid = session.nodes.find
+        self.unlink = session.nodes.unlink
         self.notifier.capture(session.fd)
 
     def start(self) -> None:
@@ -316,16 +319,16 @@ class PageCache:
         return due, None if wait is None else max(0.0, (wait - now) / 1e9)
 
     def _run(self) -> None:
-        wait: float | None = None
         while True:
+            due, wait = self._later_due()
             try:
-                batch = [self._queue.get(timeout=wait)]
+                batch = [self._queue.get(timeout=0 if due else wait)]
             except queue.Empty:
                 batch = []
             while not self._queue.empty():      # coalesce what came meanwhile
                 batch.append(self._queue.get())
             work = [r for r in batch if r is not None]
-            due, wait = self._later_due()
+            due += self._later_due()[0]
             if due:
                 work.append(Refresh(topics=frozenset(), written=tuple(due)))
             try:
@@ -350,7 +353,7 @@ class PageCache:
             topics = None if topics is None or r.topics is None else topics | r.topics
             written.update(r.written)
         changed, gone = self.remake(topics, written)
-        self._notify(sorted(set(changed) | written), gone)
+        self._notify(sorted(set(changed) | written), gone, set(changed))
 
     def remake(self, topics: Depends, written: set[str]) -> tuple[list[str], list[str]]:
         """Make again every known text that topics may touch (empty: none) and the written
@@ -393,20 +396,29 @@ class PageCache:
                     self._listed.discard(p)
         return changed, gone
 
-    def _notify(self, changed: list[str], gone: list[str]) -> None:
+    def _notify(self, changed: list[str], gone: list[str], remade: set[str]) -> None:
         """Have the kernel drop what changed and forget what is gone, by the node ids it
-        knows them by (one it does not know holds nothing)."""
+        knows them by (one it does not know holds nothing).
+
+        A directory's listing is dropped whole, and dropped again a tick later if it was
+        remade: the kernel fills its cache of a listing after the answer, in the reader's own
+        time, so a reader answered just before the change may put the old listing there just
+        after the first notice."""
         if not self.notifier.ready:
             return
         for path in changed:
             with self._lock:
                 pages = self._pages.pop(path, range(0))
-                listed = path in self._listed
+                k = self._known.get(path)
+                listing = k is not None and k.kind is Dir
+                if listing and path in remade and path in self._listed:
+                    self._later.setdefault(path, time.monotonic_ns() + VOLATILE_NS)
                 self._listed.discard(path)      # until the kernel lists it again
             ino = self.nodeid(path)
             if ino is not None:
-                self.notifier.inval_inode(ino, None if listed else pages)
+                self.notifier.inval_inode(ino, None if listing else pages)
         for path in gone:
+            self.unlink(path)
             parent, _, name = path.rpartition("/")
             ino = self.nodeid(parent or "/")
             if ino is not None:

@@ -66,12 +66,13 @@ NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
 FUSE_ASYNC_READ = 1 << 0
 FUSE_BIG_WRITES = 1 << 5
 FUSE_PARALLEL_DIROPS = 1 << 18
+FUSE_NO_OPENDIR_SUPPORT = 1 << 24     # the kernel takes ENOSYS from opendir (Linux 5.1)
 # open_flags of fuse_open_out.
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 # fuse_setattr_in.valid
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-FATTR_ATIME, FATTR_MTIME, FATTR_FH = 1 << 4, 1 << 5, 1 << 6
+FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_LOCKOWNER = 1 << 4, 1 << 5, 1 << 6, 1 << 9
 FATTR_OWNER = FATTR_MODE | FATTR_UID | FATTR_GID
 FATTR_TIMES = FATTR_ATIME | FATTR_MTIME
 
@@ -176,7 +177,18 @@ class NodeTable:
                 self._counts[nodeid] = left
             elif nodeid in self._counts:
                 del self._counts[nodeid]
-                del self._ids[self._paths.pop(nodeid)]
+                path = self._paths.pop(nodeid)
+                if self._ids.get(path) == nodeid:
+                    del self._ids[path]
+
+    def unlink(self, path: str) -> None:
+        """path and what was under it are gone: a name that comes back is looked up as a new
+        node, not as the inode the kernel may still hold (with its cached pages) for the old
+        one. The old ids stay counted until the kernel forgets them."""
+        with self._lock:
+            for p in [p for p in self._ids if p == path or p.startswith(path + "/")]:
+                if p != "/":
+                    del self._ids[p]
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -505,6 +517,9 @@ class Session:
         if major != FUSE_KERNEL_VERSION:
             raise OSError(errno.EPROTO, f"the kernel speaks FUSE {major}")
         self.minor = min(minor, FUSE_KERNEL_MINOR_VERSION)
+        if not flags & FUSE_NO_OPENDIR_SUPPORT:     # before 5.1: opendir is answered
+            self.cache_dirs = False
+            self.completer = None
         want = flags & (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_PARALLEL_DIROPS)
         if self.on_init is not None:
             self.on_init(self)
@@ -556,11 +571,11 @@ class Session:
 
     def do_setattr(self, nodeid: int, unique: int, arg: memoryview) -> bytes:
         """Only a size can be set (a truncate, a no-op, for `echo 5 > f`); a mode, an owner
-        or times (touch) are refused as sysfs refuses them (EPERM). A truncate's own mtime
-        alone is not a change of times (libfuse sets times only when both come)."""
+        or times (touch) are refused as sysfs refuses them (EPERM). truncate(2) sends its own
+        mtime with the size: that one is taken with it."""
         valid, _, fh, size = SETATTR_IN.unpack_from(arg)[:4]
         path = self.nodes.path(nodeid)
-        if valid & FATTR_OWNER or (valid & FATTR_TIMES) == FATTR_TIMES:
+        if valid & FATTR_OWNER or (valid & FATTR_TIMES and not valid & FATTR_SIZE):
             self.ops("chmod", path)
         if valid & FATTR_SIZE:
             self.ops("truncate", path, size, FileInfo(fh=fh) if valid & FATTR_FH else None)
@@ -641,23 +656,24 @@ def serve_session(session: Session, mountpoint: str) -> None:
     def stop(signum: int, frame: Any) -> None:
         session.stopped.set()
 
-    previous = {sig: signal.signal(sig, stop)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    previous: dict[signal.Signals, Any] = {}
     helpers = []
     if session.cache_dirs:
         session.completer = DirCompleter(os.path.abspath(mountpoint), session.stopped)
         helpers.append(threading.Thread(target=session.completer.run, name="dnumafs-readdir",
                                         daemon=True))
     try:
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[number] = signal.signal(number, stop)
+        previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         for h in helpers:
             h.start()
         session.start_worker()
         while not session.stopped.wait(3600):   # interruptible: the signal handler runs
             pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if not session.gone:
             unmount(mountpoint)
         deadline = time.monotonic() + 0.5
