@@ -451,9 +451,12 @@ def test_a_signalled_play_puts_the_clock_back(mount_dnumafs, tmp_path, signum):
     (mnt / client.WORKLOAD).write_text("pause\n")
     path = write(tmp_path, "long.toml", '[[step]]\nat = 0\ndo = "wait"\n\n'
                  '[[step]]\nat = 600\ndo = "wait"\n')
+    # SIGINT as a terminal sends it: a run of the tests in the background of a script would
+    # otherwise hand the play an ignored SIGINT, as a shell does to its background jobs.
     child = subprocess.Popen([sys.executable, "-m", "dnumafs", "play", str(mnt), str(path)],
                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                         signal.SIG_DFL))
     try:
         assert child.stdout is not None
         assert "step 1:" in child.stdout.readline()     # the clock is manual by now
