@@ -7,10 +7,12 @@ import errno
 from collections.abc import Iterable
 from functools import partial
 
+from attrs import evolve
+
 from dnumafs.lib.kstrtox import kstrtobool, kstrtoull
 from dnumafs.mm import Machine
 from dnumafs.mm import memory_hotplug as mh
-from dnumafs.mm.changes import NODES, PLACES
+from dnumafs.mm.changes import NODES, PLACES, memory_block_topic
 from dnumafs.mm.memory_hotplug import HotplugError, OnlineType
 from dnumafs.vfs.tree import (
     RO,
@@ -18,6 +20,7 @@ from dnumafs.vfs.tree import (
     STATIC,
     SYSFS,
     WO,
+    Attr,
     Dir,
     FileSet,
     Node,
@@ -85,9 +88,10 @@ def valid_zones_show(m: Machine, bid: int) -> str:
     return " ".join(mh.valid_zones(m, bid)) + "\n"
 
 
-# A block's state changes with the nodes' memory (onlining and offlining announce a change of
-# anything); its zones with where its pages lie. Read by lsmem for every block, these are many:
-# none is made again for an allocation or a free.
+# A block's state changes with its own onlining and offlining (its topic, memory_block_topic)
+# and with the nodes (a commit announces anything); its zones with the zones' spans (NODES)
+# and with where its pages lie. Read by lsmem for every block, these are many: none is made
+# again for an allocation or a free, nor for another block's onlining.
 BLOCK_ATTRS = {
     "state": RW(state_show, state_store, depends=frozenset({NODES})),
     "online": RW(online_show, online_store, depends=frozenset({NODES})),
@@ -96,6 +100,7 @@ BLOCK_ATTRS = {
     "removable": RO(removable_show, depends=STATIC),
     "valid_zones": RO(valid_zones_show, depends=frozenset({NODES, PLACES})),
 }
+BLOCK_STATE = ("state", "online", "valid_zones")
 
 
 def node_link_target(nid: int) -> str:
@@ -120,6 +125,11 @@ def block_lookup(m: Machine, attrs: dict[str, Node], bid: int, name: str) -> Nod
 def block_dir(m: Machine, bid: int) -> Dir:
     files = FileSet(SYSFS, m.lock)
     attrs = files.attrs(BLOCK_ATTRS, m, bid)
+    own = memory_block_topic(bid)   # its state, which onlining and offlining it announce
+    for name in BLOCK_STATE:
+        attr = attrs[name]
+        assert isinstance(attr, Attr) and attr.depends is not None
+        attrs[name] = evolve(attr, depends=attr.depends | {own})
     attrs["subsystem"] = Symlink(partial(str, "../../../../bus/memory"))
     return files.dynamic_dir(lambda: [name for name, _ in block_entries(m, attrs, bid)],
                              partial(block_lookup, m, attrs, bid),

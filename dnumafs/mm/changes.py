@@ -30,6 +30,19 @@ STAGED = "staged"
 # command announces this, so that its write is not taken for a change of everything.
 WORKLOAD = "workload"
 TOPICS = MODEL_TOPICS | {STAGED, WORKLOAD}
+# One memory block's state, which only that block's files show: onlining or offlining a block
+# announces it with PAGES, so that the other blocks' files (lsmem reads 3 a block) are not
+# made again; a change of the zones' spans that comes with it announces NODES as well.
+MEMORY_BLOCK = "memory"
+
+
+def memory_block_topic(bid: int) -> str:
+    return f"{MEMORY_BLOCK}{bid}"
+
+
+def is_topic(topic: str) -> bool:
+    return topic in TOPICS or (topic.startswith(MEMORY_BLOCK)
+                               and topic[len(MEMORY_BLOCK):].isdecimal())
 
 Topics = frozenset[str] | None       # None: anything may have changed
 # A device a change touched: (action, devpath, properties), e.g.
@@ -67,8 +80,8 @@ class ChangeHook:
         if not self._listeners:         # the model alone (a bench, a test): nothing to tell
             return
         what = None if topics is None else frozenset(topics)
-        if what is not None and not what <= TOPICS:
-            raise ValueError(f"unknown topics {sorted(what - TOPICS)}")
+        if what is not None and not all(is_topic(t) for t in what):
+            raise ValueError(f"unknown topics {sorted(t for t in what if not is_topic(t))}")
         self._local.announced = union(getattr(self._local, "announced", frozenset()), what)
         devs = tuple(devices)
         for listener in self._listeners:

@@ -18,7 +18,17 @@ from dnumafs.machines import MachineDescription
 
 from . import boot, cpu_hotplug, dnuma, hugetlb, kinds, memory_hotplug, page_alloc, topology
 from . import workload as workload_mod
-from .changes import LAYOUTS, PAGES, PLACES, ChangeHook, Device, memory_block_device, node_device
+from .changes import (
+    LAYOUTS,
+    NODES,
+    PAGES,
+    PLACES,
+    ChangeHook,
+    Device,
+    memory_block_device,
+    memory_block_topic,
+    node_device,
+)
 from .check import check
 from .constants import (
     HPAGE_ORDER,
@@ -463,11 +473,14 @@ class Machine:
         """Online or offline memory block bid; False if it already was (nothing done).
         Raises memory_hotplug.HotplugError, changing nothing."""
         with self.lock:
-            sizes = self._node_sizes()
+            sizes, spans = self._node_sizes(), self._zone_spans()
             changed = memory_hotplug.set_state(self, bid, how)
-            if changed:                     # pages, zones, node sizes and links
+            if changed:                     # pages, the block, node sizes, perhaps zones
                 state = "online" if self.blocks.online[bid] else "offline"
-                self._announce_nodes(sizes, [memory_block_device(state, bid)])
+                topics = [PAGES, memory_block_topic(bid)]
+                if self._zone_spans() != spans:
+                    topics.append(NODES)
+                self._announce_nodes(sizes, [memory_block_device(state, bid)], topics)
             return changed
 
     def memory_probe(self, phys_addr: int) -> int:
@@ -498,17 +511,27 @@ class Machine:
     def _node_sizes(self) -> dict[int, int]:
         return {n: p.present_pages for n, p in self.pgdat.items()}
 
-    def _announce_nodes(self, before: dict[int, int], devices: list[Device] | None = None
-                        ) -> None:
-        """Announce a change of anything: devices, then `add` and `online` for each node
-        that came online since before (the node sizes then), then a `change` on every node
-        whose size differs."""
+    def _zone_spans(self) -> list[tuple[int, int, int, int]]:
+        return [(n, int(t), z.zone_start_pfn, z.spanned_pages)
+                for n, p in sorted(self.pgdat.items()) for t, z in sorted(p.zones.items())]
+
+    def _announce_nodes(self, before: dict[int, int], devices: list[Device] | None = None,
+                        topics: list[str] | None = None) -> None:
+        """Announce a change of topics (None: anything): devices, then `add` and `online`
+        for each node that came online since before (the node sizes then), then a `change`
+        on every node whose size differs. A size changed here is no transplant: PLACES comes
+        only with the ones a transplant made before."""
         after = self._node_sizes()
         devs = devices or []
         devs += [node_device(a, n) for n in sorted(after.keys() - before.keys())
                  for a in ("add", "online")]
-        self.resized.update(n for n, size in after.items() if before.get(n, 0) != size)
-        self._announce(None, devs)
+        resized = {n for n, size in after.items() if before.get(n, 0) != size}
+        if topics is not None and not self.resized:
+            devs += [node_device("change", n) for n in sorted(resized)]
+            self.changes.changed(topics, devices=devs)
+            return
+        self.resized.update(resized)
+        self._announce(topics, devs)
 
     # ---------------------------------------------------------------------- check
 
