@@ -184,6 +184,8 @@ class PageCache:
     _known: dict[str, Known] = attrs.field(factory=dict)
     # The pages of each file the kernel may hold up to date: served, or written whole.
     _pages: dict[str, range] = attrs.field(factory=dict)
+    # The known paths by the topics their texts depend on (None: every model topic).
+    _index: dict[str | None, set[str]] = attrs.field(factory=dict)
     # The directories whose listing the kernel may hold.
     _listed: set[str] = attrs.field(factory=set)
     # Texts that change with the clock, read, and when to drop them (monotonic ns).
@@ -235,9 +237,39 @@ class PageCache:
                 if epoch == self._epoch:
                     k = Known(_kind(node), text, depends, volatile, time.time_ns(), epoch)
                     if volatile:
+                        self._forget(path)
                         self._known[path] = k
                         return k
-                    return self._known.setdefault(path, k)
+                    kept = self._known.setdefault(path, k)
+                    if kept is k:
+                        self._index_add(path, k)
+                    return kept
+
+    # --- the index of known texts by topic (under the lock) -----------------------------
+
+    def _index_add(self, path: str, k: Known) -> None:
+        """Index a text by the topics it depends on (None: every model topic), so that a
+        change looks at the texts it may touch and not at every text the kernel holds; one
+        that never changes (STATIC) or is made at every read (volatile) is not indexed."""
+        if k.volatile or k.depends == STATIC:
+            return
+        for topic in (None,) if k.depends is None else k.depends:
+            self._index.setdefault(topic, set()).add(path)
+
+    def _forget(self, path: str) -> None:
+        k = self._known.pop(path, None)
+        if k is not None and not k.volatile and k.depends != STATIC:
+            for topic in (None,) if k.depends is None else k.depends:
+                self._index.get(topic, set()).discard(path)
+
+    def _touched(self, topics: Depends) -> set[str]:
+        """The known paths topics may have changed (None: anything)."""
+        if topics is None:
+            return set().union(*self._index.values())
+        paths: set[str] = set().union(*(self._index.get(t, ()) for t in topics))
+        if topics & MODEL_TOPICS:
+            paths |= self._index.get(None, set())
+        return paths
 
     def listed(self, path: str, node: Dir, offset: int) -> bytes:
         """The listing readdir serves from offset, which the kernel then caches: the one it
@@ -362,10 +394,8 @@ class PageCache:
         with self._lock:
             # A file that never changes (STATIC) is never made again, nor one made again
             # whenever it is read (volatile); every other one when a topic it shows changed.
-            items = [(p, k) for p, k in self._known.items() if p in written or (
-                not k.volatile and k.depends != STATIC and (
-                    topics is None or (k.depends is None and topics & MODEL_TOPICS)
-                    or (k.depends is not None and k.depends & topics)))]
+            items = [(p, self._known[p]) for p in self._touched(topics) | written
+                     if p in self._known]
         changed: list[str] = []
         gone: list[str] = []
         now = time.time_ns()
@@ -391,7 +421,7 @@ class PageCache:
         with self._lock:
             for g in gone:
                 for p in [p for p in self._known if p == g or p.startswith(g + "/")]:
-                    del self._known[p]
+                    self._forget(p)
                     self._pages.pop(p, None)
                     self._listed.discard(p)
         return changed, gone
