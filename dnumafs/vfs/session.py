@@ -114,7 +114,7 @@ class FileInfo:
 
 class Operations(Protocol):
     """The operations on paths served (fuse_ops.TreeOperations), called by name with their
-    arguments, as fusepy's were: getattr(path, fi), readlink(path), opendir(path),
+    arguments: getattr(path, fi), readlink(path), opendir(path),
     readdir(path, fh, offset) (an iterable of (name, S_IF* mode, next offset)),
     releasedir(path, fh), open(path, fi), read(path, size, offset, fi),
     write(path, data, offset, fi), truncate(path, length, fi), release(path, fi),
