@@ -33,6 +33,7 @@ import attrs
 FSTYPE = "fuse.dnumafs"
 PROBE_TIMEOUT = 5.0   # seconds a live daemon has to answer a readdir of its root (under load)
 TERM_GRACE = 3.0      # seconds between SIGTERM and SIGKILL when a daemon is stopped
+BUSY_WAIT = 5.0       # seconds an unmount of a busy mount is tried again
 
 
 class DaemonError(Exception):
@@ -492,18 +493,24 @@ def _fuse_unmount_commands(mp: Path, lazy: bool) -> list[list[str]]:
 
 def unmount(mp: Path, *, lazy: bool = False, timeout: float = 30) -> None:
     """Unmount mp, whose daemon answers, with fusermount (or umount as root). lazy detaches
-    it even if busy."""
-    errors = []
+    it even if busy. A busy mount is tried again for up to BUSY_WAIT seconds: the daemon
+    itself holds a directory open for a moment while it completes the kernel's cache of
+    listings read in part (for seconds after lsmem on thousands of blocks)."""
     cmds = _fuse_unmount_commands(mp, lazy)
     if not cmds:
         raise DaemonError("neither fusermount nor umount is installed")
-    for cmd in cmds:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=timeout)
-        if r.returncode == 0 and not _dnumafs_on_top(mp):
-            return
-        errors.append(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip() or 'failed'}")
-    raise DaemonError("; ".join(errors))
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        errors = []
+        for cmd in cmds:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=timeout)
+            if r.returncode == 0 and not _dnumafs_on_top(mp):
+                return
+            errors.append(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip() or 'failed'}")
+        if lazy or time.monotonic() > deadline or not all("busy" in e for e in errors):
+            raise DaemonError("; ".join(errors))
+        time.sleep(0.05)
 
 
 MNT_DETACH = 2

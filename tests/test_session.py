@@ -254,3 +254,18 @@ def test_listings_read_in_part_are_kept_and_dropped_when_they_change(mount_dnuma
                 [sorted(os.listdir(m / f"sys/devices/system/node/node{n}")) for n in (0, 1)])
     after = listings(oracle)
     assert after[0] != before and listings(mnt) == after
+
+
+@pytest.mark.skipif(not shutil.which("lsmem"), reason="util-linux lsmem not installed")
+def test_umount_right_after_lsmem_waits_for_the_daemons_own_listing(mount_dnumafs):
+    """The daemon reads in its own time the listings lsmem left unread to their end, and
+    holds each directory open meanwhile: `dnumafs umount` tries a busy mount again for a
+    while, so that it is not refused for that."""
+    mnt = mount_dnumafs("--nodes", "2", "--mem", "8G", "--block-size", "4M")   # 2,048 blocks
+    assert subprocess.run(["lsmem", "--sysroot", str(mnt)], capture_output=True,
+                          timeout=60).returncode == 0
+    mp = daemon.mountpoint_path(mnt)
+    pid = daemon.daemon_pid(mp)
+    daemon.unmount(mp)                  # what `dnumafs umount` does, at once
+    assert not daemon.is_mounted(mp)
+    assert pid is not None and daemon.wait_exit(pid, 10)     # the daemon goes with it
