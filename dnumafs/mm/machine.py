@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Iterable
 
 import attrs
 import numpy as np
@@ -497,15 +498,16 @@ class Machine:
 
     # ---------------------------------------------------------------- announcements
 
-    def _announce(self, topics: list[str] | None = None, devices: list[Device] | None = None
-                  ) -> None:
+    def _announce(self, topics: list[str] | None = None, devices: list[Device] | None = None,
+                  sized: Iterable[int] = ()) -> None:
         """Tell the change hook of a change (topics None: anything) and the devices it
-        touched, followed by a `change` on every node a transplant resized meanwhile."""
+        touched, followed by a `change` on every node resized: by a transplant meanwhile
+        (which adds PLACES) or by this change itself (sized: no PLACES for those)."""
         devs = devices or []
-        if self.resized:
-            devs += [node_device("change", n) for n in sorted(self.resized)]
-            self.resized.clear()
-            topics = None if topics is None else [*topics, PLACES]
+        if self.resized and topics is not None:
+            topics = [*topics, PLACES]
+        devs += [node_device("change", n) for n in sorted(self.resized | set(sized))]
+        self.resized.clear()
         self.changes.changed(topics, devices=devs)
 
     def _node_sizes(self) -> dict[int, int]:
@@ -526,12 +528,7 @@ class Machine:
         devs += [node_device(a, n) for n in sorted(after.keys() - before.keys())
                  for a in ("add", "online")]
         resized = {n for n, size in after.items() if before.get(n, 0) != size}
-        if topics is not None and not self.resized:
-            devs += [node_device("change", n) for n in sorted(resized)]
-            self.changes.changed(topics, devices=devs)
-            return
-        self.resized.update(resized)
-        self._announce(topics, devs)
+        self._announce(topics, devs, resized)
 
     # ---------------------------------------------------------------------- check
 

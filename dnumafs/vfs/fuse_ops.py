@@ -206,6 +206,12 @@ class TreeOperations:
             raise fail(errno.EINVAL)
         return node
 
+    def _dir(self, path: str) -> Dir:
+        node = self._resolve(path)
+        if not isinstance(node, Dir):
+            raise fail(errno.ENOTDIR)
+        return node
+
     def _open_file(self, fi: Any) -> OpenFile:
         with self._lock:
             f = self._files.get(fi.fh)
@@ -228,8 +234,7 @@ class TreeOperations:
         return st
 
     def opendir(self, path: str) -> int:
-        if not isinstance(self._resolve(path), Dir):
-            raise fail(errno.ENOTDIR)
+        self._dir(path)
         with self._lock:
             fh = next(self._next_fh)
             self._dirs[fh] = OpenDir()
@@ -239,9 +244,7 @@ class TreeOperations:
                 ) -> Iterator[tuple[str, int, int]]:
         """(name, S_IF* type, offset of the next entry) from offset on: the type gives
         readdir's d_type (DT_DIR, DT_REG, DT_LNK), as sysfs does."""
-        node = self._resolve(path)
-        if not isinstance(node, Dir):
-            raise fail(errno.ENOTDIR)
+        node = self._dir(path)
         with self._lock:
             d = self._dirs.get(fh) if fh else None
             text = d.text if d is not None else None
@@ -348,8 +351,8 @@ class TreeOperations:
         return 0
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        # For its errno: answered ENOSYS, `echo 1 > MNT/typo` would say "Function not
-        # implemented" where sysfs says "Permission denied".
+        # For its errno: were it answered ENOSYS, `echo 1 > MNT/typo` would say "Function
+        # not implemented" where sysfs says "Permission denied".
         raise fail(errno.EACCES)
 
     def _eperm(self, *args: Any) -> int:
@@ -358,11 +361,6 @@ class TreeOperations:
         raise fail(errno.EPERM)
 
     chmod = chown = link = mkdir = mknod = rename = rmdir = symlink = unlink = utimens = _eperm
-
-    # Not served: the session answers ENOSYS, and the kernel stops asking.
-    access = bmap = destroy = flush = fsync = fsyncdir = None
-    getxattr = init = ioctl = listxattr = lock = None
-    removexattr = setxattr = statfs = None
 
 
 class CachedOperations(TreeOperations):
@@ -404,9 +402,7 @@ class CachedOperations(TreeOperations):
                 ) -> Iterator[tuple[str, int, int]]:
         """The listing the kernel then keeps (the session answers no opendir, so every
         directory is FOPEN_CACHE_DIR) until told it changed."""
-        node = self._resolve(path)
-        if not isinstance(node, Dir):
-            raise fail(errno.ENOTDIR)
+        node = self._dir(path)
         return self._entries(None, self.cache.listed(path, node, offset), offset)
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 # daemon cannot hang the writer for ever (the notices are then late, never lost).
 SYNC_TIMEOUT = 10.0
 
-FUSE_ROOT_ID = 1
-
 
 def kernel_has_no_open(release: str | None = None) -> bool:
     """Whether this kernel keeps page cache with no open (FUSE_NO_OPEN_SUPPORT, Linux 4.19)."""
@@ -247,20 +245,23 @@ class PageCache:
 
     # --- the index of known texts by topic (under the lock) -----------------------------
 
-    def _index_add(self, path: str, k: Known) -> None:
-        """Index a text by the topics it depends on (None: every model topic), so that a
-        change looks at the texts it may touch and not at every text the kernel holds; one
-        that never changes (STATIC) or is made at every read (volatile) is not indexed."""
+    @staticmethod
+    def _index_keys(k: Known) -> Iterable[str | None]:
+        """The topics a text is indexed by (None: every model topic), so that a change looks
+        at the texts it may touch and not at every text the kernel holds; one that never
+        changes (STATIC) or is made at every read (volatile) is not indexed."""
         if k.volatile or k.depends == STATIC:
-            return
-        for topic in (None,) if k.depends is None else k.depends:
+            return ()
+        return (None,) if k.depends is None else k.depends
+
+    def _index_add(self, path: str, k: Known) -> None:
+        for topic in self._index_keys(k):
             self._index.setdefault(topic, set()).add(path)
 
     def _forget(self, path: str) -> None:
         k = self._known.pop(path, None)
-        if k is not None and not k.volatile and k.depends != STATIC:
-            for topic in (None,) if k.depends is None else k.depends:
-                self._index.get(topic, set()).discard(path)
+        for topic in self._index_keys(k) if k is not None else ():
+            self._index.get(topic, set()).discard(path)
 
     def _touched(self, topics: Depends) -> set[str]:
         """The known paths topics may have changed (None: anything)."""
@@ -307,12 +308,17 @@ class PageCache:
                 self._pages[path] = (range(min(first, held.start), max(last, held.stop))
                                      if held else range(first, last))
             k = self._known.get(path)
-            if k is None or not k.volatile or path in self._later:
+            if k is None or not k.volatile:
                 return
-            wake = not self._later
-            self._later[path] = time.monotonic_ns() + VOLATILE_NS
-        if wake:
+            self._drop_later(path)
+
+    def _drop_later(self, path: str) -> None:
+        """Have the notifying thread drop path a tick from now (lock held)."""
+        if path in self._later:
+            return
+        if not self._later:             # wake it: it may be waiting for nothing
             self._queue.put(Refresh(topics=frozenset()))
+        self._later[path] = time.monotonic_ns() + VOLATILE_NS
 
     def expire(self, path: str) -> None:
         """The kernel was just given size 0 for a file made again at each read: have it
@@ -442,7 +448,7 @@ class PageCache:
                 k = self._known.get(path)
                 listing = k is not None and k.kind is Dir
                 if listing and path in remade and path in self._listed:
-                    self._later.setdefault(path, time.monotonic_ns() + VOLATILE_NS)
+                    self._drop_later(path)
                 self._listed.discard(path)      # until the kernel lists it again
             ino = self.nodeid(path)
             if ino is not None:

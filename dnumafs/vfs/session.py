@@ -13,6 +13,7 @@ as libfuse does) or the device's ENODEV once the mount is gone.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -27,9 +28,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+
+from dnumafs import daemon
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +225,6 @@ def pack_dirent(ino: int, off: int, name: bytes, mode: int) -> bytes:
 # --- mounting -----------------------------------------------------------------------------
 
 MS_NOSUID, MS_NODEV = 2, 4
-MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -299,20 +302,6 @@ def _mount_fusermount(mountpoint: str, allow_other: bool) -> int:
             os.set_inheritable(fds[0], False)
             return fds[0]
     raise MountError("neither fusermount nor fusermount3 is installed")
-
-
-def unmount(mountpoint: str) -> None:
-    """Detach the mount lazily (as libfuse does): umount2 as root, else fusermount -uz."""
-    if os.geteuid() == 0:
-        if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH) == 0:
-            return
-    for tool in ("fusermount", "fusermount3"):
-        try:
-            subprocess.run([tool, "-u", "-q", "-z", "--", mountpoint], capture_output=True,
-                           timeout=30)
-            return
-        except (FileNotFoundError, subprocess.TimeoutExpired):
-            continue
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -674,8 +663,9 @@ def serve_session(session: Session, mountpoint: str) -> None:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if not session.gone:
-            unmount(mountpoint)
+        if not session.gone:            # detached lazily, as libfuse does
+            with contextlib.suppress(daemon.DaemonError, subprocess.TimeoutExpired):
+                daemon.detach(Path(mountpoint))
         deadline = time.monotonic() + 0.5
         workers = helpers + session.threads
         for w in workers:
